@@ -1,0 +1,190 @@
+"""The one adapter between a `Volume` and napari layer data: geometry in physical space.
+
+napari places a layer's data index ``j`` (in the layer's axis order) at world point
+``affine @ (scale * j + translate)``. We make napari's world the patient's physical space in
+millimetres, LPS as in ITK, with world axes in array order: (z, y, x) for 3-D, (y, x) for 2-D. So
+world axis 0 runs inferior -> superior, axis 1 anterior -> posterior, axis 2 right -> left, and an
+axial slice shows anterior at the top and the patient's left on the right (radiological view).
+
+To keep napari's slicing axis-aligned, the adapter first permutes and flips the array axes (views,
+no copy) so that each layer axis follows the world axis closest to it; only the remaining oblique
+rotation, if any, goes into ``affine``. The volume's own geometry and the permutation ride in
+``layer.metadata['medgen_geometry']`` so that a layer, or a Labels layer painted on it, goes back to
+disk on exactly the source's grid, never re-derived from floating-point layer transforms.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from .engine.errors import GeometryMismatchError
+from .engine.volume import Volume
+
+GEOMETRY_KEY = "medgen_geometry"
+# Residual rotations closer to identity than this are dropped rather than passed as an affine.
+_IDENTITY_ATOL = 1e-6
+
+
+def _display_axes(direction: np.ndarray) -> tuple[list[int], list[bool]]:
+    """Array-axis permutation and flips that bring each axis closest to a world axis.
+
+    `direction` is ITK's (x, y, z) matrix. Returns, for each layer axis in world (z, y, x) order, the
+    source array axis it shows and whether that axis runs backwards.
+    """
+    n = direction.shape[0]
+    # In array order: row = world axis (z, y, x), column = array axis (z, y, x).
+    rotation_zyx = direction[::-1, ::-1]
+    best = max(
+        itertools.permutations(range(n)),
+        key=lambda perm: sum(abs(rotation_zyx[world, axis]) for world, axis in enumerate(perm)),
+    )
+    flips = [bool(rotation_zyx[world, axis] < 0) for world, axis in enumerate(best)]
+    return list(best), flips
+
+
+def display_array(array: np.ndarray, axes: list[int], flips: list[bool]) -> np.ndarray:
+    view = np.transpose(array, axes)
+    for axis, flip in enumerate(flips):
+        if flip:
+            view = np.flip(view, axis)
+    return view
+
+
+def source_array(display: np.ndarray, axes: list[int], flips: list[bool]) -> np.ndarray:
+    view = display
+    for axis, flip in enumerate(flips):
+        if flip:
+            view = np.flip(view, axis)
+    return np.transpose(view, np.argsort(axes))
+
+
+def layer_transform(volume: Volume) -> dict[str, Any]:
+    """``scale``, ``translate``, ``affine`` and ``metadata`` for a layer showing `volume`."""
+    n = volume.ndim
+    direction = volume.direction_matrix
+    axes, flips = _display_axes(direction)
+    shape = volume.shape
+    spacing_zyx = np.asarray(volume.spacing[::-1])
+    # Index (array order) of the source voxel shown at layer index 0: the far end of flipped axes.
+    first_voxel_zyx = np.zeros(n)
+    for layer_axis, (axis, flip) in enumerate(zip(axes, flips, strict=True)):
+        if flip:
+            first_voxel_zyx[axis] = shape[axis] - 1
+    origin_xyz = volume.index_to_physical(first_voxel_zyx[::-1])
+    origin_zyx = origin_xyz[::-1]
+    rotation_zyx = direction[::-1, ::-1]
+    # Columns of the display rotation: the source axes' directions, permuted and sign-flipped.
+    display_rotation = np.stack(
+        [rotation_zyx[:, axis] * (-1 if flip else 1) for axis, flip in zip(axes, flips, strict=True)], axis=1
+    )
+    scale = spacing_zyx[axes]
+    metadata = {
+        GEOMETRY_KEY: {
+            "shape": list(shape),
+            "spacing": list(volume.spacing),
+            "origin": list(volume.origin),
+            "direction": list(volume.direction),
+            "display_axes": axes,
+            "display_flips": flips,
+        }
+    }
+    if np.allclose(display_rotation, np.eye(n), atol=_IDENTITY_ATOL):
+        return {"scale": scale, "translate": origin_zyx, "affine": None, "metadata": metadata}
+    affine = np.eye(n + 1)
+    affine[:n, :n] = display_rotation
+    # world = R (scale * j + translate) = R scale j + origin  =>  translate = R^T origin
+    return {"scale": scale, "translate": display_rotation.T @ origin_zyx, "affine": affine, "metadata": metadata}
+
+
+def volume_to_layer_data(volume: Volume, layer_type: str | None = None, name: str | None = None) -> tuple:
+    """A napari LayerDataTuple ``(data, kwargs, layer_type)`` showing `volume` in physical space."""
+    if layer_type is None:
+        layer_type = "labels" if volume.is_label_map and "synthetic" not in volume.metadata else "image"
+    transform = layer_transform(volume)
+    geometry = transform["metadata"][GEOMETRY_KEY]
+    data = display_array(volume.array, geometry["display_axes"], geometry["display_flips"])
+    metadata = {k: v for k, v in volume.metadata.items() if k != GEOMETRY_KEY}
+    metadata.update(transform["metadata"])
+    kwargs: dict[str, Any] = {"scale": transform["scale"], "translate": transform["translate"], "metadata": metadata}
+    if transform["affine"] is not None:
+        kwargs["affine"] = transform["affine"]
+    if name:
+        kwargs["name"] = name
+    return data, kwargs, layer_type
+
+
+def layer_to_volume(
+    data: np.ndarray,
+    scale: Any = None,
+    translate: Any = None,
+    affine: Any = None,
+    metadata: dict[str, Any] | None = None,
+) -> Volume:
+    """The inverse of `volume_to_layer_data`: layer data (and its transforms) back to a `Volume`.
+
+    With the reference geometry in `metadata` (layers made by this plugin, and Labels layers made
+    for them) the result is on exactly the source's grid. Without it (a layer napari made), the
+    geometry is derived from the layer's scale, translate and affine.
+    """
+    data = np.asarray(data)
+    metadata = dict(metadata or {})
+    geometry = metadata.pop(GEOMETRY_KEY, None)
+    if geometry is not None:
+        array = source_array(data, geometry["display_axes"], geometry["display_flips"])
+        if list(array.shape) != list(geometry["shape"]):
+            raise GeometryMismatchError(
+                f"layer data of shape {data.shape} does not fit its source grid {tuple(geometry['shape'])}; "
+                "make a new Labels layer from the image"
+            )
+        return Volume(
+            array=np.ascontiguousarray(array),
+            spacing=geometry["spacing"],
+            origin=geometry["origin"],
+            direction=geometry["direction"],
+            metadata=metadata,
+        )
+    n = data.ndim
+    scale_zyx = np.ones(n) if scale is None else np.asarray(scale, dtype=float)
+    translate_zyx = np.zeros(n) if translate is None else np.asarray(translate, dtype=float)
+    matrix = np.eye(n + 1) if affine is None else np.asarray(affine, dtype=float)
+    if matrix.shape == (n, n):
+        matrix = np.block([[matrix, np.zeros((n, 1))], [np.zeros((1, n)), np.ones((1, 1))]])
+    linear, shift = matrix[:n, :n], matrix[:n, n]
+    # world = L (scale j + translate) + shift; L may carry a scale of its own: fold it into spacing.
+    column_norms = np.linalg.norm(linear, axis=0)
+    rotation_zyx = linear / column_norms
+    spacing_zyx = scale_zyx * column_norms
+    origin_zyx = linear @ translate_zyx + shift
+    return Volume(
+        array=np.ascontiguousarray(data),
+        spacing=tuple(spacing_zyx[::-1]),
+        origin=tuple(origin_zyx[::-1]),
+        direction=tuple(rotation_zyx[::-1, ::-1].ravel()),
+        metadata=metadata,
+    )
+
+
+def napari_layer_to_volume(layer: Any) -> Volume:
+    """`layer_to_volume` for a napari layer object (Image or Labels)."""
+    return layer_to_volume(
+        np.asarray(layer.data),
+        scale=layer.scale,
+        translate=layer.translate,
+        affine=layer.affine.affine_matrix,
+        metadata=layer.metadata,
+    )
+
+
+def layer_kwargs_like(layer: Any) -> dict[str, Any]:
+    """Transforms and reference geometry that put a new layer exactly on `layer`'s grid."""
+    kwargs = {
+        "scale": np.array(layer.scale),
+        "translate": np.array(layer.translate),
+        "affine": np.array(layer.affine.affine_matrix),
+    }
+    if GEOMETRY_KEY in layer.metadata:
+        kwargs["metadata"] = {GEOMETRY_KEY: dict(layer.metadata[GEOMETRY_KEY])}
+    return kwargs

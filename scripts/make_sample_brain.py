@@ -1,0 +1,95 @@
+"""Regenerate the sample brain in resources/sample/ from the ICBM152 2009 template that nilearn ships.
+
+    pip install nilearn && python scripts/make_sample_brain.py
+
+Produces, at 2 mm isotropic in the template's own orientation (RAS-stored NIfTI, MNI space):
+- ``mni152_t1_2mm.nii.gz``: the T1-weighted template, brain only, intensities rescaled to 0-1000 (int16);
+- ``mni152_tissue_labels_2mm.nii.gz``: 0 background, 1 CSF, 2 grey matter, 3 white matter (uint8).
+
+Tissue labels are the most probable class per voxel inside the brain mask, from the template's grey- and
+white-matter probability maps, with CSF taking the rest (the template ships no CSF map). The brain mask is
+the T1 above 20 % of its maximum, as nilearn's ``load_mni152_brain_mask`` defines it. Only nilearn's
+files are used; the plugin itself never imports nilearn.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from napari_medgen.engine.io import write_volume  # noqa: E402
+from napari_medgen.engine.volume import Volume  # noqa: E402
+
+SPACING_MM = 2.0
+OUT = REPO / "resources" / "sample"
+TISSUES = {0: "background", 1: "CSF", 2: "grey matter", 3: "white matter"}
+
+
+def template_dir() -> Path:
+    import nilearn.datasets
+
+    return Path(nilearn.datasets.__file__).parent / "data"
+
+
+def resample_to_spacing(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """Linear resampling onto a grid of `spacing_mm` covering the same physical extent."""
+    size = [int(round(n * s / spacing_mm)) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
+    # Keep the grid centred on the original extent.
+    extent = np.array(image.GetSize()) * np.array(image.GetSpacing())
+    shift = (extent - np.array(size) * spacing_mm) / 2 + (spacing_mm - np.array(image.GetSpacing())) / 2
+    origin = np.array(image.GetOrigin()) + np.array(image.GetDirection()).reshape(3, 3) @ shift
+    return sitk.Resample(
+        sitk.Cast(image, sitk.sitkFloat32),
+        size,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        tuple(origin),
+        (spacing_mm,) * 3,
+        image.GetDirection(),
+        0.0,
+        sitk.sitkFloat32,
+    )
+
+
+def main() -> None:
+    data = template_dir()
+    read = lambda name: resample_to_spacing(  # noqa: E731
+        sitk.ReadImage(str(data / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz")), SPACING_MM
+    )
+    t1_image, gm_image, wm_image = read("t1"), read("gm"), read("wm")
+    t1 = sitk.GetArrayFromImage(t1_image)
+    gm = sitk.GetArrayFromImage(gm_image) / 255.0
+    wm = sitk.GetArrayFromImage(wm_image) / 255.0
+    brain = t1 > 0.2 * t1.max()
+    csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
+    labels = np.where(brain, np.argmax(np.stack([csf, gm, wm]), axis=0) + 1, 0).astype(np.uint8)
+    t1_scaled = np.round(np.clip(t1, 0, None) / t1.max() * 1000).astype(np.int16)
+    t1_scaled[~brain] = 0
+
+    geometry = dict(spacing=t1_image.GetSpacing(), origin=t1_image.GetOrigin(), direction=t1_image.GetDirection())
+    source = "ICBM152 2009a symmetric template (nilearn copy), resampled to 2 mm; see LICENSE-ICBM152.txt"
+    OUT.mkdir(parents=True, exist_ok=True)
+    write_volume(
+        Volume(t1_scaled, **geometry, metadata={"modality": "MR", "sequence": "T1w", "source": source}),
+        OUT / "mni152_t1_2mm.nii.gz",
+    )
+    write_volume(
+        Volume(
+            labels,
+            **geometry,
+            metadata={"label_map": True, "label_names": {str(k): v for k, v in TISSUES.items()}, "source": source},
+        ),
+        OUT / "mni152_tissue_labels_2mm.nii.gz",
+    )
+    counts = {TISSUES[k]: int((labels == k).sum()) for k in TISSUES}
+    print(f"wrote {OUT}: shape {labels.shape}, voxels per tissue {counts}")
+
+
+if __name__ == "__main__":
+    main()
