@@ -6,21 +6,22 @@ millimetres, LPS as in ITK, with world axes in array order: (z, y, x) for 3-D, (
 world axis 0 runs inferior -> superior, axis 1 anterior -> posterior, axis 2 right -> left, and an
 axial slice shows anterior at the top and the patient's left on the right (radiological view).
 
-To keep napari's slicing axis-aligned, the adapter first permutes and flips the array axes (views,
-no copy) so that each layer axis follows the world axis closest to it; only the remaining oblique
-rotation, if any, goes into ``affine``. The volume's own geometry and the permutation ride in
+To keep napari's slicing axis-aligned, the adapter shows the volume in the engine's canonical
+orientation (`engine.orientation`: array axes permuted and flipped, as views, so that each layer axis
+follows the world axis closest to it); only the remaining oblique rotation, if any, goes into
+``affine``. The volume's own geometry and the permutation ride in
 ``layer.metadata['medgen_geometry']`` so that a layer, or a Labels layer painted on it, goes back to
 disk on exactly the source's grid, never re-derived from floating-point layer transforms.
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
 
 from .engine.errors import GeometryMismatchError
+from .engine.orientation import canonical_axes, orient_array, to_canonical, unorient_array
 from .engine.volume import Volume
 
 GEOMETRY_KEY = "medgen_geometry"
@@ -28,62 +29,17 @@ GEOMETRY_KEY = "medgen_geometry"
 _IDENTITY_ATOL = 1e-6
 
 
-def _display_axes(direction: np.ndarray) -> tuple[list[int], list[bool]]:
-    """Array-axis permutation and flips that bring each axis closest to a world axis.
-
-    `direction` is ITK's (x, y, z) matrix. Returns, for each layer axis in world (z, y, x) order, the
-    source array axis it shows and whether that axis runs backwards.
-    """
-    n = direction.shape[0]
-    # In array order: row = world axis (z, y, x), column = array axis (z, y, x).
-    rotation_zyx = direction[::-1, ::-1]
-    best = max(
-        itertools.permutations(range(n)),
-        key=lambda perm: sum(abs(rotation_zyx[world, axis]) for world, axis in enumerate(perm)),
-    )
-    flips = [bool(rotation_zyx[world, axis] < 0) for world, axis in enumerate(best)]
-    return list(best), flips
-
-
-def display_array(array: np.ndarray, axes: list[int], flips: list[bool]) -> np.ndarray:
-    view = np.transpose(array, axes)
-    for axis, flip in enumerate(flips):
-        if flip:
-            view = np.flip(view, axis)
-    return view
-
-
-def source_array(display: np.ndarray, axes: list[int], flips: list[bool]) -> np.ndarray:
-    view = display
-    for axis, flip in enumerate(flips):
-        if flip:
-            view = np.flip(view, axis)
-    return np.transpose(view, np.argsort(axes))
-
-
 def layer_transform(volume: Volume) -> dict[str, Any]:
     """``scale``, ``translate``, ``affine`` and ``metadata`` for a layer showing `volume`."""
     n = volume.ndim
-    direction = volume.direction_matrix
-    axes, flips = _display_axes(direction)
-    shape = volume.shape
-    spacing_zyx = np.asarray(volume.spacing[::-1])
-    # Index (array order) of the source voxel shown at layer index 0: the far end of flipped axes.
-    first_voxel_zyx = np.zeros(n)
-    for layer_axis, (axis, flip) in enumerate(zip(axes, flips, strict=True)):
-        if flip:
-            first_voxel_zyx[axis] = shape[axis] - 1
-    origin_xyz = volume.index_to_physical(first_voxel_zyx[::-1])
-    origin_zyx = origin_xyz[::-1]
-    rotation_zyx = direction[::-1, ::-1]
-    # Columns of the display rotation: the source axes' directions, permuted and sign-flipped.
-    display_rotation = np.stack(
-        [rotation_zyx[:, axis] * (-1 if flip else 1) for axis, flip in zip(axes, flips, strict=True)], axis=1
-    )
-    scale = spacing_zyx[axes]
+    axes, flips = canonical_axes(volume.direction_matrix)
+    canonical = to_canonical(volume)
+    rotation_zyx = canonical.direction_matrix[::-1, ::-1]
+    origin_zyx = np.asarray(canonical.origin[::-1])
+    scale = np.asarray(canonical.spacing[::-1])
     metadata = {
         GEOMETRY_KEY: {
-            "shape": list(shape),
+            "shape": list(volume.shape),
             "spacing": list(volume.spacing),
             "origin": list(volume.origin),
             "direction": list(volume.direction),
@@ -91,12 +47,12 @@ def layer_transform(volume: Volume) -> dict[str, Any]:
             "display_flips": flips,
         }
     }
-    if np.allclose(display_rotation, np.eye(n), atol=_IDENTITY_ATOL):
+    if np.allclose(rotation_zyx, np.eye(n), atol=_IDENTITY_ATOL):
         return {"scale": scale, "translate": origin_zyx, "affine": None, "metadata": metadata}
     affine = np.eye(n + 1)
-    affine[:n, :n] = display_rotation
+    affine[:n, :n] = rotation_zyx
     # world = R (scale * j + translate) = R scale j + origin  =>  translate = R^T origin
-    return {"scale": scale, "translate": display_rotation.T @ origin_zyx, "affine": affine, "metadata": metadata}
+    return {"scale": scale, "translate": rotation_zyx.T @ origin_zyx, "affine": affine, "metadata": metadata}
 
 
 def volume_to_layer_data(volume: Volume, layer_type: str | None = None, name: str | None = None) -> tuple:
@@ -105,7 +61,7 @@ def volume_to_layer_data(volume: Volume, layer_type: str | None = None, name: st
         layer_type = "labels" if volume.is_label_map and "synthetic" not in volume.metadata else "image"
     transform = layer_transform(volume)
     geometry = transform["metadata"][GEOMETRY_KEY]
-    data = display_array(volume.array, geometry["display_axes"], geometry["display_flips"])
+    data = orient_array(volume.array, geometry["display_axes"], geometry["display_flips"])
     metadata = {k: v for k, v in volume.metadata.items() if k != GEOMETRY_KEY}
     metadata.update(transform["metadata"])
     kwargs: dict[str, Any] = {"scale": transform["scale"], "translate": transform["translate"], "metadata": metadata}
@@ -133,7 +89,7 @@ def layer_to_volume(
     metadata = dict(metadata or {})
     geometry = metadata.pop(GEOMETRY_KEY, None)
     if geometry is not None:
-        array = source_array(data, geometry["display_axes"], geometry["display_flips"])
+        array = unorient_array(data, geometry["display_axes"], geometry["display_flips"])
         if list(array.shape) != list(geometry["shape"]):
             raise GeometryMismatchError(
                 f"layer data of shape {data.shape} does not fit its source grid {tuple(geometry['shape'])}; "

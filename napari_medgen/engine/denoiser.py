@@ -1,0 +1,147 @@
+"""The network call of a sampling step: conditioning, classifier-free guidance and tiling.
+
+The conditioning arrives as one channel stack per sample, in the card's order (see
+`card.Conditioning`): label one-hot, then known image and mask, then slice-position channels.
+The denoiser routes each part where the network takes it (input channels, SPADE's ``seg``, or a
+ControlNet) and, for 3-D volumes larger than the training tile, runs MONAI's sliding-window
+inference with Gaussian blending of overlapping tiles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .card import ModelCard
+from .models import LoadedModel
+
+
+def one_hot(label_map: np.ndarray, channels: int) -> np.ndarray:
+    """(N, ...) integer labels -> (N, channels, ...) float32 one-hot."""
+    eye = np.eye(channels, dtype=np.float32)
+    return np.moveaxis(eye[label_map.astype(np.int64)], -1, 1)
+
+
+def position_channels(positions: np.ndarray, frequencies: int, spatial_shape: tuple[int, ...]) -> np.ndarray:
+    """Sinusoidal embedding of each sample's normalised slice position, as constant channels.
+
+    Position p in [0, 1] along the scan axis -> sin/cos(2^k * pi * p), k < frequencies: the
+    transformer-style encoding slice-wise brain generators use, broadcast over the slice.
+    """
+    k = 2.0 ** np.arange(frequencies) * np.pi
+    angles = positions[:, None] * k[None, :]
+    features = np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
+    return np.broadcast_to(features.reshape(features.shape + (1,) * len(spatial_shape)), features.shape + spatial_shape).copy()
+
+
+def conditioning_stack(
+    card: ModelCard,
+    label_map: np.ndarray | None,
+    known: np.ndarray | None,
+    region: np.ndarray | None,
+    positions: np.ndarray | None,
+) -> np.ndarray:
+    """The (N, C, ...) conditioning channels for N samples (label_map: (N, ...) integers, etc.).
+
+    With no known image the known channel is empty and the mask covers everything: plain
+    generation, as in training (a fully voided image).
+    """
+    cond = card.conditioning
+    spatial = label_map.shape[1:] if label_map is not None else known.shape[1:]  # type: ignore[union-attr]
+    n = label_map.shape[0] if label_map is not None else known.shape[0]  # type: ignore[union-attr]
+    parts = []
+    if cond.label_map != "none":
+        if label_map is None:
+            parts.append(np.zeros((n, card.num_label_channels) + spatial, np.float32))
+        else:
+            parts.append(one_hot(label_map, card.num_label_channels))
+    if cond.known_image:
+        if known is None:
+            parts.append(np.zeros((n, 1) + spatial, np.float32))
+            parts.append(np.ones((n, 1) + spatial, np.float32))
+        else:
+            assert region is not None
+            parts.append((known * (1.0 - region))[:, None].astype(np.float32))
+            parts.append(region[:, None].astype(np.float32))
+    if cond.slice_position:
+        assert positions is not None
+        parts.append(position_channels(positions, cond.position_frequencies, spatial))
+    if not parts:
+        return np.zeros((n, 0) + spatial, np.float32)
+    return np.concatenate(parts, axis=1)
+
+
+class Denoiser:
+    """Calls the model's networks on (x_t, t) with a fixed conditioning stack."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        conditioning: torch.Tensor,
+        guidance: float = 1.0,
+        class_index: int | None = None,
+        overlap: float = 0.25,
+    ) -> None:
+        self.model = model
+        self.card = model.card
+        self.network = model.networks["network"]
+        self.controlnet = model.networks.get("controlnet")
+        self.conditioning = conditioning
+        self.guided = guidance != 1.0 and self.card.supports_guidance
+        self.guidance = guidance
+        self.label_channels = self.card.num_label_channels if self.card.conditioning.label_map != "none" else 0
+        self.class_labels = None
+        if class_index is not None:
+            self.class_labels = torch.full((conditioning.shape[0],), int(class_index), device=model.device, dtype=torch.long)
+        self.tile = tuple(self.card.tile_size[::-1])  # array order
+        self.overlap = overlap
+        self.calls = 0
+
+    def _network(self, stack: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        """One network pass on [x_t | conditioning] channel stacks."""
+        x = stack[:, :1]
+        labels = stack[:, 1 : 1 + self.label_channels]
+        rest = stack[:, 1 + self.label_channels :]
+        mode = self.card.conditioning.label_map
+        if mode == "channels":
+            return self.network(torch.cat([x, labels, rest], 1), t, class_labels=class_labels)
+        inputs = torch.cat([x, rest], 1)
+        if mode == "spade":
+            return self.network(inputs, t, seg=labels, class_labels=class_labels)
+        if mode == "controlnet":
+            assert self.controlnet is not None
+            down, mid = self.controlnet(inputs, t, controlnet_cond=labels, class_labels=class_labels)
+            return self.network(
+                inputs, t, class_labels=class_labels, down_block_additional_residuals=down, mid_block_additional_residual=mid
+            )
+        return self.network(inputs, t, class_labels=class_labels)
+
+    def _tiled(self, stack: torch.Tensor, t: int, class_labels: torch.Tensor | None) -> torch.Tensor:
+        spatial = tuple(stack.shape[2:])
+        t_batch = torch.full((stack.shape[0],), t, device=stack.device, dtype=torch.long)
+        if self.card.spatial_dims == 2 or all(s <= w for s, w in zip(spatial, self.tile, strict=True)):
+            return self._network(stack, t_batch, class_labels)
+        from monai.inferers import sliding_window_inference
+
+        def predictor(window: torch.Tensor) -> torch.Tensor:
+            n = window.shape[0]
+            return self._network(window, t_batch[:1].expand(n), None if class_labels is None else class_labels[:1].expand(n))
+
+        return sliding_window_inference(
+            stack, roi_size=self.tile, sw_batch_size=1, predictor=predictor, overlap=self.overlap, mode="gaussian"
+        )
+
+    def __call__(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        self.calls += 1
+        dtype = self.model.dtype
+        stack = torch.cat([x_t, self.conditioning], 1).to(dtype)
+        if not self.guided:
+            return self._tiled(stack, t, self.class_labels).float()
+        # Classifier-free guidance: conditional and unconditional passes in one batch.
+        unconditional = stack.clone()
+        unconditional[:, 1 : 1 + self.label_channels] = 0
+        both = torch.cat([stack, unconditional], 0)
+        labels = None if self.class_labels is None else torch.cat([self.class_labels, self.class_labels])
+        out = self._tiled(both, t, labels).float()
+        conditional, plain = out.chunk(2)
+        return plain + self.guidance * (conditional - plain)

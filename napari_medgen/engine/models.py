@@ -1,0 +1,317 @@
+"""Finding, loading and caching models: card + safetensors weights, never a pickle.
+
+Models are looked up, in order of precedence, in the folders named by ``NAPARI_MEDGEN_MODELS``
+(os.pathsep-separated), the per-user folder (``platformdirs.user_data_dir('napari-medgen')/models``),
+and the package's shipped ``resources/models/``. A user's model with the same name as a shipped one
+wins, and the listing says which it shadows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .card import CARD_FILE, ModelCard, load_card, save_card
+from .errors import DeviceError, ModelCardError, ModelNotFoundError, ModelWeightsError
+
+ENV_VAR = "NAPARI_MEDGEN_MODELS"
+DEFAULT_MODEL = "brain-t1-demo"
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model found on disk: its card, folder, where it came from, and what it shadows."""
+
+    card: ModelCard
+    folder: Path
+    source: str  # "environment", "user" or "shipped"
+    shadows: tuple[str, ...] = ()
+
+
+def user_models_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("napari-medgen", appauthor=False)) / "models"
+
+
+def model_search_path() -> list[tuple[str, Path]]:
+    """(source, folder) pairs in order of precedence."""
+    from .._paths import shipped_models_dir
+
+    folders: list[tuple[str, Path]] = []
+    for item in os.environ.get(ENV_VAR, "").split(os.pathsep):
+        if item.strip():
+            folders.append(("environment", Path(item.strip()).expanduser()))
+    folders.append(("user", user_models_dir()))
+    folders.append(("shipped", shipped_models_dir()))
+    return folders
+
+
+def _candidate_folders(root: Path) -> list[Path]:
+    if (root / CARD_FILE).is_file():
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
+
+
+def list_models() -> tuple[list[ModelEntry], list[str]]:
+    """All usable models (first of each name wins) and one line per folder that could not be read."""
+    found: dict[str, ModelEntry] = {}
+    problems: list[str] = []
+    for source, root in model_search_path():
+        for folder in _candidate_folders(root):
+            try:
+                card = load_card(folder)
+            except ModelCardError as error:
+                problems.append(str(error))
+                continue
+            if card.name in found:
+                winner = found[card.name]
+                found[card.name] = ModelEntry(
+                    winner.card, winner.folder, winner.source, winner.shadows + (f"{source}: {folder}",)
+                )
+                continue
+            found[card.name] = ModelEntry(card, folder, source)
+    return sorted(found.values(), key=lambda e: e.card.name), problems
+
+
+def find_model(name_or_path: str | os.PathLike[str] | None) -> ModelEntry:
+    """A model by name (registry) or by folder path; None means the shipped default."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL
+    path = Path(name_or_path).expanduser()
+    if (path / CARD_FILE).is_file() or path.is_dir():
+        return ModelEntry(load_card(path), path.resolve(), "path")
+    entries, _ = list_models()
+    for entry in entries:
+        if entry.card.name == str(name_or_path):
+            return entry
+    names = ", ".join(e.card.name for e in entries) or "none installed"
+    raise ModelNotFoundError(
+        f"no model named {name_or_path!r} (available: {names}); give a model folder path, or put the "
+        f"model in {user_models_dir()} or a folder listed in ${ENV_VAR}"
+    )
+
+
+# -- devices --------------------------------------------------------------------------------------
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple's MPS, then the CPU."""
+    name = str(device).lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError("CUDA was asked for but no CUDA GPU is available; use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError("Apple MPS was asked for but is not available; use --device auto or cpu")
+    if not (name == "cpu" or name == "mps" or name.startswith("cuda")):
+        raise DeviceError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise DeviceError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
+    if precision == "fp16" and device.type == "cpu":
+        raise DeviceError("fp16 is not supported on the CPU; use fp32 or bf16")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DeviceError("this GPU does not support bf16; use fp16 or fp32")
+    if precision == "bf16" and device.type == "mps":
+        raise DeviceError("bf16 is not supported on MPS; use fp16 or fp32")
+    return PRECISIONS[precision]
+
+
+# -- networks -------------------------------------------------------------------------------------
+def build_networks(card: ModelCard) -> dict[str, torch.nn.Module]:
+    """The card's MONAI networks with fresh (random) weights."""
+    from monai.networks import nets
+
+    networks = {"network": getattr(nets, card.network.class_name)(**card.network.kwargs)}
+    if card.controlnet is not None:
+        networks["controlnet"] = getattr(nets, card.controlnet.class_name)(**card.controlnet.kwargs)
+    return networks
+
+
+def state_dict_of(networks: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """One flat state dict: keys prefixed with the network's role ('network.', 'controlnet.')."""
+    flat = {}
+    for role, module in networks.items():
+        for key, tensor in module.state_dict().items():
+            flat[f"{role}.{key}"] = tensor.detach().contiguous().cpu()
+    return flat
+
+
+def save_model(card: ModelCard, networks: dict[str, torch.nn.Module], folder: str | Path) -> Path:
+    """Write a model folder: card and safetensors weights (atomically, weights first)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / card.weights
+    tmp = weights.with_name(f".{weights.name}.tmp")
+    save_file(state_dict_of(networks), str(tmp), metadata={"model": card.name, "version": card.version})
+    tmp.replace(weights)
+    save_card(card, folder)
+    return folder
+
+
+def weights_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_weights(card: ModelCard, folder: Path, networks: dict[str, torch.nn.Module]) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = (folder / card.weights).resolve()
+    if folder.resolve() not in path.parents:
+        raise ModelCardError(f"{folder}: the card's weights path {card.weights!r} points outside the model folder")
+    if not path.is_file():
+        raise ModelWeightsError(
+            f"{folder}: weights file {card.weights} is missing; copy it beside model.json or re-export the model"
+        )
+    try:
+        state = load_file(str(path))  # safetensors: a header and raw tensors, no code can run
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelWeightsError(
+            f"{path}: not a valid safetensors file ({error}); napari-medgen never loads pickled weights. "
+            "Convert a PyTorch checkpoint with `napari-medgen import-weights`"
+        ) from None
+    expected = state_dict_of(networks)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        details = []
+        if missing:
+            details.append(f"missing {', '.join(missing[:3])}")
+        if unexpected:
+            details.append(f"unexpected {', '.join(unexpected[:3])}")
+        if wrong_shape:
+            details.append(f"wrong shape {', '.join(wrong_shape[:3])}")
+        raise ModelWeightsError(
+            f"{path}: the weights do not fit the network the card describes ({'; '.join(details)}); "
+            "the card and the weights come from different models"
+        )
+    for role, module in networks.items():
+        prefix = f"{role}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: card, MONAI networks on a device, and what identifies the weights."""
+
+    card: ModelCard
+    folder: Path
+    source: str
+    networks: dict[str, torch.nn.Module]
+    device: torch.device
+    dtype: torch.dtype
+    weights_sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    def parameter_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for m in self.networks.values() for p in m.parameters())
+
+
+_CACHE: dict[tuple[str, str, str], LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_model(
+    model: str | os.PathLike[str] | None = None, device: str = "auto", precision: str = "fp32"
+) -> LoadedModel:
+    """Load (or fetch from the cache) a model by name or folder on a device at a precision."""
+    entry = find_model(model)
+    torch_device = resolve_device(device)
+    dtype = resolve_precision(precision, torch_device)
+    key = (str(entry.folder.resolve()), str(torch_device), precision)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    networks = build_networks(entry.card)
+    _load_weights(entry.card, entry.folder, networks)
+    for module in networks.values():
+        module.to(device=torch_device, dtype=dtype).eval().requires_grad_(False)
+    loaded = LoadedModel(
+        card=entry.card,
+        folder=entry.folder,
+        source=entry.source,
+        networks=networks,
+        device=torch_device,
+        dtype=dtype,
+        weights_sha256=weights_sha256(entry.folder / entry.card.weights),
+    )
+    with _CACHE_LOCK:
+        _CACHE[key] = loaded
+    return loaded
+
+
+def release_model(model: LoadedModel | None = None) -> int:
+    """Drop one loaded model (or all) from the cache and free device memory; returns how many."""
+    with _CACHE_LOCK:
+        keys = [k for k, v in _CACHE.items() if model is None or v is model]
+        for k in keys:
+            del _CACHE[k]
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return len(keys)
+
+
+def loaded_models() -> list[LoadedModel]:
+    with _CACHE_LOCK:
+        return list(_CACHE.values())
+
+
+def import_state_dict(checkpoint: str | Path, card: ModelCard, out_folder: str | Path) -> Path:
+    """Convert a plain PyTorch state dict (tensors only) into a model folder with safetensors weights.
+
+    ``torch.load(weights_only=True)`` refuses anything but tensors and containers, so a checkpoint
+    carrying code raises instead of running it.
+    """
+    try:
+        state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling refusal is the user's file's fault
+        raise ModelWeightsError(
+            f"{checkpoint}: not a plain tensor state dict ({type(error).__name__}: {str(error)[:200]}); "
+            "refusing to load it"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelWeightsError(f"{checkpoint}: expected a dict of tensors (a state dict)")
+    networks = build_networks(card)
+    if not any(k.startswith("network.") for k in state):
+        state = {f"network.{k}": v for k, v in state.items()}
+    folder = Path(out_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / card.weights))
+    save_card(card, folder)
+    _load_weights(card, folder, networks)  # check strictly now, not at first use
+    return folder

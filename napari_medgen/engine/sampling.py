@@ -1,0 +1,227 @@
+"""Sampling loops over a MONAI noise schedule: DDPM, DDIM (with eta), DPM-Solver++ (2M), RePaint.
+
+MONAI provides the networks and the noise schedule (``alphas_cumprod``); these loops are ours, since
+MONAI lacks inpainting, guidance, previews and cancellation, and its DDIM step assumes evenly spaced
+timesteps (it steps to ``t - T // steps`` rather than to the next timestep actually scheduled).
+
+Each loop is a generator: it yields ``(step, total, x0_estimate)`` after every network call and
+returns the final image. Closing the generator stops it before the next network call.
+
+`denoise(x_t, t)` is the network (with its conditioning and guidance already applied) returning its
+raw output; `noise_like(x)` draws Gaussian noise from the caller's seeded generators, so that a seed
+gives the same image whatever the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+
+import numpy as np
+import torch
+
+from .card import SchedulerSpec
+
+SAMPLERS = ("dpm++2m", "ddim", "ddpm")
+DenoiseFn = Callable[[torch.Tensor, int], torch.Tensor]
+NoiseFn = Callable[[torch.Tensor], torch.Tensor]
+StepEvents = Generator[tuple[int, int, torch.Tensor], None, torch.Tensor]
+
+
+class NoiseSchedule:
+    """The training noise schedule of a model (from MONAI's scheduler) and the maths on it."""
+
+    def __init__(self, spec: SchedulerSpec) -> None:
+        from monai.networks import schedulers
+
+        args = {} if spec.schedule == "cosine" else {"beta_start": spec.beta_start, "beta_end": spec.beta_end}
+        scheduler = getattr(schedulers, spec.class_name)(
+            num_train_timesteps=spec.num_train_timesteps,
+            schedule=spec.schedule,
+            prediction_type=spec.prediction_type,
+            **args,
+        )
+        self.scheduler = scheduler
+        self.num_train_timesteps = spec.num_train_timesteps
+        self.prediction_type = spec.prediction_type
+        self.alphas_cumprod = scheduler.alphas_cumprod.double().cpu().numpy()
+
+    def alpha_bar(self, t: int) -> float:
+        """Signal fraction at timestep t; t < 0 is the clean image (1.0)."""
+        return 1.0 if t < 0 else float(self.alphas_cumprod[t])
+
+    def timesteps(self, steps: int) -> list[int]:
+        """`steps` timesteps from T-1 down to 0, evenly spaced (unique, descending)."""
+        steps = int(max(1, min(steps, self.num_train_timesteps)))
+        values = np.linspace(self.num_train_timesteps - 1, 0, steps).round().astype(int)
+        return sorted(set(values.tolist()), reverse=True)
+
+    def split(self, output: torch.Tensor, x_t: torch.Tensor, t: int, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's output at t as (x0 estimate, noise estimate), x0 clipped to [-1, 1]."""
+        a = self.alpha_bar(t)
+        sa, sb = a**0.5, (1 - a) ** 0.5
+        if self.prediction_type == "epsilon":
+            x0 = (x_t - sb * output) / sa
+        elif self.prediction_type == "v_prediction":
+            x0 = sa * x_t - sb * output
+        else:
+            x0 = output
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+        eps = (x_t - sa * x0) / sb
+        return x0, eps
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+        a = self.alpha_bar(t)
+        return a**0.5 * x0 + (1 - a) ** 0.5 * noise
+
+    def renoise(self, x_s: torch.Tensor, noise: torch.Tensor, s: int, t: int) -> torch.Tensor:
+        """Forward diffusion from timestep s up to t > s (RePaint's jump back)."""
+        ratio = self.alpha_bar(t) / self.alpha_bar(s)
+        return ratio**0.5 * x_s + (1 - ratio) ** 0.5 * noise
+
+
+def _ddim_update(
+    schedule: NoiseSchedule, x0: torch.Tensor, eps: torch.Tensor, t: int, s: int, eta: float, noise_like: NoiseFn, x_t: torch.Tensor
+) -> torch.Tensor:
+    a_t, a_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
+    sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5 if s >= 0 else 0.0
+    x_s = a_s**0.5 * x0 + max(1 - a_s - sigma**2, 0.0) ** 0.5 * eps
+    if sigma > 0:
+        x_s = x_s + sigma * noise_like(x_t)
+    return x_s
+
+
+def sample_ddim(
+    denoise: DenoiseFn, x_t: torch.Tensor, schedule: NoiseSchedule, steps: int, noise_like: NoiseFn, eta: float = 0.0
+) -> StepEvents:
+    """DDIM over `steps` timesteps; eta=0 deterministic, eta=1 is ancestral (DDPM-like) sampling."""
+    timesteps = schedule.timesteps(steps)
+    x0 = x_t
+    for i, t in enumerate(timesteps):
+        s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        x0, eps = schedule.split(denoise(x_t, t), x_t, t)
+        x_t = x0 if s < 0 else _ddim_update(schedule, x0, eps, t, s, eta, noise_like, x_t)
+        yield i + 1, len(timesteps), x0
+    return x0
+
+
+def sample_ddpm(
+    denoise: DenoiseFn, x_t: torch.Tensor, schedule: NoiseSchedule, steps: int, noise_like: NoiseFn, eta: float = 1.0
+) -> StepEvents:
+    """Ancestral DDPM: the posterior step with variance beta-tilde (DDIM with eta = 1) on every timestep."""
+    return (yield from sample_ddim(denoise, x_t, schedule, steps, noise_like, eta=1.0))
+
+
+def sample_dpmpp_2m(
+    denoise: DenoiseFn, x_t: torch.Tensor, schedule: NoiseSchedule, steps: int, noise_like: NoiseFn, eta: float = 0.0
+) -> StepEvents:
+    """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep in log-SNR, data prediction.
+
+    First-order at the first step and at the last (to the clean image), as the paper recommends for
+    few steps.
+    """
+    timesteps = schedule.timesteps(steps)
+
+    def lam(t: int) -> float:
+        a = schedule.alpha_bar(t)
+        return 0.5 * np.log(a / (1 - a))
+
+    previous_x0: torch.Tensor | None = None
+    previous_h: float | None = None
+    x0 = x_t
+    for i, t in enumerate(timesteps):
+        s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        x0, _ = schedule.split(denoise(x_t, t), x_t, t)
+        if s < 0:
+            x_t = x0
+        else:
+            a_t, a_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
+            h = lam(s) - lam(t)
+            sigma_ratio = ((1 - a_s) / (1 - a_t)) ** 0.5
+            phi = -np.expm1(-h)  # 1 - e^{-h}
+            if previous_x0 is None or previous_h is None:
+                d = x0
+            else:
+                r = previous_h / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous_x0
+            x_t = sigma_ratio * x_t + a_s**0.5 * phi * d
+            previous_x0, previous_h = x0, h
+        yield i + 1, len(timesteps), x0
+    return x0
+
+
+SAMPLER_LOOPS = {"ddim": sample_ddim, "ddpm": sample_ddpm, "dpm++2m": sample_dpmpp_2m}
+
+
+def sampler_steps(sampler: str, steps: int, schedule: NoiseSchedule) -> int:
+    """Network calls a sampler makes (DDPM uses every training step unless told fewer)."""
+    return len(schedule.timesteps(steps))
+
+
+def sample(
+    sampler: str, denoise: DenoiseFn, x_t: torch.Tensor, schedule: NoiseSchedule, steps: int, noise_like: NoiseFn, eta: float = 0.0
+) -> StepEvents:
+    """Dispatch to a sampling loop by name."""
+    return SAMPLER_LOOPS[sampler](denoise, x_t, schedule, steps, noise_like, eta)
+
+
+def repaint_schedule(timesteps: list[int], jump_length: int, jump_count: int) -> list[tuple[int, int]]:
+    """RePaint's walk over the timesteps: pairs (t, s); s < t denoises, s > t re-noises (jumps back).
+
+    After every `jump_length` steps down, the walk goes `jump_length` steps back up, `jump_count - 1`
+    times, so the known region's context harmonises with the generated one.
+    """
+    walk: list[tuple[int, int]] = []
+    chain = timesteps + [-1]
+    jumps_done = {i: 0 for i in range(len(chain))}
+    i = 0
+    while i < len(chain) - 1:
+        walk.append((chain[i], chain[i + 1]))
+        i += 1
+        if (
+            jump_count > 1
+            and jump_length > 0
+            and i % jump_length == 0
+            and i < len(chain) - 1
+            and jumps_done[i] < jump_count - 1
+        ):
+            jumps_done[i] += 1
+            for k in range(jump_length):
+                walk.append((chain[i - k], chain[i - k - 1]))
+            i -= jump_length
+    return walk
+
+
+def sample_repaint(
+    denoise: DenoiseFn,
+    x_t: torch.Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    noise_like: NoiseFn,
+    known: torch.Tensor,
+    keep: torch.Tensor,
+    jump_length: int = 10,
+    jump_count: int = 10,
+) -> StepEvents:
+    """RePaint (Lugmayr et al. 2022) for models with no inpainting inputs.
+
+    `keep` is 1 where `known` is kept. At every step down the kept part is replaced by `known`
+    noised to that timestep; jumps back re-noise the whole image.
+    """
+    walk = repaint_schedule(schedule.timesteps(steps), jump_length, jump_count)
+    calls = sum(1 for t, s in walk if s < t)
+    x0 = x_t
+    done = 0
+    for t, s in walk:
+        if s > t:  # jump back up: forward-diffuse
+            x_t = schedule.renoise(x_t, noise_like(x_t), t, s)
+            continue
+        x0, eps = schedule.split(denoise(x_t, t), x_t, t)
+        if s < 0:
+            x_t = keep * known + (1 - keep) * x0
+        else:
+            generated = _ddim_update(schedule, x0, eps, t, s, 1.0, noise_like, x_t)
+            x_t = keep * schedule.add_noise(known, noise_like(x_t), s) + (1 - keep) * generated
+        done += 1
+        yield done, calls, x0
+    return x_t

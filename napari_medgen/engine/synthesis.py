@@ -1,0 +1,570 @@
+"""Anatomy-conditioned generation and inpainting: from volumes in, to volumes out, same geometry.
+
+`generate` and `inpaint` are generators: they yield `ProgressEvent`s (a step count and, every few
+steps, a preview of the current estimate in the output's own grid) and return a list of result
+volumes, one per variant. Closing the generator stops the work before the next network call.
+
+The work happens on a working grid: the input in canonical orientation (`orientation`), resampled
+to the model's spacing (in-plane only for 2-D models, which go slice by slice along the axial axis
+with the slice position as a condition), padded to what the UNet's down-sampling needs. Results are
+resampled back onto the input's exact grid. Inpainting works only on a box around the region (plus
+a context margin) and copies every voxel outside the region from the input unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import os
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from .denoiser import Denoiser, conditioning_stack
+from .errors import (
+    GeometryMismatchError,
+    InvalidVolumeError,
+    LabelSchemaError,
+    MedgenError,
+    RegionError,
+    TaskNotSupportedError,
+)
+from .intensity import IntensityMap, intensity_map_for
+from .models import LoadedModel, load_model
+from .orientation import canonical_axes, to_canonical, unorient_array
+from .resample import Grid, grid_at_spacing, resample
+from .sampling import SAMPLERS, NoiseSchedule, sample, sample_repaint
+from .volume import Volume
+
+# Default memory budget for one run's working arrays (float32 voxels times the number of copies).
+MAX_WORK_VOXELS = int(os.environ.get("NAPARI_MEDGEN_MAX_VOXELS", 512 * 512 * 512))
+
+
+@dataclass
+class ProgressEvent:
+    """One step of a run: `step` of `total` network calls; `preview` is the current estimate, when given.
+
+    `preview` is a float32 array in the output volume's array order and grid (read-only; copy it to keep).
+    """
+
+    step: int
+    total: int
+    variant: int = 0
+    message: str = ""
+    preview: np.ndarray | None = None
+
+
+@dataclass
+class SamplingOptions:
+    """How to sample: the method, its steps, the seed, guidance and previews."""
+
+    sampler: str = "dpm++2m"
+    steps: int = 20
+    seed: int = 0
+    guidance: float = 1.0
+    eta: float = 0.0
+    variants: int = 1
+    batch_size: int | None = None
+    preview_every: int = 5
+    class_index: int | None = None
+    # Inpainting with models that have no known-image inputs (RePaint).
+    jump_length: int = 5
+    jump_count: int = 4
+
+    def check(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise MedgenError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if not 1 <= self.steps <= 10000:
+            raise MedgenError(f"steps must be between 1 and the model's training steps, got {self.steps}")
+        if self.guidance < 0:
+            raise MedgenError(f"guidance must be 0 or more (1 = no guidance), got {self.guidance}")
+        if self.variants < 1:
+            raise MedgenError(f"variants must be at least 1, got {self.variants}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise MedgenError(f"eta must be between 0 and 1, got {self.eta}")
+
+
+@dataclass
+class _Work:
+    """The problem on the working grid (array order z, y, x; 2-D volumes have z = 1)."""
+
+    grid: Grid
+    labels: np.ndarray | None  # int, working shape
+    known: np.ndarray | None  # normalised to [-1, 1]
+    region: np.ndarray | None  # 1 = generate, 0 = keep
+    positions: np.ndarray | None  # per slice, in [0, 1]
+    pad: tuple[int, ...] = ()
+    intensity: IntensityMap = field(default_factory=lambda: IntensityMap(0.0, 1.0))
+
+
+# -- public entry points ---------------------------------------------------------------------------
+def generate(
+    model: LoadedModel | str | None,
+    label_map: Volume,
+    options: SamplingOptions | None = None,
+    slice_range: tuple[int, int] | None = None,
+    **option_overrides: Any,
+) -> Generator[ProgressEvent, None, list[Volume]]:
+    """Synthesize images that follow `label_map`, in its exact geometry; one per variant.
+
+    `slice_range` (canonical axial slices, as napari shows them) limits a 3-D run to those slices,
+    and the results then cover just those slices.
+    """
+    options = _options(options, option_overrides)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    card = loaded.card
+    if "generate" not in card.tasks:
+        raise TaskNotSupportedError(f"model {card.name} does not generate images (it does: {', '.join(card.tasks)})")
+    _check_label_map(loaded, label_map)
+    canonical = to_canonical(_as_3d(label_map))
+    total_slices = canonical.shape[0]
+    offset = 0
+    if slice_range is not None:
+        start, stop = _check_slice_range(slice_range, total_slices)
+        canonical = _crop(canonical, (slice(start, stop), slice(None), slice(None)))
+        offset = start
+    frame = canonical
+    work = _working_problem(loaded, frame, labels=frame, known=None, region=None, intensity=None)
+    work.positions = _positions(frame.shape[0], offset, total_slices) if card.spatial_dims == 2 else None
+    inputs = {"label_map": label_map.content_hash()}
+    if slice_range is None:
+        present = lambda result: _back_to_source(result, label_map)  # noqa: E731
+    else:
+        present = lambda result: result if label_map.ndim == 3 else _as_2d(result)  # noqa: E731
+    results = yield from _run(loaded, work, options, frame, None, present)
+    for variant, volume in enumerate(results):
+        volume.metadata = _provenance(loaded, options, "generate", variant, inputs)
+    return results
+
+
+def inpaint(
+    model: LoadedModel | str | None,
+    image: Volume,
+    region: Volume,
+    label_map: Volume | None = None,
+    options: SamplingOptions | None = None,
+    context_mm: float = 16.0,
+    feather_mm: float = 2.0,
+    **option_overrides: Any,
+) -> Generator[ProgressEvent, None, list[Volume]]:
+    """Regenerate the voxels of `image` inside `region`; every voxel outside is kept bit for bit.
+
+    `label_map` (optional, on the image's grid) says what anatomy to put inside the region. Only a
+    box around the region plus `context_mm` is processed; the seam is feathered over `feather_mm`
+    inside the region.
+    """
+    options = _options(options, option_overrides)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    card = loaded.card
+    if "inpaint" not in card.tasks:
+        raise TaskNotSupportedError(f"model {card.name} does not inpaint (it does: {', '.join(card.tasks)})")
+    if image.is_label_map and image.metadata.get("label_map"):
+        raise InvalidVolumeError("the image to inpaint is a label map; give the scan (intensities) instead")
+    if image.ndim == 3 and card.spatial_dims == 3 and min(image.shape) < 2:
+        raise InvalidVolumeError("a 3-D model needs a 3-D image with more than one slice")
+    region = _region_on_image(region, image)
+    if label_map is not None:
+        _check_label_map(loaded, label_map)
+        image.require_same_grid(label_map, what="label map", ref="image")
+    image3, region3 = to_canonical(_as_3d(image)), to_canonical(_as_3d(region))
+    labels3 = to_canonical(_as_3d(label_map)) if label_map is not None else None
+    box = _region_box(region3, context_mm, card.spatial_dims)
+    frame_image = _crop(image3, box)
+    frame_region = _crop(region3, box)
+    frame_labels = _crop(labels3, box) if labels3 is not None else None
+    intensity = intensity_map_for(card.normalization, np.asarray(image.array, dtype=np.float32))
+    work = _working_problem(loaded, frame_image, labels=frame_labels, known=frame_image, region=frame_region, intensity=intensity)
+    if card.spatial_dims == 2:
+        work.positions = _positions(frame_image.shape[0], box[0].start, image3.shape[0])
+    inputs = {"image": image.content_hash(), "region": region.content_hash()}
+    if label_map is not None:
+        inputs["label_map"] = label_map.content_hash()
+    canvas = np.asarray(image3.array, dtype=np.float32)
+    weight = _feather_weights(frame_region.array > 0, frame_image.spacing, feather_mm)
+
+    def paste(on_frame: Volume) -> Volume:
+        pasted = canvas.copy()
+        pasted[box] = weight * on_frame.array + (1.0 - weight) * canvas[box]
+        return image3.with_array(pasted, metadata={})
+
+    def present(result: Volume) -> Volume:
+        volume = _back_to_source(result, image)
+        generated = volume.array
+        if not np.issubdtype(image.array.dtype, np.floating):
+            info = np.iinfo(image.array.dtype)
+            generated = np.clip(np.rint(generated), info.min, info.max)
+        # Outside the region: the input's own voxels, exactly.
+        return image.with_array(np.where(region.array > 0, generated, image.array).astype(image.array.dtype), metadata={})
+
+    results = yield from _run(loaded, work, options, frame_image, paste, present)
+    for variant, volume in enumerate(results):
+        volume.metadata = _provenance(loaded, options, "inpaint", variant, inputs)
+    return results
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def _run(
+    loaded: LoadedModel,
+    work: _Work,
+    options: SamplingOptions,
+    frame: Volume,
+    paste,
+    present,
+) -> Generator[ProgressEvent, None, list[Volume]]:
+    """Sample every unit of every variant; returns the output volumes (via `paste` and `present`).
+
+    `paste` puts a result on the frame's grid into the full canonical volume (inpainting) or is None;
+    `present` turns a canonical result into the output volume (the source's array order and grid).
+    """
+    card = loaded.card
+    schedule = NoiseSchedule(card.scheduler)
+    calls_per_unit = _calls_per_unit(options, schedule, work)
+    units = _units(loaded, work, options)
+    total = calls_per_unit * len(units) * options.variants
+    done = 0
+    results: list[Volume] = []
+    device = loaded.device
+    try:
+        for variant in range(options.variants):
+            seed = options.seed + variant
+            buffer = np.full(work.grid.shape, -1.0, np.float32)  # working grid, normalised
+            if work.known is not None:
+                buffer[...] = work.known
+            for unit in units:
+                denoise, x_t, noise_like, known_t, keep_t = _prepare_unit(loaded, work, unit, options, seed)
+                if card.conditioning.known_image or work.region is None:
+                    steps = sample(options.sampler, denoise, x_t, schedule, options.steps, noise_like, options.eta)
+                else:
+                    steps = sample_repaint(
+                        denoise, x_t, schedule, options.steps, noise_like, known_t, keep_t, options.jump_length, options.jump_count
+                    )
+                with torch.inference_mode():
+                    while True:
+                        try:
+                            step, _, x0 = next(steps)
+                        except StopIteration as stop:
+                            final = stop.value
+                            break
+                        done += 1
+                        preview = None
+                        if options.preview_every > 0 and (step % options.preview_every == 0):
+                            preview = _preview(work, buffer, unit, x0, frame, paste, present)
+                        yield ProgressEvent(done, total, variant, f"variant {variant + 1}/{options.variants}", preview)
+                buffer[unit] = _unit_to_array(final, work, unit)
+                del x_t, final, known_t, keep_t, denoise
+            results.append(present(_finish(work, buffer, frame, paste)))
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
+
+
+def _calls_per_unit(options: SamplingOptions, schedule: NoiseSchedule, work: _Work) -> int:
+    timesteps = schedule.timesteps(options.steps)
+    if work.region is not None and not work.known_image_model:  # type: ignore[attr-defined]
+        from .sampling import repaint_schedule
+
+        return sum(1 for t, s in repaint_schedule(timesteps, options.jump_length, options.jump_count) if s < t)
+    return len(timesteps)
+
+
+def _units(loaded: LoadedModel, work: _Work, options: SamplingOptions) -> list[tuple[slice, ...]]:
+    """Batches of slices (2-D model) or the whole working volume (3-D model)."""
+    shape = work.grid.shape
+    if loaded.card.spatial_dims == 3:
+        return [(slice(None), slice(None), slice(None))]
+    slices = range(shape[0])
+    if work.region is not None:  # only slices that hold some of the region
+        slices = [z for z in slices if work.region[z].any()]
+    slices = list(slices)
+    batch = options.batch_size or auto_slice_batch(loaded, shape[1], shape[2])
+    units = []
+    for i in range(0, len(slices), batch):
+        chunk = slices[i : i + batch]
+        # Contiguous runs only, so a unit is a plain slice of the array.
+        start = chunk[0]
+        run = [z for j, z in enumerate(chunk) if z == start + j]
+        units.append((slice(start, start + len(run)), slice(None), slice(None)))
+        for z in chunk[len(run) :]:
+            units.append((slice(z, z + 1), slice(None), slice(None)))
+    return units
+
+
+def auto_slice_batch(loaded: LoadedModel, height: int, width: int) -> int:
+    """Slices per network call, from the memory available on the model's device.
+
+    Activations of a small diffusion UNet take roughly 600 bytes per pixel per batch element at
+    fp32 (measured on the demo model); a quarter of the free memory is used, capped at 32.
+    """
+    per_slice = 600 * height * width * (2 if loaded.card.supports_guidance else 1)
+    if loaded.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(loaded.device)
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            free = 2 << 30
+    batch = int(max(1, min(32, (free // 4) // max(per_slice, 1))))
+    return batch if loaded.device.type == "cuda" else min(batch, 8)
+
+
+def _prepare_unit(loaded: LoadedModel, work: _Work, unit: tuple[slice, ...], options: SamplingOptions, seed: int):
+    card = loaded.card
+    device = loaded.device
+    if card.spatial_dims == 2:
+        z = range(*unit[0].indices(work.grid.shape[0]))
+        labels = work.labels[unit] if work.labels is not None else None
+        known = work.known[unit] if work.known is not None else None
+        region = work.region[unit].astype(np.float32) if work.region is not None else None
+        positions = work.positions[unit[0]] if work.positions is not None else None
+        keys = [seed * 100003 + int(k) for k in z]
+    else:
+        labels = work.labels[None] if work.labels is not None else None
+        known = work.known[None] if work.known is not None else None
+        region = work.region[None].astype(np.float32) if work.region is not None else None
+        positions = None
+        keys = [seed]
+    inpaint_channels = card.conditioning.known_image
+    stack = conditioning_stack(
+        card,
+        labels,
+        known if inpaint_channels else None,
+        region if inpaint_channels else None,
+        positions,
+    )
+    conditioning = torch.from_numpy(stack).to(device)
+    generators = [torch.Generator(device="cpu").manual_seed(int(k) % (2**63)) for k in keys]
+
+    def noise_like(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(device)
+
+    spatial = stack.shape[2:]
+    x_t = torch.stack([torch.randn((1,) + spatial, generator=g) for g in generators]).to(device)
+    denoise = Denoiser(loaded, conditioning, options.guidance, options.class_index)
+    known_t = keep_t = None
+    if work.region is not None and not inpaint_channels:
+        known_t = torch.from_numpy(known[:, None].copy()).to(device)
+        keep_t = torch.from_numpy(1.0 - region[:, None]).to(device)
+    return denoise, x_t, noise_like, known_t, keep_t
+
+
+def _unit_to_array(x0: torch.Tensor, work: _Work, unit: tuple[slice, ...]) -> np.ndarray:
+    """A unit's estimate on the working grid; the known image kept outside the region."""
+    array = x0.float().cpu().numpy()[:, 0]  # (slices, y, x) for 2-D models, (1, z, y, x) for 3-D
+    if x0.dim() == 5:
+        array = array[0]
+    if work.region is not None:
+        array = np.where(work.region[unit], array, work.known[unit])
+    return array
+
+
+def _preview(work: _Work, buffer: np.ndarray, unit: tuple[slice, ...], x0: torch.Tensor, frame: Volume, paste, present) -> np.ndarray:
+    current = buffer.copy()
+    current[unit] = _unit_to_array(x0, work, unit)
+    return present(_finish(work, current, frame, paste)).array
+
+
+def _finish(work: _Work, buffer: np.ndarray, frame: Volume, paste) -> Volume:
+    """Working buffer -> intensities on the frame's grid, pasted into the full image when inpainting."""
+    unpadded = buffer[tuple(slice(0, s) for s in _unpadded_shape(work))]
+    intensities = work.intensity.inverse(unpadded)
+    on_working = Volume(intensities, work.grid.spacing, work.grid.origin, work.grid.direction)
+    on_frame = resample(on_working, Grid.of(frame), "linear", default_value=float(work.intensity.low))
+    return on_frame if paste is None else paste(on_frame)
+
+
+def _feather_weights(region: np.ndarray, spacing_xyz: tuple[float, ...], feather_mm: float) -> np.ndarray:
+    """1 deep inside the region, falling to 0 at its border over `feather_mm` (0 outside)."""
+    if feather_mm <= 0:
+        return region.astype(np.float32)
+    from scipy.ndimage import distance_transform_edt
+
+    depth = distance_transform_edt(region, sampling=spacing_xyz[::-1])
+    return np.clip(depth / feather_mm, 0.0, 1.0).astype(np.float32)
+
+
+# -- preparing the working problem ----------------------------------------------------------------
+def _working_problem(
+    loaded: LoadedModel, frame: Volume, labels: Volume | None, known: Volume | None, region: Volume | None, intensity: IntensityMap | None
+) -> _Work:
+    card = loaded.card
+    if card.spatial_dims == 2:
+        spacing = (card.spacing_mm[0], card.spacing_mm[1], frame.spacing[2])
+    else:
+        spacing = tuple(card.spacing_mm)
+    grid = grid_at_spacing(frame, spacing)
+    voxels = int(np.prod(grid.size))
+    if voxels > MAX_WORK_VOXELS:
+        raise InvalidVolumeError(
+            f"the volume needs {voxels:,} voxels at the model's spacing, more than the memory budget of "
+            f"{MAX_WORK_VOXELS:,}; crop it to the region of interest or raise NAPARI_MEDGEN_MAX_VOXELS"
+        )
+    intensity = intensity or intensity_map_for(card.normalization, None)
+    labels_w = resample(labels, grid, "nearest").array.astype(np.int64) if labels is not None else None
+    known_w = intensity.forward(resample(known, grid, "linear").array) if known is not None else None
+    region_w = resample(region, grid, "nearest").array.astype(bool) if region is not None else None
+    if region_w is not None and not region_w.any():
+        region_w = _nearest_nonempty_region(region, grid)
+    divisor = 2 ** (len(card.network.kwargs.get("channels", (1,))) - 1)
+    axes = (1, 2) if card.spatial_dims == 2 else (0, 1, 2)
+    pad = [(0, 0)] * 3
+    for axis in axes:
+        size = grid.shape[axis]
+        target = max(size, 8)
+        target = int(np.ceil(target / divisor) * divisor)
+        pad[axis] = (0, target - size)
+    background_label = 0
+    padded_shape = tuple(s + p[1] for s, p in zip(grid.shape, pad, strict=True))
+    padded_grid = Grid(tuple(padded_shape[::-1]), grid.spacing, grid.origin, grid.direction)
+    work = _Work(
+        grid=padded_grid,
+        labels=np.pad(labels_w, pad, constant_values=background_label) if labels_w is not None else None,
+        known=np.pad(known_w, pad, constant_values=-1.0) if known_w is not None else None,
+        region=np.pad(region_w, pad, constant_values=False) if region_w is not None else None,
+        positions=None,
+        pad=tuple(p[1] for p in pad),
+        intensity=intensity,
+    )
+    work.known_image_model = card.conditioning.known_image  # type: ignore[attr-defined]
+    return work
+
+
+def _unpadded_shape(work: _Work) -> tuple[int, ...]:
+    return tuple(s - p for s, p in zip(work.grid.shape, work.pad, strict=True))
+
+
+def _nearest_nonempty_region(region: Volume, grid: Grid) -> np.ndarray:
+    """A region thinner than the model's voxels still covers the voxels it falls in."""
+    import SimpleITK as sitk
+
+    image = region.to_sitk()
+    out = np.zeros(grid.shape, bool)
+    index_points = np.argwhere(region.array > 0)
+    target = Volume(out.astype(np.uint8), grid.spacing, grid.origin, grid.direction).to_sitk()
+    for idx in index_points:
+        point = image.TransformIndexToPhysicalPoint([int(i) for i in idx[::-1]])
+        j = target.TransformPhysicalPointToIndex(point)
+        if all(0 <= j[k] < grid.size[k] for k in range(3)):
+            out[j[2], j[1], j[0]] = True
+    return out
+
+
+def _positions(count: int, offset: int, total: int) -> np.ndarray:
+    return (np.arange(count) + offset) / max(total - 1, 1)
+
+
+def _region_box(region: Volume, context_mm: float, spatial_dims: int) -> tuple[slice, ...]:
+    """The region's bounding box, widened by `context_mm` (in-plane only for 2-D models)."""
+    where = np.argwhere(region.array > 0)
+    low, high = where.min(0), where.max(0) + 1
+    margin = np.ceil(context_mm / np.asarray(region.spacing[::-1])).astype(int)
+    if spatial_dims == 2:
+        margin[0] = 0
+    low = np.maximum(low - margin, 0)
+    high = np.minimum(high + margin, region.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+
+
+def _crop(volume: Volume, box: tuple[slice, ...]) -> Volume:
+    """A sub-volume (a copy) with its origin moved to the box's first voxel."""
+    start = [s.start or 0 for s in box]
+    origin = volume.index_to_physical(np.asarray(start[::-1], dtype=float))
+    return Volume(np.ascontiguousarray(volume.array[box]), volume.spacing, tuple(origin), volume.direction, volume.metadata)
+
+
+def _region_on_image(region: Volume, image: Volume) -> Volume:
+    """The region on the image's grid (resampled, nearest, if drawn on another grid); never empty."""
+    if not region.is_label_map:
+        region = region.with_array((region.array > 0.5).astype(np.uint8))
+    if not region.array.any():
+        raise RegionError("the inpainting region is empty; paint or draw the region to regenerate first")
+    if not image.same_grid(region):
+        if region.ndim != image.ndim:
+            raise GeometryMismatchError(f"the region is {region.ndim}-D but the image is {image.ndim}-D")
+        region = resample(region, Grid.of(image), "nearest")
+        if not region.array.any():
+            raise RegionError(
+                "the inpainting region lies outside the image; draw it on a layer made from this image"
+            )
+    return region.with_array((region.array > 0).astype(np.uint8), metadata={})
+
+
+def _check_label_map(loaded: LoadedModel, label_map: Volume) -> None:
+    card = loaded.card
+    if not label_map.is_label_map:
+        raise LabelSchemaError(
+            "the label map holds non-integer values, so it looks like an image; give a label map (integers "
+            "naming anatomy classes) or paint one in a Labels layer"
+        )
+    if label_map.ndim == 2 and card.spatial_dims == 3:
+        raise InvalidVolumeError(f"model {card.name} is 3-D and needs a 3-D label map")
+    card.label_schema.validate_label_map(label_map.array)
+
+
+def _check_slice_range(slice_range: tuple[int, int], total: int) -> tuple[int, int]:
+    start, stop = int(slice_range[0]), int(slice_range[1])
+    if not 0 <= start < stop <= total:
+        raise MedgenError(f"slice range {start}:{stop} is outside the volume's {total} slices")
+    return start, stop
+
+
+def _as_3d(volume: Volume) -> Volume:
+    if volume.ndim == 3:
+        return volume
+    d = volume.direction_matrix
+    direction = np.eye(3)
+    direction[:2, :2] = d
+    return Volume(
+        volume.array[None], volume.spacing + (1.0,), volume.origin + (0.0,), tuple(direction.ravel()), volume.metadata
+    )
+
+
+def _as_2d(volume: Volume) -> Volume:
+    d = volume.direction_matrix[:2, :2]
+    return Volume(volume.array[0], volume.spacing[:2], volume.origin[:2], tuple(d.ravel()), volume.metadata)
+
+
+def _back_to_source(result3: Volume, source: Volume) -> Volume:
+    """A canonical 3-D result back into `source`'s array order and exact geometry."""
+    source3 = _as_3d(source)
+    axes, flips = canonical_axes(source3.direction_matrix)
+    array = np.ascontiguousarray(unorient_array(result3.array, axes, flips)).astype(np.float32, copy=False)
+    return source.with_array(array.reshape(source.shape), metadata={})
+
+
+def _options(options: SamplingOptions | None, overrides: dict[str, Any]) -> SamplingOptions:
+    options = copy.copy(options) if options is not None else SamplingOptions()
+    for key, value in overrides.items():
+        if not hasattr(options, key):
+            raise TypeError(f"unknown sampling option {key!r}")
+        setattr(options, key, value)
+    options.check()
+    return options
+
+
+def _provenance(loaded: LoadedModel, options: SamplingOptions, task: str, variant: int, inputs: dict[str, str]) -> dict[str, Any]:
+    """What marks a result as synthetic and says how it was made."""
+    return {
+        "synthetic": True,
+        "provenance": {
+            "generator": f"napari-medgen {__version__}",
+            "task": task,
+            "model": loaded.card.name,
+            "model_version": loaded.card.version,
+            "weights_sha256": loaded.weights_sha256,
+            "sampler": options.sampler,
+            "steps": options.steps,
+            "eta": options.eta,
+            "guidance": options.guidance,
+            "seed": options.seed + variant,
+            "variant": variant,
+            "inputs_sha256": inputs,
+            "device": str(loaded.device),
+            "precision": str(loaded.dtype).replace("torch.", ""),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    }

@@ -1,0 +1,67 @@
+"""Tiny models of the real MONAI architectures, random weights, built in the test (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from napari_medgen.engine.card import ModelCard
+from napari_medgen.engine.labels import TISSUE_SCHEMA
+from napari_medgen.engine.models import build_networks, save_model
+
+
+def tiny_card(
+    name: str = "tiny-2d",
+    spatial_dims: int = 2,
+    label_map: str = "channels",
+    known_image: bool = True,
+    slice_position: bool = True,
+    condition_dropout: float = 0.1,
+    tasks: tuple[str, ...] = ("generate", "inpaint"),
+    spacing_mm: float = 4.0,
+) -> ModelCard:
+    n_labels = TISSUE_SCHEMA.max_index + 1
+    in_channels = 1 + (n_labels if label_map == "channels" else 0) + (2 if known_image else 0) + (8 if slice_position and spatial_dims == 2 else 0)
+    kwargs = {
+        "spatial_dims": spatial_dims,
+        "in_channels": in_channels,
+        "out_channels": 1,
+        "channels": [8, 16],
+        "attention_levels": [False, True],
+        "num_res_blocks": 1,
+        "norm_num_groups": 8,
+        "num_head_channels": 8,
+    }
+    network = {"class_name": "DiffusionModelUNet", "kwargs": kwargs}
+    if label_map == "spade":
+        network = {"class_name": "SPADEDiffusionModelUNet", "kwargs": {**kwargs, "label_nc": n_labels}}
+    return ModelCard.model_validate(
+        {
+            "name": name,
+            "version": "0.0.1",
+            "description": "random weights, for tests",
+            "license": "BSD-3-Clause",
+            "network": network,
+            "spatial_dims": spatial_dims,
+            "tile_size": [16] * spatial_dims,
+            "spacing_mm": [spacing_mm] * spatial_dims,
+            "normalization": {"kind": "mri_percentile", "output_min": 0, "output_max": 1000},
+            "label_schema": {"classes": TISSUE_SCHEMA.to_json()},
+            "conditioning": {
+                "label_map": label_map,
+                "known_image": known_image,
+                "slice_position": slice_position and spatial_dims == 2,
+                "condition_dropout": condition_dropout,
+            },
+            "scheduler": {"num_train_timesteps": 100},
+            "tasks": list(tasks),
+        }
+    )
+
+
+def make_tiny_model(folder: Path, seed: int = 0, **card_args) -> Path:
+    card = tiny_card(**card_args)
+    torch.manual_seed(seed)
+    networks = build_networks(card)
+    return save_model(card, networks, folder)
