@@ -1,0 +1,279 @@
+"""The `napari-medgen` command line: a thin driver over the engine.
+
+    napari-medgen demo                      napari with the sample brain and the plugin's widgets
+    napari-medgen models                    the models found, and where
+    napari-medgen generate --labels L --out O [--model M] [sampling options]
+    napari-medgen inpaint --image I --region R [--labels L] --out O [sampling options]
+    napari-medgen import-weights --checkpoint C --card CARD.json --out MODEL_DIR
+
+Progress goes to stderr as a bar on a terminal and nowhere in a pipe; ``--progress jsonl`` prints one
+JSON object per line on stdout for every progress event and a last line with the result paths or the
+error, so another program (a 3D Slicer module, a notebook) can follow and cancel by ending the
+process. Errors are one line on stderr and a non-zero exit status; nothing is written on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+EXIT_ERROR = 1
+EXIT_CANCELLED = 130
+
+
+def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    from .engine.sampling import SAMPLERS
+
+    parser.add_argument("--model", default=None, help="model name or folder (default: the shipped demo model)")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps (network calls per slice batch)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="dpm++2m", help="sampling method")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; variant k uses seed + k")
+    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (1 = none)")
+    parser.add_argument("--variants", type=int, default=1, help="number of results, with seeds seed, seed+1, ...")
+    parser.add_argument("--batch-size", type=int, default=None, help="slices per network call (default: from memory)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    parser.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="napari-medgen", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"napari-medgen {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="open napari with the sample brain, ready to paint and generate")
+    demo.add_argument("--screenshot", type=Path, default=None, help="save a screenshot of the window here and exit")
+
+    commands.add_parser("models", help="list the models found and where they came from")
+
+    gen = commands.add_parser("generate", help="synthesize an image from an anatomy label map")
+    gen.add_argument("--labels", required=True, type=Path, help="label map file or DICOM folder")
+    gen.add_argument("--out", required=True, type=Path, help="output file (.nii.gz, .mha, .nrrd)")
+    _sampling_arguments(gen)
+
+    inp = commands.add_parser("inpaint", help="regenerate a region of a scan, keeping everything outside it")
+    inp.add_argument("--image", required=True, type=Path, help="the scan")
+    inp.add_argument("--region", required=True, type=Path, help="mask of the region to regenerate (non-zero voxels)")
+    inp.add_argument("--labels", type=Path, default=None, help="optional anatomy label map to follow inside the region")
+    inp.add_argument("--out", required=True, type=Path, help="output file (.nii.gz, .mha, .nrrd)")
+    inp.add_argument("--context-mm", type=float, default=16.0, help="context margin around the region, in mm")
+    inp.add_argument("--feather-mm", type=float, default=2.0, help="width of the seam blend inside the region, in mm")
+    inp.add_argument("--jump-length", type=int, default=5, help="RePaint jump length (models without inpainting inputs)")
+    inp.add_argument("--jump-count", type=int, default=4, help="RePaint resampling count")
+    _sampling_arguments(inp)
+
+    imp = commands.add_parser("import-weights", help="convert a PyTorch state dict into a safe model folder")
+    imp.add_argument("--checkpoint", required=True, type=Path)
+    imp.add_argument("--card", required=True, type=Path, help="model.json describing the network")
+    imp.add_argument("--out", required=True, type=Path, help="model folder to create")
+    return parser
+
+
+class Reporter:
+    """Progress as a bar (terminal), JSON lines (machines) or nothing (pipes)."""
+
+    def __init__(self, mode: str) -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "none"
+        self.mode = mode
+        self.bar: Any = None
+
+    def progress(self, step: int, total: int, message: str = "") -> None:
+        if self.mode == "jsonl":
+            print(json.dumps({"event": "progress", "step": step, "total": total, "message": message}), flush=True)
+        elif self.mode == "bar":
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True)
+            self.bar.set_description(message)
+            self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def result(self, paths: list[str]) -> None:
+        self.close()
+        if self.mode == "jsonl":
+            print(json.dumps({"event": "result", "paths": paths}), flush=True)
+        else:
+            for path in paths:
+                print(path)
+
+    def error(self, message: str, cancelled: bool = False) -> None:
+        self.close()
+        if self.mode == "jsonl":
+            print(json.dumps({"event": "cancelled" if cancelled else "error", "message": message}), flush=True)
+        print(f"napari-medgen: {'cancelled' if cancelled else 'error'}: {message}", file=sys.stderr)
+
+
+def _drive(run: Generator, reporter: Reporter) -> Any:
+    """Run an engine generator to the end, reporting its progress; returns its result."""
+    try:
+        while True:
+            event = next(run)
+            reporter.progress(event.step, event.total, event.message)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        run.close()
+
+
+def _output_paths(out: Path, variants: int, seed: int) -> list[Path]:
+    from .engine.io import volume_extension
+
+    if variants == 1:
+        return [out]
+    ext = volume_extension(out)
+    stem = out.name[: -len(ext)] if ext else out.stem
+    return [out.with_name(f"{stem}_seed{seed + k}{ext}") for k in range(variants)]
+
+
+def _check_output(paths: list[Path]) -> None:
+    from .engine.errors import UnsupportedFormatError, VolumeWriteError
+    from .engine.io import WRITE_EXTENSIONS, volume_extension
+
+    for path in paths:
+        if volume_extension(path) not in WRITE_EXTENSIONS:
+            raise UnsupportedFormatError(f"{path.name}: write the result as .nii.gz, .nii, .mha or .nrrd")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise VolumeWriteError(f"{path}: the folder {parent} does not exist; create it first")
+        if not os.access(parent, os.W_OK):
+            raise VolumeWriteError(f"{path}: the folder {parent} is not writable")
+
+
+def _sampling_options(args: argparse.Namespace) -> Any:
+    from .engine.synthesis import SamplingOptions
+
+    return SamplingOptions(
+        sampler=args.sampler,
+        steps=args.steps,
+        seed=args.seed,
+        guidance=args.guidance,
+        eta=args.eta,
+        variants=args.variants,
+        batch_size=args.batch_size,
+        preview_every=0,  # nobody looks at previews on the command line
+        **({"jump_length": args.jump_length, "jump_count": args.jump_count} if hasattr(args, "jump_length") else {}),
+    )
+
+
+def _write_results(results: list, paths: list[Path]) -> list[str]:
+    from .engine.io import write_volume
+
+    return [str(write_volume(volume, path)) for volume, path in zip(results, paths, strict=True)]
+
+
+def cmd_generate(args: argparse.Namespace, reporter: Reporter) -> list[str]:
+    from .engine.io import read_volume
+    from .engine.models import load_model
+    from .engine.synthesis import generate
+
+    paths = _output_paths(args.out, args.variants, args.seed)
+    _check_output(paths)
+    options = _sampling_options(args)
+    options.check()
+    label_map = read_volume(args.labels)
+    model = load_model(args.model, device=args.device, precision=args.precision)
+    results = _drive(generate(model, label_map, options), reporter)
+    return _write_results(results, paths)
+
+
+def cmd_inpaint(args: argparse.Namespace, reporter: Reporter) -> list[str]:
+    from .engine.io import read_volume
+    from .engine.models import load_model
+    from .engine.synthesis import inpaint
+
+    paths = _output_paths(args.out, args.variants, args.seed)
+    _check_output(paths)
+    options = _sampling_options(args)
+    options.check()
+    image = read_volume(args.image)
+    region = read_volume(args.region)
+    label_map = read_volume(args.labels) if args.labels else None
+    model = load_model(args.model, device=args.device, precision=args.precision)
+    run = inpaint(model, image, region, label_map, options, context_mm=args.context_mm, feather_mm=args.feather_mm)
+    return _write_results(_drive(run, reporter), paths)
+
+
+def cmd_models() -> None:
+    from .engine.models import list_models, model_search_path
+
+    entries, problems = list_models()
+    rows = [("NAME", "VERSION", "DIMS", "TASKS", "CONDITIONING", "SOURCE", "FOLDER")]
+    for e in entries:
+        card = e.card
+        source = e.source + (f" (shadows {len(e.shadows)})" if e.shadows else "")
+        rows.append((card.name, card.version, f"{card.spatial_dims}-D", ",".join(card.tasks), card.conditioning_summary(), source, str(e.folder)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for e in entries:
+        for shadowed in e.shadows:
+            print(f"note: {e.card.name} from {e.source} shadows the one in {shadowed}")
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    if not entries:
+        print("no models found; searched: " + ", ".join(f"{s}: {p}" for s, p in model_search_path()))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(screenshot=args.screenshot)
+
+
+def cmd_import_weights(args: argparse.Namespace) -> list[str]:
+    from .engine.card import load_card
+    from .engine.models import import_state_dict
+
+    card = load_card(args.card.parent) if args.card.name == "model.json" else None
+    if card is None:
+        from .engine.card import parse_card
+
+        try:
+            raw = json.loads(args.card.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            from .engine.errors import ModelCardError
+
+            raise ModelCardError(f"{args.card}: cannot read the card ({error})") from None
+        card = parse_card(raw, str(args.card))
+    return [str(import_state_dict(args.checkpoint, card, args.out))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .engine.errors import MedgenError
+
+    reporter = Reporter(getattr(args, "progress", "none"))
+    try:
+        if args.command == "demo":
+            cmd_demo(args)
+            return 0
+        if args.command == "models":
+            cmd_models()
+            return 0
+        handler = {"generate": cmd_generate, "inpaint": cmd_inpaint}.get(args.command)
+        paths = handler(args, reporter) if handler else cmd_import_weights(args)
+        reporter.result(paths)
+        return 0
+    except MedgenError as error:
+        reporter.error(str(error))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        reporter.error("stopped by the user; nothing was written", cancelled=True)
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what the tests need on a fresh Debian machine (system packages for a virtual X server with
+# Mesa OpenGL, a Python 3.11 virtual environment, the CPU build of PyTorch where none is installed,
+# the package with its test extras) and run the test suite under Xvfb.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+SYSTEM_PACKAGES="xvfb xauth libgl1 libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libdbus-1-3 libfontconfig1
+  libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0
+  libxcb-xinerama0 libxcb-xfixes0 libxcb-cursor0 libxcb-xkb1 libxkbcommon0"
+missing=""
+for pkg in $SYSTEM_PACKAGES; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then "$PYTHON" -m venv .venv; fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# The CPU build of PyTorch, unless a torch is already there (a CUDA build on a GPU machine stays).
+python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
+pip install -q ".[test]"
+# `pytest`, not `python -m pytest`: the tests must import the installed package (which holds
+# napari.yaml and resources/), not the source folder in the current directory.
+xvfb-run -a -s "-screen 0 1600x1000x24" pytest "$@"

@@ -1,0 +1,32 @@
+"""Shared fixtures of the test suite.
+
+Tests import the installed package (``--import-mode=importlib``); helper modules that live beside the
+tests (``geometry_cases``, ``tiny_models``) are made importable here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from geometry_cases import DIRECTIONS, make_volume  # noqa: E402
+
+from napari_medgen.engine.volume import Volume  # noqa: E402
+
+
+@pytest.fixture
+def oblique_volume() -> Volume:
+    """A float volume with anisotropic spacing, an off-centre origin and an oblique direction."""
+    return make_volume(DIRECTIONS["oblique_1"], metadata={"modality": "MR", "description": "test scan"})
+
+
+@pytest.fixture(scope="session")
+def pydicom_files() -> Path:
+    """pydicom's shipped test DICOM files."""
+    pydicom = pytest.importorskip("pydicom")
+    return Path(pydicom.__file__).parent / "data" / "test_files"
+
