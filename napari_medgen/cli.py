@@ -4,6 +4,7 @@
     napari-medgen models                    the models found, and where
     napari-medgen generate --labels L --out O [--model M] [sampling options]
     napari-medgen inpaint --image I --region R [--labels L] --out O [sampling options]
+    napari-medgen train --out MODEL_DIR [--data DIR] [--preset brain-t1-demo] [--steps --batch-size --device --resume]
     napari-medgen import-weights --checkpoint C --card CARD.json --out MODEL_DIR
 
 Progress goes to stderr as a bar on a terminal and nowhere in a pipe; ``--progress jsonl`` prints one
@@ -69,6 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--jump-length", type=int, default=5, help="RePaint jump length (models without inpainting inputs)")
     inp.add_argument("--jump-count", type=int, default=4, help="RePaint resampling count")
     _sampling_arguments(inp)
+
+    tr = commands.add_parser("train", help="train a slice-wise model on image / label-map pairs")
+    tr.add_argument("--data", type=Path, default=None,
+                    help="folder (imagesTr/labelsTr, or <case>_image / <case>_label files) or JSON manifest; "
+                         "default with --preset brain-t1-demo: the shipped sample brain")
+    tr.add_argument("--out", required=True, type=Path, help="model folder to write (card, weights, loss curve)")
+    tr.add_argument("--preset", default="brain-t1-demo", help="model card preset (architecture, spacing, labels)")
+    tr.add_argument("--name", default=None, help="model name in the card (default: the preset's)")
+    tr.add_argument("--steps", type=int, default=3000, help="optimiser steps")
+    tr.add_argument("--batch-size", type=int, default=12)
+    tr.add_argument("--learning-rate", type=float, default=3e-4)
+    tr.add_argument("--crop", type=int, default=64, help="random crop size in pixels (0: whole slices)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    tr.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
 
     imp = commands.add_parser("import-weights", help="convert a PyTorch state dict into a safe model folder")
     imp.add_argument("--checkpoint", required=True, type=Path)
@@ -206,6 +223,34 @@ def cmd_inpaint(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     return _write_results(_drive(run, reporter), paths)
 
 
+def cmd_train(args: argparse.Namespace, reporter: Reporter) -> list[str]:
+    from .engine.training import TrainingConfig, demo_training_pairs, find_training_pairs, preset_card, train
+
+    card = preset_card(args.preset)
+    if args.name:
+        card = card.model_copy(update={"name": args.name})
+    if args.data is None:
+        if args.preset != "brain-t1-demo":
+            from .engine.errors import MedgenError
+
+            raise MedgenError("give the training data with --data")
+        pairs = demo_training_pairs()
+        description = "ICBM152 2009a symmetric T1 template and its tissue labels at 2 mm (the shipped sample brain)"
+    else:
+        pairs = find_training_pairs(args.data)
+        description = f"{len(pairs)} image / label pairs from {args.data}"
+    config = TrainingConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        crop_size=args.crop or None,
+        seed=args.seed,
+        device=args.device,
+    )
+    folder = _drive(train(card, pairs, args.out, config, resume=args.resume, data_description=description), reporter)
+    return [str(folder)]
+
+
 def cmd_models() -> None:
     from .engine.models import list_models, model_search_path
 
@@ -263,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             cmd_models()
             return 0
-        handler = {"generate": cmd_generate, "inpaint": cmd_inpaint}.get(args.command)
+        handler = {"generate": cmd_generate, "inpaint": cmd_inpaint, "train": cmd_train}.get(args.command)
         paths = handler(args, reporter) if handler else cmd_import_weights(args)
         reporter.result(paths)
         return 0

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .engine.models import DEFAULT_MODEL
+
 PLUGIN = "napari-medgen"
 SAMPLE_KEY = "brain_t1_tissue"
-DOCKED_WIDGETS = ("Model",)
+DOCKED_WIDGETS = ("Model", "Anatomy painter", "Generate", "Inpaint")
 
 
 def open_demo(viewer) -> None:  # noqa: ANN001 - a napari.Viewer
     """Load the sample brain and dock the plugin's widgets into `viewer`."""
     viewer.open_sample(PLUGIN, SAMPLE_KEY)
-    for name in DOCKED_WIDGETS:
-        viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    widgets = {}
+    for i, name in enumerate(DOCKED_WIDGETS):
+        # Generate and Inpaint share a tabbed dock: the window stays usable on a laptop screen.
+        _, widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=i >= 3)
+    panel = widgets["Model"]
+    if DEFAULT_MODEL in panel._model_choice.choices:
+        panel._model_choice.value = DEFAULT_MODEL
+        panel.load()
     labels = viewer.layers["tissue labels"]
     viewer.layers.selection.active = labels
     viewer.dims.set_point(0, float(viewer.dims.range[0].start + viewer.dims.range[0].stop) / 2)

@@ -51,8 +51,15 @@ def layer_transform(volume: Volume) -> dict[str, Any]:
         return {"scale": scale, "translate": origin_zyx, "affine": None, "metadata": metadata}
     affine = np.eye(n + 1)
     affine[:n, :n] = rotation_zyx
-    # world = R (scale * j + translate) = R scale j + origin  =>  translate = R^T origin
-    return {"scale": scale, "translate": rotation_zyx.T @ origin_zyx, "affine": affine, "metadata": metadata}
+    # world = R (scale * j + translate) = R scale j + origin  =>  translate = R^-1 origin. Not R^T: a
+    # direction read from a file (NIfTI keeps it in float32) is orthonormal only to ~1e-7, enough to
+    # move a voxel 100 mm from the origin by ~1e-5 mm.
+    return {
+        "scale": scale,
+        "translate": np.linalg.solve(rotation_zyx, origin_zyx),
+        "affine": affine,
+        "metadata": metadata,
+    }
 
 
 def volume_to_layer_data(volume: Volume, layer_type: str | None = None, name: str | None = None) -> tuple:
@@ -108,6 +115,12 @@ def layer_to_volume(
     matrix = np.eye(n + 1) if affine is None else np.asarray(affine, dtype=float)
     if matrix.shape == (n, n):
         matrix = np.block([[matrix, np.zeros((n, 1))], [np.zeros((1, n)), np.ones((1, 1))]])
+    if scale_zyx.shape != (n,) or translate_zyx.shape != (n,) or matrix.shape != (n + 1, n + 1):
+        raise GeometryMismatchError(
+            f"layer data of shape {data.shape} does not fit its transforms (scale {scale_zyx.tolist()}, "
+            f"translate {translate_zyx.tolist()}, affine of shape {matrix.shape}); only scalar 2-D or 3-D "
+            "layers can be saved as volumes"
+        )
     linear, shift = matrix[:n, :n], matrix[:n, n]
     # world = L (scale j + translate) + shift; L may carry a scale of its own: fold it into spacing.
     column_norms = np.linalg.norm(linear, axis=0)
@@ -144,3 +157,41 @@ def layer_kwargs_like(layer: Any) -> dict[str, Any]:
     if GEOMETRY_KEY in layer.metadata:
         kwargs["metadata"] = {GEOMETRY_KEY: dict(layer.metadata[GEOMETRY_KEY])}
     return kwargs
+
+
+def volume_like_layer(data: np.ndarray, reference: Any) -> Volume:
+    """A Volume for `data` drawn on `reference`'s grid (a region or label layer of the same shape)."""
+    data = np.asarray(data)
+    if data.shape != tuple(reference.data.shape):
+        raise GeometryMismatchError(
+            f"the layer's shape {data.shape} does not match the image layer's {tuple(reference.data.shape)}; "
+            "make the label or region layer from the image (the painter does this)"
+        )
+    return layer_to_volume(
+        np.array(data, copy=True),
+        scale=reference.scale,
+        translate=reference.translate,
+        affine=reference.affine.affine_matrix,
+        metadata={GEOMETRY_KEY: reference.metadata[GEOMETRY_KEY]} if GEOMETRY_KEY in reference.metadata else {},
+    )
+
+
+def shapes_to_region(shapes_layer: Any, image_layer: Any, slice_index: int) -> np.ndarray:
+    """A region mask, in `image_layer`'s data, from the shapes drawn on slice `slice_index` (axis 0).
+
+    Shape vertices go through world coordinates, so shapes and image may have different transforms.
+    """
+    from skimage.draw import polygon
+
+    shape = tuple(image_layer.data.shape)
+    mask = np.zeros(shape, bool)
+    for vertices in shapes_layer.data:
+        world = np.array([shapes_layer.data_to_world(v) for v in vertices])
+        index = np.array([image_layer.world_to_data(w) for w in world])
+        if len(shape) == 3:
+            rr, cc = polygon(index[:, -2], index[:, -1], shape[-2:])
+            mask[slice_index, rr, cc] = True
+        else:
+            rr, cc = polygon(index[:, -2], index[:, -1], shape)
+            mask[rr, cc] = True
+    return mask

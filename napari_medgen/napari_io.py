@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .engine.errors import InvalidVolumeError, MedgenError
 from .engine.io import READ_EXTENSIONS, read_volume, volume_extension, write_volume
 from .engine.volume import Volume
 from .layer_geometry import layer_to_volume, volume_to_layer_data
@@ -79,13 +80,23 @@ def _layer_name(path: str | Path) -> str:
 
 
 def _write(path: str, data: Any, attributes: dict[str, Any], label_map: bool) -> list[str]:
-    volume = layer_to_volume(
-        np.asarray(data),
-        scale=attributes.get("scale"),
-        translate=attributes.get("translate"),
-        affine=attributes.get("affine"),
-        metadata=attributes.get("metadata") or {},
-    )
+    if attributes.get("rgb"):
+        raise InvalidVolumeError(
+            f"{Path(path).name}: an RGB layer is a colour picture, not a scan; save it with napari's "
+            "own image writer, or convert it to one grey-scale channel first"
+        )
+    if attributes.get("multiscale"):
+        data = data[0]  # the full-resolution level; the others are display pyramids
+    try:
+        volume = layer_to_volume(
+            np.asarray(data),
+            scale=attributes.get("scale"),
+            translate=attributes.get("translate"),
+            affine=attributes.get("affine"),
+            metadata=attributes.get("metadata") or {},
+        )
+    except MedgenError as error:
+        raise type(error)(f"{Path(path).name}: {error}") from None
     if label_map:
         volume.metadata["label_map"] = True
     return [str(write_volume(volume, path))]

@@ -13,9 +13,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from geometry_cases import DIRECTIONS, make_volume  # noqa: E402
+from geometry_cases import DIRECTIONS, make_volume
 
-from napari_medgen.engine.volume import Volume  # noqa: E402
+from napari_medgen.engine.volume import Volume
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "packaging: builds a wheel (a few seconds); deselect with -m 'not packaging'"
+    )
 
 
 @pytest.fixture

@@ -1,20 +1,84 @@
-"""The napari front: widgets open through the manifest and use the engine's registry."""
+"""The napari front: widgets open through the manifest, run the engine off the GUI thread, and
+leave layers untouched on cancel and on user errors."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import make_tiny_model  # noqa: E402
+
+from napari_medgen.engine.models import load_model, release_model  # noqa: E402
+from napari_medgen.engine.volume import Volume  # noqa: E402
+from napari_medgen.layer_geometry import volume_to_layer_data  # noqa: E402
+
+PLUGIN = "napari-medgen"
+FLIP = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # RAS-stored, like the sample brain
+
+
+@pytest.fixture
+def tiny_model(tmp_path, monkeypatch):
+    """A tiny random-weight model, loaded as if chosen in the Model panel."""
+    from napari_medgen.widgets import model_panel
+
+    make_tiny_model(tmp_path / "models" / "tiny", name="tiny-2d")
+    monkeypatch.setenv("NAPARI_MEDGEN_MODELS", str(tmp_path / "models"))
+    model = load_model(tmp_path / "models" / "tiny", device="cpu")
+    monkeypatch.setitem(model_panel._CURRENT, "model", model)
+    yield model
+    release_model(model)
+
+
+@pytest.fixture
+def scan(make_napari_viewer):
+    """A viewer with a small scan (Image) and tissue labels (Labels) on its grid."""
+    rng = np.random.default_rng(0)
+    labels = np.zeros((4, 24, 20), np.uint8)
+    labels[:, 4:20, 4:16] = 3
+    labels[:, 8:14, 7:12] = 2
+    labels[:, 10:12, 9:10] = 1
+    image = (labels.astype(np.float32) * 300 + rng.normal(0, 20, labels.shape)).clip(0).astype(np.int16)
+    geometry = dict(spacing=(4.0, 4.0, 6.0), origin=(30.0, -12.0, 7.0), direction=FLIP)
+    viewer = make_napari_viewer()
+    data, kwargs, _ = volume_to_layer_data(Volume(image, **geometry), "image", "scan")
+    image_layer = viewer.add_image(data, **kwargs)
+    data, kwargs, _ = volume_to_layer_data(Volume(labels, **geometry, metadata={"label_map": True}), "labels", "tissue")
+    labels_layer = viewer.add_labels(np.array(data), **kwargs)
+    return viewer, image_layer, labels_layer
+
+
+def _same_placement(a, b) -> None:
+    np.testing.assert_allclose(a.scale, b.scale)
+    np.testing.assert_allclose(a.translate, b.translate)
+    np.testing.assert_allclose(a.affine.affine_matrix, b.affine.affine_matrix)
+
+
+def _wait(qtbot, widget, timeout=60000) -> None:
+    qtbot.waitUntil(lambda: widget.current_run is not None and not widget.current_run.running, timeout=timeout)
+
+
+@pytest.fixture
+def warnings(monkeypatch):
+    """Notifications the widgets show, captured."""
+    shown: list[str] = []
+    from napari_medgen.widgets import common, generate_widget, inpaint_widget, painter
+
+    for module in (common, generate_widget, inpaint_widget, painter):
+        monkeypatch.setattr(module, "warn", shown.append)
+    return shown
 
 
 def test_model_panel_lists_loads_and_releases(make_napari_viewer, tmp_path, monkeypatch):
     make_tiny_model(tmp_path / "models" / "tiny", name="tiny-2d")
     monkeypatch.setenv("NAPARI_MEDGEN_MODELS", str(tmp_path / "models"))
     viewer = make_napari_viewer()
-    _, panel = viewer.window.add_plugin_dock_widget("napari-medgen", "Model")
+    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")
     from napari_medgen.widgets.model_panel import current_model
 
     assert "tiny-2d" in panel._model_choice.choices
@@ -35,5 +99,164 @@ def test_demo_opens_sample_brain_with_widgets(make_napari_viewer):
     open_demo(viewer)
     image, labels = viewer.layers["brain T1 (MNI152, 2 mm)"], viewer.layers["tissue labels"]
     assert image.data.shape == labels.data.shape
-    assert (image.scale == labels.scale).all() and (image.translate == labels.translate).all()
+    _same_placement(image, labels)
     assert viewer.layers.selection.active is labels
+
+
+def test_painter_creates_labels_on_image_grid_and_fills_gaps(scan, tiny_model):
+    viewer, image_layer, _ = scan
+    _, painter = viewer.window.add_plugin_dock_widget(PLUGIN, "Anatomy painter")
+    painter.image.value = image_layer
+    layer = painter.create_layer()
+    assert layer.data.shape == image_layer.data.shape
+    _same_placement(layer, image_layer)
+    assert [name for name, _ in painter._class_names()][1] == "1: CSF"
+    assert layer.selected_label == 1
+    painter.anatomy_class.value = 2
+    assert layer.selected_label == 2
+    layer.data[0, 5:9, 5:9] = 2
+    layer.data[3, 5:9, 5:9] = 2
+    filled = painter.fill_gaps()
+    assert filled > 0 and (layer.data[1:3, 6:8, 6:8] == 2).all()
+    layer.undo()  # napari's own undo takes the fill back in one step
+    assert not (layer.data[1:3] == 2).any()
+
+
+def test_generate_whole_volume_in_label_geometry_with_provenance(scan, tiny_model, qtbot):
+    viewer, _, labels_layer = scan
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
+    widget.label_layer.value = labels_layer
+    widget.scope.value = "whole volume"
+    widget.sampling.steps.value = 3
+    widget.sampling.seed.value = 5
+    widget.start()
+    assert not widget.run_button.enabled  # no second run while one goes
+    _wait(qtbot, widget)
+    result = viewer.layers[-1]
+    assert result.name == "tissue | tiny-2d | seed 5"
+    assert result.data.shape == labels_layer.data.shape
+    _same_placement(result, labels_layer)
+    assert result.metadata["synthetic"] is True and result.metadata["provenance"]["model"] == "tiny-2d"
+    assert "preview (running)" not in [layer.name for layer in viewer.layers]
+    assert widget.run_button.enabled
+
+
+def test_generate_current_slice_lands_on_that_slice(scan, tiny_model, qtbot):
+    viewer, _, labels_layer = scan
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
+    widget.label_layer.value = labels_layer
+    widget.sampling.steps.value = 2
+    viewer.dims.set_point(0, labels_layer.data_to_world([2, 0, 0])[0])
+    widget.start()
+    _wait(qtbot, widget)
+    result = viewer.layers[-1]
+    assert result.data.shape == (1,) + labels_layer.data.shape[1:]
+    np.testing.assert_allclose(result.data_to_world([0, 3, 4]), labels_layer.data_to_world([2, 3, 4]))
+
+
+def test_inpaint_new_layer_and_in_place_keep_outside_voxels(scan, tiny_model, qtbot):
+    viewer, image_layer, labels_layer = scan
+    region = np.zeros(image_layer.data.shape, np.uint8)
+    region[1:3, 8:14, 6:12] = 1
+    region_layer = viewer.add_labels(region, name="region", scale=image_layer.scale, translate=image_layer.translate,
+                                     metadata=dict(image_layer.metadata))
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Inpaint")
+    widget.image.value, widget.region.value, widget.anatomy.value = image_layer, region_layer, labels_layer
+    widget.sampling.steps.value = 3
+    original = np.array(image_layer.data, copy=True)
+    widget.start()
+    _wait(qtbot, widget)
+    result = viewer.layers[-1]
+    assert result.name.startswith("scan inpainted")
+    _same_placement(result, image_layer)
+    outside = region == 0
+    np.testing.assert_array_equal(result.data[outside], original[outside])
+    assert not np.array_equal(result.data[~outside], original[~outside])
+    # In place: one undoable step.
+    widget.in_place.value = True
+    count = len(viewer.layers)
+    widget.start()
+    _wait(qtbot, widget)
+    assert len(viewer.layers) == count
+    np.testing.assert_array_equal(image_layer.data[outside], original[outside])
+    assert not np.array_equal(image_layer.data, original)
+    widget.undo()
+    np.testing.assert_array_equal(image_layer.data, original)
+
+
+def test_cancel_mid_run_leaves_layers_as_they_were(scan, tiny_model, qtbot):
+    viewer, _, labels_layer = scan
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
+    widget.label_layer.value = labels_layer
+    widget.scope.value = "whole volume"
+    widget.sampling.steps.value = 400
+    before = [layer.name for layer in viewer.layers]
+    data_before = np.array(labels_layer.data, copy=True)
+    run = widget.start()
+    qtbot.waitUntil(lambda: run._progress is not None and run._progress.n >= 2, timeout=30000)
+    widget.cancel()
+    _wait(qtbot, widget)
+    assert run._outcome == "cancelled" and run._progress.n < 400
+    assert [layer.name for layer in viewer.layers] == before
+    np.testing.assert_array_equal(labels_layer.data, data_before)
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    widget.sampling.steps.value = 2  # a new run works after a cancel
+    widget.start()
+    _wait(qtbot, widget)
+    assert len(viewer.layers) == len(before) + 1
+
+
+def test_event_loop_stays_responsive_during_a_run(scan, tiny_model, qtbot):
+    """Longest gap between 10 ms timer ticks while a run goes on: the GUI's worst stall."""
+    from qtpy.QtCore import QTimer
+
+    viewer, _, labels_layer = scan
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
+    widget.label_layer.value = labels_layer
+    widget.scope.value = "whole volume"
+    widget.sampling.steps.value = 30
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    run = widget.start()  # adding the preview layer happens here, on the click, before the run
+    ended: list[float] = []
+    run.worker.returned.connect(lambda *_: ended.append(time.perf_counter()))
+    timer.start()
+    _wait(qtbot, widget)
+    timer.stop()
+    # While the run goes on: up to the worker's return (adding the result layer is the run's end).
+    ticks = [t for t in ticks if not ended or t <= ended[0]]
+    gaps = np.diff(ticks)
+    assert len(ticks) > 10
+    assert gaps.max() < 0.1, f"the event loop stalled for {gaps.max() * 1000:.0f} ms"
+
+
+def test_user_errors_notify_and_change_nothing(scan, tiny_model, qtbot, warnings, monkeypatch, tmp_path):
+    from napari_medgen.widgets import model_panel
+
+    viewer, image_layer, labels_layer = scan
+    _, generate = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
+    _, inpaint = viewer.window.add_plugin_dock_widget(PLUGIN, "Inpaint")
+    names = [layer.name for layer in viewer.layers]
+    # A label layer whose shape does not match the image.
+    small = viewer.add_labels(np.zeros((4, 10, 10), np.uint8), name="small")
+    inpaint.image.value, inpaint.region.value, inpaint.anatomy.value = image_layer, labels_layer, small
+    assert inpaint.start() is None and "does not match" in warnings[-1]
+    # An empty region.
+    empty = viewer.add_labels(np.zeros(image_layer.data.shape, np.uint8), name="empty", scale=image_layer.scale,
+                              translate=image_layer.translate, metadata=dict(image_layer.metadata))
+    inpaint.region.value, inpaint.anatomy.value = empty, None
+    assert inpaint.start() is None and "empty" in warnings[-1]
+    # A model that does not inpaint.
+    make_tiny_model(tmp_path / "gen-only", name="gen-only", known_image=False, tasks=("generate",))
+    monkeypatch.setitem(model_panel._CURRENT, "model", load_model(tmp_path / "gen-only", device="cpu"))
+    inpaint.region.value = labels_layer
+    assert inpaint.start() is None and "does not inpaint" in warnings[-1]
+    # No model loaded.
+    monkeypatch.setitem(model_panel._CURRENT, "model", None)
+    generate.label_layer.value = labels_layer
+    assert generate.start() is None and "no model loaded" in warnings[-1]
+    viewer.layers.remove(small)
+    viewer.layers.remove(empty)
+    assert [layer.name for layer in viewer.layers] == names

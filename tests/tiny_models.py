@@ -60,8 +60,20 @@ def tiny_card(
     )
 
 
+def randomize_zero_layers(module: torch.nn.Module) -> None:
+    """Give MONAI's zero-initialised layers (output conv, residual and attention projections) random
+    weights: a freshly built diffusion UNet predicts exactly zero noise, which would make every test
+    of conditioning, guidance or inpainting inputs pass without the inputs mattering."""
+    for layer in module.modules():
+        weight = getattr(layer, "weight", None)
+        if isinstance(weight, torch.nn.Parameter) and weight.dim() > 1 and not weight.detach().any():
+            layer.reset_parameters()
+
+
 def make_tiny_model(folder: Path, seed: int = 0, **card_args) -> Path:
     card = tiny_card(**card_args)
     torch.manual_seed(seed)
     networks = build_networks(card)
+    for network in networks.values():
+        randomize_zero_layers(network)
     return save_model(card, networks, folder)

@@ -163,11 +163,36 @@ class ModelCard(_Strict):
         if kwargs.get("spatial_dims", n) != n:
             raise ValueError(f"network spatial_dims {kwargs.get('spatial_dims')} differs from the card's {n}")
         cond = self.conditioning
-        if cond.label_map == "channels" or cond.known_image or cond.slice_position:
-            expected = self.input_channels
-            if kwargs.get("in_channels") != expected:
+        # Every mode feeds the UNet a fixed channel stack (SPADE and ControlNet take the labels
+        # elsewhere), so in_channels must always match it, not only when labels are channels.
+        expected = self.input_channels
+        if kwargs.get("in_channels") != expected:
+            raise ValueError(
+                f"network in_channels is {kwargs.get('in_channels')} but the conditioning needs {expected}"
+            )
+        if kwargs.get("out_channels", 1) != 1:
+            raise ValueError(
+                f"network out_channels is {kwargs.get('out_channels')}; the samplers need one output channel "
+                "(the noise, v or image prediction)"
+            )
+        levels = kwargs.get("channels")
+        if isinstance(levels, (list, tuple)) and levels:
+            divisor = 2 ** (len(levels) - 1)
+            if any(size % divisor for size in self.tile_size):
                 raise ValueError(
-                    f"network in_channels is {kwargs.get('in_channels')} but the conditioning needs {expected}"
+                    f"tile_size {self.tile_size} must be a multiple of {divisor} (the network down-samples "
+                    f"{len(levels) - 1} times)"
+                )
+        if self.controlnet is not None:
+            control = self.controlnet.kwargs
+            if control.get("spatial_dims", n) != n:
+                raise ValueError(f"controlnet spatial_dims {control.get('spatial_dims')} differs from the card's {n}")
+            if control.get("in_channels") != expected:
+                raise ValueError(f"controlnet in_channels is {control.get('in_channels')} but needs {expected}")
+            if cond.label_map == "controlnet" and control.get("conditioning_embedding_in_channels", 1) != self.num_label_channels:
+                raise ValueError(
+                    "controlnet conditioning_embedding_in_channels must equal the number of schema classes "
+                    f"({self.num_label_channels})"
                 )
         if cond.label_map == "spade" and self.network.class_name != "SPADEDiffusionModelUNet":
             raise ValueError("label_map 'spade' needs network SPADEDiffusionModelUNet")
@@ -241,10 +266,12 @@ def parse_card(raw: Any, source: str = "model card") -> ModelCard:
         return ModelCard.model_validate(raw)
     except ValidationError as error:
         first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(card)"
+        where = ".".join(str(p) for p in first["loc"])
+        # Checks across fields (in_channels against the conditioning, ...) have no location; their
+        # message names the fields.
+        what = f"field '{where}': {first['msg']}" if where else first["msg"]
         raise ModelCardError(
-            f"{source}: field '{where}': {first['msg']} ({error.error_count()} problem(s) in all); "
-            "fix the card or re-export the model"
+            f"{source}: {what} ({error.error_count()} problem(s) in all); fix the card or re-export the model"
         ) from None
 
 

@@ -40,15 +40,21 @@ def conditioning_stack(
     known: np.ndarray | None,
     region: np.ndarray | None,
     positions: np.ndarray | None,
+    shape: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """The (N, C, ...) conditioning channels for N samples (label_map: (N, ...) integers, etc.).
 
     With no known image the known channel is empty and the mask covers everything: plain
-    generation, as in training (a fully voided image).
+    generation, as in training (a fully voided image). `shape` is (N, ...spatial); it is needed
+    when neither a label map nor a known image is given (RePaint inpainting without labels).
     """
     cond = card.conditioning
-    spatial = label_map.shape[1:] if label_map is not None else known.shape[1:]  # type: ignore[union-attr]
-    n = label_map.shape[0] if label_map is not None else known.shape[0]  # type: ignore[union-attr]
+    if shape is None:
+        given = label_map if label_map is not None else known
+        if given is None:
+            raise ValueError("conditioning_stack needs a label map, a known image or an explicit shape")
+        shape = tuple(given.shape)
+    n, spatial = int(shape[0]), tuple(int(v) for v in shape[1:])
     parts = []
     if cond.label_map != "none":
         if label_map is None:

@@ -10,10 +10,15 @@ description field where it has one.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import os
 import shutil
+import struct
 import tempfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,15 @@ READ_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
 WRITE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 # Key under which the project stores its metadata inside MetaImage / NRRD headers.
 HEADER_KEY = "napari_medgen"
+# Longest metadata copy put in a header (MetaImage fails to read lines over 32767 characters), and the
+# keys kept when the whole metadata is longer.
+HEADER_JSON_MAX = 8000
+HEADER_SUMMARY_KEYS = ("synthetic", "provenance", "label_map", "modality", "description")
+# Start of the NIfTI description (its 80-byte ``descrip`` field) of every synthetic result.
+SYNTHETIC_MARK = "SYNTHETIC napari-medgen"
+# Largest distance between a DICOM slice's recorded position and its place in the stacked volume
+# that is accepted (as a fraction of the slice spacing): more means missing slices or variable spacing.
+NON_UNIFORM_TOLERANCE = 0.05
 # DICOM tags copied into metadata: enough to know what a volume is, nothing that identifies a patient.
 DICOM_TAGS = {
     "0008|0060": "modality",
@@ -69,9 +83,14 @@ def read_volume(path: str | os.PathLike[str], series_id: str | None = None) -> V
     import SimpleITK as sitk
 
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_folder, exists = path.is_dir(), path.exists()
+        size = path.stat().st_size if exists else 0
+    except OSError as error:  # e.g. a name too long for the file system
+        raise VolumeReadError(f"{path}: cannot be opened ({error.strerror or error})") from None
+    if is_folder:
         return _read_dicom_series(path, series_id)
-    if not path.exists():
+    if not exists:
         raise VolumeReadError(f"{path}: no such file; check the path and its spelling")
     ext = volume_extension(path)
     if not ext:
@@ -79,22 +98,27 @@ def read_volume(path: str | os.PathLike[str], series_id: str | None = None) -> V
             f"{path.name}: unsupported file type; open NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd), "
             "NRRD (.nrrd, .nhdr), DICOM (.dcm) or a folder holding one DICOM series"
         )
-    if path.stat().st_size == 0:
+    if size == 0:
         raise VolumeReadError(f"{path}: the file is empty (0 bytes); it was not written completely")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise VolumeReadError(f"{path}: not a readable {ext} image ({_itk_reason(error)})") from None
-    _check_shape_info(path, reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize())
-    try:
-        image = reader.Execute()
-    except RuntimeError as error:
-        raise VolumeReadError(
-            f"{path}: the file is truncated or corrupt and its voxels cannot be read "
-            f"({_itk_reason(error)})"
-        ) from None
+    with _itk_readable(path, ext) as itk_path:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(itk_path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as error:
+            raise VolumeReadError(f"{path}: not a readable {ext} image ({_itk_reason(error)})") from None
+        _check_shape_info(path, reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize())
+        _check_spacing_info(path, reader.GetSpacing())
+        if ext in (".nii", ".nii.gz"):
+            _check_nifti_complete(path, ext)
+        try:
+            image = reader.Execute()
+        except RuntimeError as error:
+            raise VolumeReadError(
+                f"{path}: the file is truncated or corrupt and its voxels cannot be read "
+                f"({_itk_reason(error)})"
+            ) from None
+    image = _drop_trailing_singleton(image)
     metadata = _header_metadata(reader)
     metadata.update(_read_sidecar(path))
     metadata["source_format"] = ext.lstrip(".")
@@ -102,6 +126,119 @@ def read_volume(path: str | os.PathLike[str], series_id: str | None = None) -> V
         return Volume.from_sitk(image, metadata)
     except InvalidVolumeError as error:
         raise InvalidVolumeError(f"{path}: {error}") from None
+
+
+@contextlib.contextmanager
+def _itk_readable(path: Path, ext: str) -> Iterator[Path]:
+    """A path at which ITK reads exactly `path`.
+
+    ITK's NIfTI library, asked for ``scan.nii.gz``, opens ``scan.nii`` instead when both exist; then a
+    link to the file in a private folder (where it has no such sibling) is read instead.
+    """
+    if ext != ".nii.gz" or not path.with_name(path.name[: -len(".gz")]).exists():
+        yield path
+        return
+    folder = Path(tempfile.mkdtemp(prefix=".medgen-read-"))
+    try:
+        link = folder / ("volume" + path.name[-len(ext) :])
+        try:
+            os.symlink(path.resolve(), link)
+        except OSError:
+            shutil.copyfile(path, link)
+        yield link
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_spacing_info(path: Path, spacing: tuple[float, ...]) -> None:
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise InvalidVolumeError(
+            f"{path}: voxel spacing must be positive and finite, got {tuple(spacing)} mm; "
+            "fix the file's header (pixdim / ElementSpacing / space directions) before using it"
+        )
+
+
+def _nifti_expected_size(header: bytes) -> int | None:
+    """Bytes a single-file NIfTI-1/-2 must hold (header, extensions and voxels), from its header."""
+    header_size = 0
+    for endian in ("<", ">"):
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            header_size = 352
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            offset = struct.unpack(endian + "q", header[168:176])[0]
+            header_size = 544
+            break
+    else:
+        return None
+    ndim = dims[0]
+    if not 1 <= ndim <= 7 or bitpix <= 0 or any(d <= 0 for d in dims[1 : ndim + 1]):
+        return None
+    return max(offset, header_size) + int(np.prod(dims[1 : ndim + 1], dtype=np.int64)) * bitpix // 8
+
+
+def _gzip_content_size(path: Path, expected: int) -> int:
+    """Decompressed size of a gzip file (all members), stopping early at a broken or cut-off stream."""
+    with path.open("rb") as stream:
+        # Fast path: a single gzip member stores its content size (mod 2**32) in its last 4 bytes.
+        stream.seek(-4, os.SEEK_END)
+        if struct.unpack("<I", stream.read(4))[0] == expected % 2**32:
+            return expected
+        stream.seek(0)
+        total = 0
+        decompressor = zlib.decompressobj(wbits=31)
+        while chunk := stream.read(1 << 20):
+            while chunk:
+                try:
+                    total += len(decompressor.decompress(chunk))
+                except zlib.error:
+                    return total
+                if not decompressor.eof:
+                    break
+                chunk = decompressor.unused_data  # another gzip member follows
+                decompressor = zlib.decompressobj(wbits=31)
+        return total
+
+
+def _check_nifti_complete(path: Path, ext: str) -> None:
+    """ITK silently fills the missing part of a truncated NIfTI with zeros: refuse such files."""
+    try:
+        if ext == ".nii.gz":
+            with gzip.open(path, "rb") as stream:
+                header = stream.read(540)
+        else:
+            with path.open("rb") as stream:
+                header = stream.read(540)
+    except (OSError, EOFError, zlib.error) as error:
+        raise VolumeReadError(f"{path}: the file is corrupt and cannot be read ({error})") from None
+    expected = _nifti_expected_size(header)
+    if expected is None:
+        return
+    try:
+        actual = _gzip_content_size(path, expected) if ext == ".nii.gz" else path.stat().st_size
+    except OSError as error:
+        raise VolumeReadError(f"{path}: the file cannot be read ({error.strerror or error})") from None
+    if actual < expected:
+        raise VolumeReadError(
+            f"{path}: the file is truncated: it holds {actual} of the {expected} bytes its header "
+            "promises (an interrupted copy or download?); copy it again"
+        )
+
+
+def _drop_trailing_singleton(image: Any) -> Any:
+    """A 3-D volume stored with a 4th axis of length 1 becomes that 3-D volume."""
+    import SimpleITK as sitk
+
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        size = list(image.GetSize())
+        size[3] = 0
+        return sitk.Extract(image, size, [0, 0, 0, 0], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+    return image
 
 
 def _read_dicom_series(folder: Path, series_id: str | None) -> Volume:
@@ -129,6 +266,14 @@ def _read_dicom_series(folder: Path, series_id: str | None) -> Volume:
         raise VolumeReadError(f"{folder}: the DICOM series cannot be read ({_itk_reason(error)})") from None
     _check_shape_info(folder, image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize())
     metadata: dict[str, Any] = {"source_format": "dicom-series", "dicom_series_uid": series_id}
+    deviation = _slice_position_deviation(reader, image, len(files))
+    if deviation is not None and deviation > NON_UNIFORM_TOLERANCE * image.GetSpacing()[2]:
+        raise VolumeReadError(
+            f"{folder}: the DICOM slices are not evenly spaced (a slice lies {deviation:.3g} mm from its place "
+            f"in a regular stack of {len(files)} slices): a slice file may be missing, or the series has a "
+            "variable slice spacing or a gantry tilt. Check the folder is complete, or resample the series "
+            "to a regular grid first (e.g. in 3D Slicer)"
+        )
     for tag, key in DICOM_TAGS.items():
         if reader.HasMetaDataKey(0, tag):
             metadata[key] = reader.GetMetaData(0, tag).strip()
@@ -136,6 +281,29 @@ def _read_dicom_series(folder: Path, series_id: str | None) -> Volume:
         return Volume.from_sitk(image, metadata)
     except InvalidVolumeError as error:
         raise InvalidVolumeError(f"{folder}: {error}") from None
+
+
+def _slice_position_deviation(reader: Any, image: Any, count: int) -> float | None:
+    """Largest distance (mm) between a slice's ImagePositionPatient and where the stacked volume puts it.
+
+    ITK stacks a series at one (mean) spacing; a missing slice or a variable spacing would misplace
+    slices silently.
+    """
+    if image.GetDimension() != 3 or image.GetSize()[2] != count or count < 3:
+        return None
+    worst = 0.0
+    for k in range(count):
+        if not reader.HasMetaDataKey(k, "0020|0032"):
+            return None
+        try:
+            position = np.array([float(v) for v in reader.GetMetaData(k, "0020|0032").split("\\")])
+        except ValueError:
+            return None
+        if position.shape != (3,):
+            return None
+        placed = np.asarray(image.TransformIndexToPhysicalPoint((0, 0, k)))
+        worst = max(worst, float(np.linalg.norm(position - placed)))
+    return worst
 
 
 def _check_shape_info(path: Path, dimension: int, components: int, size: tuple[int, ...]) -> None:
@@ -163,6 +331,9 @@ def _header_metadata(reader: Any) -> dict[str, Any]:
             pass
     if "descrip" in keys and reader.GetMetaData("descrip").strip():
         metadata["description"] = reader.GetMetaData("descrip").strip()
+        if metadata["description"].startswith(SYNTHETIC_MARK):
+            # The sidecar may be lost; the header alone still says the image is synthetic.
+            metadata["synthetic"] = True
     for tag, key in DICOM_TAGS.items():
         if tag in keys:
             metadata[key] = reader.GetMetaData(tag).strip()
@@ -181,11 +352,18 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
 
 
 def _itk_reason(error: Exception) -> str:
-    """The useful last line of an ITK exception message."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if not line.startswith(("sitk::ERROR", "in ", "File ")) or len(lines) == 1:
-            return line[:300]
+    """The useful line of an ITK exception message (not SimpleITK's source location or a stale errno)."""
+    lines = []
+    for line in str(error).splitlines():
+        line = line.strip()
+        for prefix in ("sitk::ERROR:", "ITK ERROR:"):
+            if line.startswith(prefix):
+                line = line[len(prefix) :].strip()
+        if not line or line.startswith(("Exception thrown in SimpleITK", "in ", "File ", "Reason: No such file")):
+            continue
+        if line.endswith(":") and ("/" in line or "\\" in line):  # a source file location
+            continue
+        lines.append(line)
     return lines[-1][:300] if lines else "unknown reason"
 
 
@@ -205,17 +383,22 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], *, compress: bool
             f"{path.name}: cannot write this file type; write NIfTI (.nii.gz), MetaImage (.mha) or "
             "NRRD (.nrrd)" + (" (DICOM export is not supported)" if ext == ".dcm" else "")
         )
-    if path.is_dir():
-        raise VolumeWriteError(f"{path}: is a folder; give a file name such as {path / 'result.nii.gz'}")
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
+    try:
+        is_folder, parent_is_folder = path.is_dir(), parent.is_dir()
+    except OSError as error:  # e.g. a name too long for the file system
+        raise VolumeWriteError(f"{path}: cannot be written ({error.strerror or error})") from None
+    if is_folder:
+        raise VolumeWriteError(f"{path}: is a folder; give a file name such as {path / 'result.nii.gz'}")
+    if not parent_is_folder:
         raise VolumeWriteError(f"{path}: the folder {parent} does not exist; create it first")
     image = volume.to_sitk()
-    header_json = json.dumps(volume.metadata, sort_keys=True, default=str) if volume.metadata else ""
+    header_json = _header_json(volume.metadata)
     if header_json and ext in (".mha", ".mhd", ".nrrd", ".nhdr"):
         image.SetMetaData(HEADER_KEY, header_json)
     if ext in (".nii", ".nii.gz"):
-        image.SetMetaData("descrip", _description(volume.metadata))
+        # ITK's NIfTI writer fills the header's ``descrip`` from this key.
+        image.SetMetaData("ITK_FileNotes", _description(volume.metadata))
     try:
         staging = Path(tempfile.mkdtemp(prefix=".medgen-write-", dir=parent))
     except OSError as error:
@@ -230,11 +413,7 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], *, compress: bool
             (staging / sidecar_path(path).name).write_text(
                 json.dumps(volume.metadata, indent=2, sort_keys=True, default=str)
             )
-        # Move data files first and the header / main file last, so a reader never finds a header
-        # pointing at data that is not there yet.
-        produced = sorted(staging.iterdir(), key=lambda p: (p.name == path.name, p.name))
-        for item in produced:
-            os.replace(item, parent / item.name)
+        _commit(staging, parent, path.name, sidecar_path(path).name, remove_sidecar=not volume.metadata)
     except OSError as error:
         raise VolumeWriteError(
             f"{path}: writing failed ({error.strerror or error}); the disk may be full or read-only. "
@@ -245,15 +424,77 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], *, compress: bool
     return path
 
 
+def _header_json(metadata: dict[str, Any]) -> str:
+    """The metadata copy kept in a MetaImage / NRRD header: all of it if short, else what matters most.
+
+    MetaImage cannot read back a header line longer than 32767 characters; the sidecar always holds
+    the complete metadata.
+    """
+    if not metadata:
+        return ""
+    text = json.dumps(metadata, sort_keys=True, default=str)
+    if len(text) <= HEADER_JSON_MAX:
+        return text
+    summary = {key: metadata[key] for key in HEADER_SUMMARY_KEYS if key in metadata}
+    text = json.dumps(summary, sort_keys=True, default=str)
+    if len(text) <= HEADER_JSON_MAX:
+        return text
+    return json.dumps({"synthetic": True}) if metadata.get("synthetic") or metadata.get("provenance") else ""
+
+
 def _description(metadata: dict[str, Any]) -> str:
     """NIfTI's 80-byte description: says 'synthetic' first, since that is what must not be lost."""
     provenance = metadata.get("provenance") or {}
     if metadata.get("synthetic") or provenance:
         model = provenance.get("model", "?")
-        text = f"SYNTHETIC napari-medgen {model} seed={provenance.get('seed', '?')}"
+        text = f"{SYNTHETIC_MARK} {model} seed={provenance.get('seed', '?')}"
     else:
         text = str(metadata.get("description", ""))
     return text[:79]
+
+
+def _commit(staging: Path, parent: Path, main_name: str, sidecar_name: str, remove_sidecar: bool) -> None:
+    """Move the staged files into `parent`: data files, then the sidecar, then the main file.
+
+    A reader never finds a header pointing at data that is not there yet. If a move fails, the moves
+    already made are undone (the replaced files were kept as hard links or copies), so the folder
+    is left as it was; the OSError is raised again.
+    """
+    produced = sorted(staging.iterdir(), key=lambda p: (p.name == main_name, p.name == sidecar_name, p.name))
+    backups = staging / ".replaced"
+    backups.mkdir()
+    done: list[tuple[Path, Path | None]] = []  # (destination, backup of what it replaced)
+
+    def keep(destination: Path) -> Path | None:
+        if not destination.is_file():
+            return None
+        backup = backups / destination.name
+        try:
+            os.link(destination, backup)
+        except OSError:
+            shutil.copy2(destination, backup)
+        return backup
+
+    try:
+        stale_sidecar = parent / sidecar_name
+        if remove_sidecar and stale_sidecar.is_file():
+            # The old sidecar describes the file being replaced, not the new one.
+            backup = keep(stale_sidecar)
+            stale_sidecar.unlink()
+            done.append((stale_sidecar, backup))
+        for item in produced:
+            destination = parent / item.name
+            backup = keep(destination)
+            os.replace(item, destination)
+            done.append((destination, backup))
+    except OSError:
+        for destination, backup in reversed(done):
+            with contextlib.suppress(OSError):
+                if backup is None:
+                    destination.unlink()
+                else:
+                    os.replace(backup, destination)
+        raise
 
 
 def as_label_dtype(array: np.ndarray) -> np.ndarray:

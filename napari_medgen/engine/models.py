@@ -66,8 +66,15 @@ def list_models() -> tuple[list[ModelEntry], list[str]]:
     """All usable models (first of each name wins) and one line per folder that could not be read."""
     found: dict[str, ModelEntry] = {}
     problems: list[str] = []
+    seen: set[Path] = set()
     for source, root in model_search_path():
         for folder in _candidate_folders(root):
+            # The same folder reached twice (say the user folder also named in the environment
+            # variable) is one model, not a model shadowing itself.
+            real = folder.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
             try:
                 card = load_card(folder)
             except ModelCardError as error:
@@ -88,12 +95,15 @@ def find_model(name_or_path: str | os.PathLike[str] | None) -> ModelEntry:
     if name_or_path is None:
         name_or_path = DEFAULT_MODEL
     path = Path(name_or_path).expanduser()
-    if (path / CARD_FILE).is_file() or path.is_dir():
+    if (path / CARD_FILE).is_file():
         return ModelEntry(load_card(path), path.resolve(), "path")
     entries, _ = list_models()
     for entry in entries:
         if entry.card.name == str(name_or_path):
             return entry
+    if path.is_dir():
+        # A folder without a card (and no model of that name): say what the folder lacks.
+        return ModelEntry(load_card(path), path.resolve(), "path")
     names = ", ".join(e.card.name for e in entries) or "none installed"
     raise ModelNotFoundError(
         f"no model named {name_or_path!r} (available: {names}); give a model folder path, or put the "
@@ -117,7 +127,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise DeviceError("Apple MPS was asked for but is not available; use --device auto or cpu")
     if not (name == "cpu" or name == "mps" or name.startswith("cuda")):
         raise DeviceError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
-    return torch.device(name)
+    try:
+        resolved = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise DeviceError(
+            f"there is no GPU {resolved.index} (this machine has {torch.cuda.device_count()}); use cuda:0 .. "
+            f"cuda:{torch.cuda.device_count() - 1} or auto"
+        )
+    return resolved
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -137,9 +156,20 @@ def build_networks(card: ModelCard) -> dict[str, torch.nn.Module]:
     """The card's MONAI networks with fresh (random) weights."""
     from monai.networks import nets
 
-    networks = {"network": getattr(nets, card.network.class_name)(**card.network.kwargs)}
+    specs = {"network": card.network}
     if card.controlnet is not None:
-        networks["controlnet"] = getattr(nets, card.controlnet.class_name)(**card.controlnet.kwargs)
+        specs["controlnet"] = card.controlnet
+    networks = {}
+    for role, spec in specs.items():
+        try:
+            networks[role] = getattr(nets, spec.class_name)(**spec.kwargs)
+        except (TypeError, ValueError, AssertionError, KeyError, IndexError) as error:
+            # The schema cannot know every constraint of MONAI's constructors (e.g. channels that
+            # norm_num_groups must divide): a card MONAI refuses is still the card's fault.
+            raise ModelCardError(
+                f"model {card.name}: the card's {role} arguments are not accepted by MONAI's "
+                f"{spec.class_name} ({type(error).__name__}: {str(error)[:300]}); fix the card's {role}.kwargs"
+            ) from None
     return networks
 
 
@@ -178,9 +208,10 @@ def _load_weights(card: ModelCard, folder: Path, networks: dict[str, torch.nn.Mo
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = (folder / card.weights).resolve()
-    if folder.resolve() not in path.parents:
+    relative = Path(card.weights)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
         raise ModelCardError(f"{folder}: the card's weights path {card.weights!r} points outside the model folder")
+    path = folder / relative
     if not path.is_file():
         raise ModelWeightsError(
             f"{folder}: weights file {card.weights} is missing; copy it beside model.json or re-export the model"
@@ -192,6 +223,12 @@ def _load_weights(card: ModelCard, folder: Path, networks: dict[str, torch.nn.Mo
             f"{path}: not a valid safetensors file ({error}); napari-medgen never loads pickled weights. "
             "Convert a PyTorch checkpoint with `napari-medgen import-weights`"
         ) from None
+    _check_fit(state, networks, str(path))
+    _assign(state, networks)
+
+
+def _check_fit(state: dict[str, torch.Tensor], networks: dict[str, torch.nn.Module], where: str) -> None:
+    """Raise ModelWeightsError naming the keys where `state` does not fit the networks."""
     expected = state_dict_of(networks)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -209,9 +246,12 @@ def _load_weights(card: ModelCard, folder: Path, networks: dict[str, torch.nn.Mo
         if wrong_shape:
             details.append(f"wrong shape {', '.join(wrong_shape[:3])}")
         raise ModelWeightsError(
-            f"{path}: the weights do not fit the network the card describes ({'; '.join(details)}); "
+            f"{where}: the weights do not fit the network the card describes ({'; '.join(details)}); "
             "the card and the weights come from different models"
         )
+
+
+def _assign(state: dict[str, torch.Tensor], networks: dict[str, torch.nn.Module]) -> None:
     for role, module in networks.items():
         prefix = f"{role}."
         module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
@@ -238,8 +278,20 @@ class LoadedModel:
         return sum(p.numel() * p.element_size() for m in self.networks.values() for p in m.parameters())
 
 
-_CACHE: dict[tuple[str, str, str], LoadedModel] = {}
+_CACHE: dict[tuple[Any, ...], LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()
+
+
+def _files_stamp(entry: ModelEntry) -> tuple[Any, ...]:
+    """Identity, size and modification time of card and weights: a model re-saved into its folder is reloaded."""
+    stamp: list[Any] = []
+    for path in (entry.folder / CARD_FILE, entry.folder / entry.card.weights):
+        try:
+            info = path.stat()
+            stamp += [info.st_ino, info.st_size, info.st_mtime_ns]
+        except OSError:
+            stamp += [None, None, None]
+    return tuple(stamp)
 
 
 def load_model(
@@ -249,7 +301,7 @@ def load_model(
     entry = find_model(model)
     torch_device = resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
-    key = (str(entry.folder.resolve()), str(torch_device), precision)
+    key = (str(entry.folder.resolve()), str(torch_device), precision, _files_stamp(entry))
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -267,6 +319,9 @@ def load_model(
         weights_sha256=weights_sha256(entry.folder / entry.card.weights),
     )
     with _CACHE_LOCK:
+        # An older load of the same folder (before it was re-saved) is dropped, not kept alive.
+        for old in [k for k in _CACHE if k[:3] == key[:3] and k != key]:
+            del _CACHE[old]
         _CACHE[key] = loaded
     return loaded
 
@@ -307,11 +362,17 @@ def import_state_dict(checkpoint: str | Path, card: ModelCard, out_folder: str |
     networks = build_networks(card)
     if not any(k.startswith("network.") for k in state):
         state = {f"network.{k}": v for k, v in state.items()}
+    # Check strictly now, before anything is written: a half-made model folder would show up in the
+    # registry and fail at first use.
+    _check_fit(state, networks, str(checkpoint))
     folder = Path(out_folder)
     folder.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / card.weights))
+    weights = folder / card.weights
+    tmp = weights.with_name(f".{weights.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp),
+              metadata={"model": card.name, "version": card.version})
+    tmp.replace(weights)
     save_card(card, folder)
-    _load_weights(card, folder, networks)  # check strictly now, not at first use
     return folder

@@ -1,6 +1,6 @@
 """Anatomy-conditioned generation and inpainting: from volumes in, to volumes out, same geometry.
 
-`generate` and `inpaint` are generators: they yield `ProgressEvent`s (a step count and, every few
+`generate` and `inpaint` check their inputs at once and return generators: these yield `ProgressEvent`s (a step count and, every few
 steps, a preview of the current estimate in the output's own grid) and return a list of result
 volumes, one per variant. Closing the generator stops the work before the next network call.
 
@@ -48,14 +48,15 @@ MAX_WORK_VOXELS = int(os.environ.get("NAPARI_MEDGEN_MAX_VOXELS", 512 * 512 * 512
 class ProgressEvent:
     """One step of a run: `step` of `total` network calls; `preview` is the current estimate, when given.
 
-    `preview` is a float32 array in the output volume's array order and grid (read-only; copy it to keep).
+    `preview` is a Volume on the output's grid (float32 voxels): the current estimate, ready to show
+    with the same layer adapter as the result.
     """
 
     step: int
     total: int
     variant: int = 0
     message: str = ""
-    preview: np.ndarray | None = None
+    preview: Volume | None = None
 
 
 @dataclass
@@ -99,6 +100,9 @@ class _Work:
     positions: np.ndarray | None  # per slice, in [0, 1]
     pad: tuple[int, ...] = ()
     intensity: IntensityMap = field(default_factory=lambda: IntensityMap(0.0, 1.0))
+    # Canonical index of the frame's first slice in the whole volume: per-slice noise is keyed by
+    # it, so a slice range or an inpainting box gets the same noise as a run over the whole volume.
+    slice_offset: int = 0
 
 
 # -- public entry points ---------------------------------------------------------------------------
@@ -110,6 +114,9 @@ def generate(
     **option_overrides: Any,
 ) -> Generator[ProgressEvent, None, list[Volume]]:
     """Synthesize images that follow `label_map`, in its exact geometry; one per variant.
+
+    Checks the inputs at once (raising the project's errors) and returns a generator that yields
+    `ProgressEvent`s and returns the result volumes.
 
     `slice_range` (canonical axial slices, as napari shows them) limits a 3-D run to those slices,
     and the results then cover just those slices.
@@ -130,15 +137,13 @@ def generate(
     frame = canonical
     work = _working_problem(loaded, frame, labels=frame, known=None, region=None, intensity=None)
     work.positions = _positions(frame.shape[0], offset, total_slices) if card.spatial_dims == 2 else None
+    work.slice_offset = offset
     inputs = {"label_map": label_map.content_hash()}
     if slice_range is None:
         present = lambda result: _back_to_source(result, label_map)  # noqa: E731
     else:
         present = lambda result: result if label_map.ndim == 3 else _as_2d(result)  # noqa: E731
-    results = yield from _run(loaded, work, options, frame, None, present)
-    for variant, volume in enumerate(results):
-        volume.metadata = _provenance(loaded, options, "generate", variant, inputs)
-    return results
+    return _marked_run(loaded, work, options, frame, None, present, "generate", inputs)
 
 
 def inpaint(
@@ -164,8 +169,10 @@ def inpaint(
         raise TaskNotSupportedError(f"model {card.name} does not inpaint (it does: {', '.join(card.tasks)})")
     if image.is_label_map and image.metadata.get("label_map"):
         raise InvalidVolumeError("the image to inpaint is a label map; give the scan (intensities) instead")
-    if image.ndim == 3 and card.spatial_dims == 3 and min(image.shape) < 2:
-        raise InvalidVolumeError("a 3-D model needs a 3-D image with more than one slice")
+    if card.spatial_dims == 3 and (image.ndim == 2 or min(image.shape) < 2):
+        # As in `generate`: a 3-D model on a single slice would only see padding around it.
+        raise InvalidVolumeError(f"model {card.name} is 3-D and needs a 3-D image with more than one slice")
+    region_hash = region.content_hash()  # the region as given, not as resampled onto the image
     region = _region_on_image(region, image)
     if label_map is not None:
         _check_label_map(loaded, label_map)
@@ -180,7 +187,8 @@ def inpaint(
     work = _working_problem(loaded, frame_image, labels=frame_labels, known=frame_image, region=frame_region, intensity=intensity)
     if card.spatial_dims == 2:
         work.positions = _positions(frame_image.shape[0], box[0].start, image3.shape[0])
-    inputs = {"image": image.content_hash(), "region": region.content_hash()}
+        work.slice_offset = box[0].start
+    inputs = {"image": image.content_hash(), "region": region_hash}
     if label_map is not None:
         inputs["label_map"] = label_map.content_hash()
     canvas = np.asarray(image3.array, dtype=np.float32)
@@ -200,13 +208,37 @@ def inpaint(
         # Outside the region: the input's own voxels, exactly.
         return image.with_array(np.where(region.array > 0, generated, image.array).astype(image.array.dtype), metadata={})
 
-    results = yield from _run(loaded, work, options, frame_image, paste, present)
-    for variant, volume in enumerate(results):
-        volume.metadata = _provenance(loaded, options, "inpaint", variant, inputs)
-    return results
+    return _marked_run(loaded, work, options, frame_image, paste, present, "inpaint", inputs)
+
+
+def output_template(source: Volume, slice_range: tuple[int, int] | None = None) -> Volume:
+    """An empty float volume on the grid a run's result will have (for a front end's preview layer).
+
+    `source` is the label map (generate) or the image (inpaint); `slice_range` as in `generate`.
+    """
+    if slice_range is None:
+        return source.with_array(np.zeros(source.shape, np.float32), metadata={})
+    canonical = to_canonical(_as_3d(source))
+    start, stop = _check_slice_range(slice_range, canonical.shape[0])
+    frame = _crop(canonical, (slice(start, stop), slice(None), slice(None)))
+    frame = frame.with_array(np.zeros(frame.shape, np.float32), metadata={})
+    return frame if source.ndim == 3 else _as_2d(frame)
 
 
 # -- the run ---------------------------------------------------------------------------------------
+def _marked_run(loaded, work, options, frame, paste, present, task: str, inputs: dict[str, str]):
+    """The sampling run as a generator; its results carry the provenance that marks them synthetic.
+
+    `generate` and `inpaint` check their inputs and prepare the work eagerly (so a user's mistake
+    raises at the call, before any thread or progress bar exists) and return this generator.
+    """
+    results = yield from _run(loaded, work, options, frame, paste, present)
+    for variant, volume in enumerate(results):
+        volume.metadata = _provenance(loaded, options, task, variant, inputs)
+    return results
+
+
+
 def _run(
     loaded: LoadedModel,
     work: _Work,
@@ -321,7 +353,7 @@ def _prepare_unit(loaded: LoadedModel, work: _Work, unit: tuple[slice, ...], opt
         known = work.known[unit] if work.known is not None else None
         region = work.region[unit].astype(np.float32) if work.region is not None else None
         positions = work.positions[unit[0]] if work.positions is not None else None
-        keys = [seed * 100003 + int(k) for k in z]
+        keys = [seed * 100003 + work.slice_offset + int(k) for k in z]
     else:
         labels = work.labels[None] if work.labels is not None else None
         known = work.known[None] if work.known is not None else None
@@ -329,12 +361,15 @@ def _prepare_unit(loaded: LoadedModel, work: _Work, unit: tuple[slice, ...], opt
         positions = None
         keys = [seed]
     inpaint_channels = card.conditioning.known_image
+    n_samples = len(keys) if card.spatial_dims == 2 else 1
+    spatial = work.grid.shape[1:] if card.spatial_dims == 2 else work.grid.shape
     stack = conditioning_stack(
         card,
         labels,
         known if inpaint_channels else None,
         region if inpaint_channels else None,
         positions,
+        shape=(n_samples,) + tuple(spatial),
     )
     conditioning = torch.from_numpy(stack).to(device)
     generators = [torch.Generator(device="cpu").manual_seed(int(k) % (2**63)) for k in keys]
@@ -362,10 +397,13 @@ def _unit_to_array(x0: torch.Tensor, work: _Work, unit: tuple[slice, ...]) -> np
     return array
 
 
-def _preview(work: _Work, buffer: np.ndarray, unit: tuple[slice, ...], x0: torch.Tensor, frame: Volume, paste, present) -> np.ndarray:
+def _preview(work: _Work, buffer: np.ndarray, unit: tuple[slice, ...], x0: torch.Tensor, frame: Volume, paste, present) -> Volume:
     current = buffer.copy()
     current[unit] = _unit_to_array(x0, work, unit)
-    return present(_finish(work, current, frame, paste)).array
+    preview = present(_finish(work, current, frame, paste))
+    if preview.array.dtype != np.float32:  # an integer image's inpainting: show it as float32, as documented
+        preview = preview.with_array(preview.array.astype(np.float32), metadata={})
+    return preview
 
 
 def _finish(work: _Work, buffer: np.ndarray, frame: Volume, paste) -> Volume:
@@ -408,7 +446,7 @@ def _working_problem(
     known_w = intensity.forward(resample(known, grid, "linear").array) if known is not None else None
     region_w = resample(region, grid, "nearest").array.astype(bool) if region is not None else None
     if region_w is not None and not region_w.any():
-        region_w = _nearest_nonempty_region(region, grid)
+        region_w = _voxels_touched(region, grid)
     divisor = 2 ** (len(card.network.kwargs.get("channels", (1,))) - 1)
     axes = (1, 2) if card.spatial_dims == 2 else (0, 1, 2)
     pad = [(0, 0)] * 3
@@ -437,19 +475,21 @@ def _unpadded_shape(work: _Work) -> tuple[int, ...]:
     return tuple(s - p for s, p in zip(work.grid.shape, work.pad, strict=True))
 
 
-def _nearest_nonempty_region(region: Volume, grid: Grid) -> np.ndarray:
-    """A region thinner than the model's voxels still covers the voxels it falls in."""
-    import SimpleITK as sitk
+def _voxels_touched(region: Volume, grid: Grid) -> np.ndarray:
+    """The voxels of `grid` that hold the centre of some region voxel (any dimension, vectorised).
 
-    image = region.to_sitk()
+    A region thinner than the grid's voxels still covers the voxels it falls in.
+    """
     out = np.zeros(grid.shape, bool)
-    index_points = np.argwhere(region.array > 0)
-    target = Volume(out.astype(np.uint8), grid.spacing, grid.origin, grid.direction).to_sitk()
-    for idx in index_points:
-        point = image.TransformIndexToPhysicalPoint([int(i) for i in idx[::-1]])
-        j = target.TransformPhysicalPointToIndex(point)
-        if all(0 <= j[k] < grid.size[k] for k in range(3)):
-            out[j[2], j[1], j[0]] = True
+    index_zyx = np.argwhere(region.array > 0)
+    if index_zyx.size == 0:
+        return out
+    points = region.index_to_physical(index_zyx[:, ::-1].astype(float))
+    direction = np.asarray(grid.direction, dtype=float).reshape(len(grid.size), len(grid.size))
+    continuous = ((points - np.asarray(grid.origin)) @ direction) / np.asarray(grid.spacing)
+    target = np.rint(continuous).astype(np.int64)
+    inside = np.all((target >= 0) & (target < np.asarray(grid.size)), axis=1)
+    out[tuple(target[inside][:, ::-1].T)] = True
     return out
 
 
@@ -485,7 +525,12 @@ def _region_on_image(region: Volume, image: Volume) -> Volume:
     if not image.same_grid(region):
         if region.ndim != image.ndim:
             raise GeometryMismatchError(f"the region is {region.ndim}-D but the image is {image.ndim}-D")
-        region = resample(region, Grid.of(image), "nearest")
+        resampled = resample(region, Grid.of(image), "nearest")
+        if not resampled.array.any():
+            # Thinner than the image's voxels (a stroke between voxel centres): take the voxels
+            # it falls in rather than losing it.
+            resampled = resampled.with_array(_voxels_touched(region, Grid.of(image)).astype(np.uint8))
+        region = resampled
         if not region.array.any():
             raise RegionError(
                 "the inpainting region lies outside the image; draw it on a layer made from this image"

@@ -112,7 +112,11 @@ class Volume:
         """A SimpleITK image with the same voxels and geometry."""
         import SimpleITK as sitk
 
-        image = sitk.GetImageFromArray(np.ascontiguousarray(self.array), isVector=False)
+        array = self.array
+        if array.dtype.kind == "f" and array.dtype not in (np.float32, np.float64):
+            # ITK has no half (or extended) precision voxels: float16 from a network becomes float32.
+            array = array.astype(np.float32 if array.dtype.itemsize < 4 else np.float64)
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)
         image.SetDirection(self.direction)

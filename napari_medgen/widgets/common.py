@@ -1,0 +1,109 @@
+"""Pieces the generate and inpaint widgets share: sampling controls, layer choices, result layers."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, SpinBox
+from napari.layers import Image, Labels, Shapes
+from napari.utils.notifications import show_warning
+
+from ..engine.sampling import SAMPLERS
+from ..engine.synthesis import SamplingOptions
+from ..engine.volume import Volume
+from ..layer_geometry import volume_to_layer_data
+from ..napari_io import image_display_kwargs
+
+PREVIEW_NAME = "preview (running)"
+
+
+def layer_choices(viewer: Any, *types: type) -> Any:
+    """A callable for magicgui choices: the viewer's layers of `types`, kept current by napari."""
+
+    def choices(_widget: Any = None) -> list:
+        return [layer for layer in viewer.layers if isinstance(layer, types)]
+
+    return choices
+
+
+def optional_layer_choices(viewer: Any, *types: type) -> Any:
+    base = layer_choices(viewer, *types)
+    return lambda _widget=None: [("(none)", None)] + [(layer.name, layer) for layer in base()]
+
+
+class SamplingControls(Container):
+    """Steps, sampler, seed (with a dice for a fresh one), guidance and variants."""
+
+    def __init__(self, variants: bool = True) -> None:
+        self.steps = SpinBox(label="steps", value=20, min=1, max=1000)
+        self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value="dpm++2m")
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.dice = PushButton(text="new seed")
+        self.guidance = FloatSpinBox(label="guidance", value=1.0, min=0.0, max=20.0, step=0.5)
+        self.variants = SpinBox(label="variants", value=1, min=1, max=16, visible=variants)
+        super().__init__(widgets=[self.steps, self.sampler, self.seed, self.dice, self.guidance, self.variants], labels=True)
+        self.dice.changed.connect(self.roll)
+
+    def roll(self) -> int:
+        self.seed.value = random.randrange(2**31 - 1)
+        return self.seed.value
+
+    def options(self) -> SamplingOptions:
+        return SamplingOptions(
+            sampler=self.sampler.value,
+            steps=self.steps.value,
+            seed=self.seed.value,
+            guidance=self.guidance.value,
+            variants=self.variants.value,
+        )
+
+
+def add_result_layer(viewer: Any, volume: Volume, name: str) -> Image:
+    """A result volume as an Image layer in physical space, provenance in its metadata."""
+    data, kwargs, _ = volume_to_layer_data(volume, "image", name)
+    kwargs.update(image_display_kwargs(volume))
+    return viewer.add_image(data, **kwargs)
+
+
+class PreviewLayer:
+    """The live preview: one Image layer updated in place, removed when the run ends."""
+
+    def __init__(self, viewer: Any) -> None:
+        self.viewer = viewer
+        self.layer: Image | None = None
+
+    def prepare(self, template: Volume, contrast_limits: list[float]) -> None:
+        """Add the (empty) preview layer before the run starts: adding a layer mid-run stalls the GUI."""
+        self.remove()
+        data, kwargs, _ = volume_to_layer_data(template, "image", PREVIEW_NAME)
+        kwargs["contrast_limits"] = contrast_limits
+        self.layer = self.viewer.add_image(np.array(data), opacity=0.8, **kwargs)
+
+    def show(self, volume: Volume) -> None:
+        data, kwargs, _ = volume_to_layer_data(volume, "image", PREVIEW_NAME)
+        if self.layer is None or self.layer not in self.viewer.layers or self.layer.data.shape != data.shape:
+            self.remove()
+            kwargs.update(image_display_kwargs(volume))
+            self.layer = self.viewer.add_image(np.array(data), **kwargs)
+        else:
+            self.layer.data = np.array(data)
+
+    def remove(self) -> None:
+        if self.layer is not None and self.layer in self.viewer.layers:
+            self.viewer.layers.remove(self.layer)
+        self.layer = None
+
+
+def current_slice(viewer: Any, layer: Any) -> int:
+    """The layer's data index along axis 0 at the viewer's current position."""
+    index = layer.world_to_data(viewer.dims.point)
+    return int(np.clip(np.round(index[0]), 0, layer.data.shape[0] - 1))
+
+
+def warn(message: str) -> None:
+    show_warning(message)
+
+
+__all__ = ["Image", "Labels", "Shapes"]

@@ -1,0 +1,509 @@
+"""Model cards, loading and the model registry: schema errors, unsafe weights, shadowing, the cache.
+
+No Qt, no napari. Models are tiny random-weight MONAI UNets built in the test (`tiny_models`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import make_tiny_model, tiny_card  # noqa: E402
+
+from napari_medgen.engine import models as models_module  # noqa: E402
+from napari_medgen.engine.card import CARD_FILE, load_card, parse_card  # noqa: E402
+from napari_medgen.engine.errors import (  # noqa: E402
+    DeviceError,
+    ModelCardError,
+    ModelNotFoundError,
+    ModelWeightsError,
+)
+from napari_medgen.engine.models import (  # noqa: E402
+    build_networks,
+    find_model,
+    import_state_dict,
+    list_models,
+    load_model,
+    loaded_models,
+    release_model,
+    resolve_device,
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_cache():
+    """Every test starts and ends with an empty model cache (models are cached process-wide)."""
+    release_model()
+    yield
+    release_model()
+
+
+@pytest.fixture
+def isolated_registry(tmp_path, monkeypatch) -> dict[str, Path]:
+    """An empty user folder and no environment folders, so the host's own models never show up."""
+    user = tmp_path / "user-models"
+    user.mkdir()
+    monkeypatch.setattr(models_module, "user_models_dir", lambda: user)
+    monkeypatch.delenv(models_module.ENV_VAR, raising=False)
+    return {"user": user}
+
+
+def _card_dict(**card_args) -> dict:
+    return tiny_card(**card_args).model_dump(mode="json")
+
+
+class _Marker:
+    """Unpickling this would create a file: proof that code in a weights file ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path(self.path).touch, ())
+
+
+# -- the card --------------------------------------------------------------------------------------
+def test_valid_card_parses_and_round_trips(tmp_path):
+    raw = _card_dict()
+    card = parse_card(raw)
+    assert card.name == "tiny-2d"
+    assert card.input_channels == card.network.kwargs["in_channels"]
+    assert card.supports_guidance
+    (tmp_path / CARD_FILE).write_text(json.dumps(raw))
+    assert load_card(tmp_path) == card
+
+
+def _drop(key):
+    def change(raw):
+        del raw[key]
+
+    return change
+
+
+def _set(*path, value):
+    def change(raw):
+        target = raw
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return change
+
+
+INVALID_CARDS = {
+    "missing name": (_drop("name"), "name"),
+    "missing network": (_drop("network"), "network"),
+    "missing label schema": (_drop("label_schema"), "label_schema"),
+    "torch module class": (_set("network", "class_name", value="torch.nn.Module"), "torch.nn.Module"),
+    "os.system class": (_set("network", "class_name", value="os.system"), "os.system"),
+    "unknown MONAI class": (_set("network", "class_name", value="UNet"), "network"),
+    "unknown scheduler": (_set("scheduler", "class_name", value="EvilScheduler"), "scheduler.class_name"),
+    "in_channels off": (_set("network", "kwargs", "in_channels", value=3), "in_channels"),
+    "weights parent dir": (_set("weights", value="../evil.safetensors"), "weights"),
+    "weights nested parent dir": (_set("weights", value="sub/../../evil.safetensors"), "weights"),
+    "weights absolute": (_set("weights", value="/tmp/evil.safetensors"), "weights"),
+    "weights pickle": (_set("weights", value="weights.pt"), "weights"),
+    "forbidden kwarg": (_set("network", "kwargs", "__class__", value="os.system"), "network.kwargs"),
+    "unknown field": (_set("exec", value="import os"), "exec"),
+    "tile of wrong length": (_set("tile_size", value=[16, 16, 16]), "tile_size"),
+    "spatial dims 4": (_set("spatial_dims", value=4), "spatial_dims"),
+    "no background class": (_set("label_schema", "classes", value=[{"index": 1, "name": "a", "color": "#ffffff"}]), "label_schema"),
+    "bad task": (_set("tasks", value=["segment"]), "tasks"),
+}
+
+
+@pytest.mark.parametrize("change, field", INVALID_CARDS.values(), ids=INVALID_CARDS.keys())
+def test_invalid_card_raises_naming_the_field(change, field, tmp_path):
+    raw = _card_dict()
+    change(raw)
+    with pytest.raises(ModelCardError, match=field.replace(".", r"\.")):
+        parse_card(raw)
+    (tmp_path / CARD_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ModelCardError, match=field.replace(".", r"\.")) as info:
+        load_card(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_spade_card_checks_label_nc_and_in_channels():
+    raw = _card_dict(label_map="spade", known_image=False, slice_position=False)
+    assert parse_card(raw).input_channels == 1
+    bad = copy.deepcopy(raw)
+    bad["network"]["kwargs"]["label_nc"] = 2
+    with pytest.raises(ModelCardError, match="label_nc"):
+        parse_card(bad)
+    bad = copy.deepcopy(raw)
+    bad["network"]["kwargs"]["in_channels"] = 5
+    with pytest.raises(ModelCardError, match="in_channels"):
+        parse_card(bad)
+
+
+def test_card_needs_single_output_channel():
+    raw = _card_dict()
+    raw["network"]["kwargs"]["out_channels"] = 2
+    with pytest.raises(ModelCardError, match="out_channels"):
+        parse_card(raw)
+
+
+def test_tile_must_fit_the_unet_downsampling():
+    raw = _card_dict(spatial_dims=3)
+    raw["network"]["kwargs"]["channels"] = [8, 8, 16, 16]
+    raw["network"]["kwargs"]["attention_levels"] = [False, False, False, True]
+    raw["tile_size"] = [12, 16, 16]  # 12 is not a multiple of 2**3
+    with pytest.raises(ModelCardError, match="tile_size"):
+        parse_card(raw)
+
+
+def _controlnet_card_dict() -> dict:
+    raw = _card_dict(name="tiny-controlnet")
+    raw["conditioning"]["label_map"] = "controlnet"
+    raw["network"]["kwargs"]["in_channels"] = 1 + 2 + 8
+    raw["controlnet"] = {
+        "class_name": "ControlNet",
+        "kwargs": {
+            **{k: v for k, v in raw["network"]["kwargs"].items() if k != "out_channels"},
+            "conditioning_embedding_in_channels": 4,
+            "conditioning_embedding_num_channels": [8],
+        },
+    }
+    return raw
+
+
+def test_controlnet_card_checks_its_inputs():
+    raw = _controlnet_card_dict()
+    assert parse_card(raw).conditioning.label_map == "controlnet"
+    bad = copy.deepcopy(raw)
+    bad["controlnet"]["kwargs"]["conditioning_embedding_in_channels"] = 3
+    with pytest.raises(ModelCardError, match="conditioning_embedding_in_channels"):
+        parse_card(bad)
+    bad = copy.deepcopy(raw)
+    bad["controlnet"]["kwargs"]["in_channels"] = 15
+    with pytest.raises(ModelCardError, match="controlnet in_channels"):
+        parse_card(bad)
+    bad = copy.deepcopy(raw)
+    bad["controlnet"]["class_name"] = "DiffusionModelUNet"
+    with pytest.raises(ModelCardError, match="controlnet"):
+        parse_card(bad)
+    bad = copy.deepcopy(raw)
+    del bad["controlnet"]
+    with pytest.raises(ModelCardError, match="controlnet"):
+        parse_card(bad)
+
+
+@pytest.mark.parametrize(
+    "class_name, schedule, prediction",
+    [
+        ("DDPMScheduler", "linear_beta", "epsilon"),
+        ("DDPMScheduler", "scaled_linear_beta", "v_prediction"),
+        ("DDIMScheduler", "cosine", "sample"),
+        ("DDIMScheduler", "sigmoid_beta", "epsilon"),
+    ],
+)
+def test_every_allowed_schedule_builds(class_name, schedule, prediction):
+    from napari_medgen.engine.sampling import NoiseSchedule
+
+    raw = _card_dict()
+    raw["scheduler"] = {"class_name": class_name, "schedule": schedule, "prediction_type": prediction, "num_train_timesteps": 50}
+    card = parse_card(raw)
+    noise = NoiseSchedule(card.scheduler)
+    values = [noise.alpha_bar(t) for t in range(50)]
+    assert all(0 < b < a < 1 for a, b in zip(values, values[1:], strict=False))
+    assert noise.timesteps(5) == [49, 37, 24, 12, 0]
+
+
+@pytest.mark.parametrize("text", ["{not json", "", "\xff\xfe garbage"])
+def test_invalid_json_raises_card_error(tmp_path, text):
+    (tmp_path / CARD_FILE).write_bytes(text.encode("latin-1"))
+    with pytest.raises(ModelCardError, match="JSON"):
+        load_card(tmp_path)
+
+
+def test_card_that_is_not_an_object(tmp_path):
+    (tmp_path / CARD_FILE).write_text("[1, 2, 3]")
+    with pytest.raises(ModelCardError, match="JSON object"):
+        load_card(tmp_path)
+
+
+def test_folder_without_card(tmp_path):
+    with pytest.raises(ModelCardError, match=CARD_FILE):
+        load_card(tmp_path)
+
+
+def test_kwargs_that_monai_refuses_are_a_card_error(tmp_path):
+    folder = make_tiny_model(tmp_path / "model")
+    raw = json.loads((folder / CARD_FILE).read_text())
+    raw["network"]["kwargs"]["norm_num_groups"] = 3  # does not divide the channels
+    (folder / CARD_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ModelCardError, match="network"):
+        load_model(folder)
+    raw["network"]["kwargs"]["norm_num_groups"] = 8
+    raw["network"]["kwargs"]["no_such_argument"] = 1
+    (folder / CARD_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ModelCardError, match="no_such_argument"):
+        load_model(folder)
+
+
+# -- weights ---------------------------------------------------------------------------------------
+def test_tiny_model_loads(tmp_path):
+    folder = make_tiny_model(tmp_path / "model")
+    model = load_model(folder, device="cpu")
+    assert model.name == "tiny-2d"
+    assert model.device == torch.device("cpu") and model.dtype == torch.float32
+    assert len(model.weights_sha256) == 64
+    network = model.networks["network"]
+    assert not network.training
+    assert not any(p.requires_grad for p in network.parameters())
+
+
+def test_missing_weights(tmp_path):
+    folder = make_tiny_model(tmp_path / "model")
+    (folder / "weights.safetensors").unlink()
+    with pytest.raises(ModelWeightsError, match="missing"):
+        load_model(folder)
+
+
+def test_weights_of_another_architecture_name_the_mismatching_keys(tmp_path):
+    folder = make_tiny_model(tmp_path / "model")
+    other = make_tiny_model(tmp_path / "other", known_image=False)  # fewer input channels
+    shutil.copy(other / "weights.safetensors", folder / "weights.safetensors")
+    with pytest.raises(ModelWeightsError, match=r"wrong shape .*network\.conv_in"):
+        load_model(folder)
+    wider = tmp_path / "wider"
+    card = tiny_card()
+    raw = card.model_dump(mode="json")
+    raw["network"]["kwargs"]["channels"] = [8, 16, 16]
+    raw["network"]["kwargs"]["attention_levels"] = [False, False, True]
+    from napari_medgen.engine.models import save_model
+
+    wide_card = parse_card(raw)
+    save_model(wide_card, build_networks(wide_card), wider)
+    shutil.copy(wider / "weights.safetensors", folder / "weights.safetensors")
+    with pytest.raises(ModelWeightsError, match=r"unexpected network\.") as info:
+        load_model(folder)
+    assert "different models" in str(info.value)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_pickled_weights_are_refused_without_running_them(tmp_path, writer):
+    folder = make_tiny_model(tmp_path / "model")
+    marker = tmp_path / "code-ran"
+    payload = {"network.conv_in.conv.weight": torch.zeros(1), "evil": _Marker(marker)}
+    weights = folder / "weights.safetensors"
+    if writer == "torch.save":
+        torch.save(payload, weights)
+    else:
+        with open(weights, "wb") as handle:
+            pickle.dump(payload, handle)
+    with pytest.raises(ModelWeightsError, match="safetensors"):
+        load_model(folder)
+    assert not marker.exists()
+
+
+def test_truncated_and_empty_weights(tmp_path):
+    folder = make_tiny_model(tmp_path / "model")
+    weights = folder / "weights.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelWeightsError):
+        load_model(folder)
+    weights.write_bytes(b"")
+    with pytest.raises(ModelWeightsError):
+        load_model(folder)
+
+
+def test_symlinked_weights_load(tmp_path):
+    """Model hubs keep weights in a blob store and link them into the model folder; that is fine."""
+    folder = make_tiny_model(tmp_path / "model")
+    store = tmp_path / "blobs"
+    store.mkdir()
+    blob = store / "abc123"
+    (folder / "weights.safetensors").rename(blob)
+    try:
+        (folder / "weights.safetensors").symlink_to(blob)
+    except OSError:
+        pytest.skip("no symlinks on this file system")
+    model = load_model(folder)
+    assert model.networks["network"] is not None
+
+
+def test_import_state_dict_refuses_code(tmp_path):
+    marker = tmp_path / "code-ran"
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"conv_in.conv.weight": torch.zeros(1), "evil": _Marker(marker)}, checkpoint)
+    with pytest.raises(ModelWeightsError, match="refusing"):
+        import_state_dict(checkpoint, tiny_card(), tmp_path / "imported")
+    assert not marker.exists()
+    assert not (tmp_path / "imported" / CARD_FILE).exists()
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["plain", "lightning-style"])
+def test_import_state_dict_of_a_plain_state_dict(tmp_path, wrap):
+    card = tiny_card(name="imported")
+    torch.manual_seed(3)
+    network = build_networks(card)["network"]
+    state = network.state_dict()
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"state_dict": state, "epoch": 4} if wrap else state, checkpoint)
+    folder = import_state_dict(checkpoint, card, tmp_path / "imported")
+    model = load_model(folder)
+    for key, value in state.items():
+        assert torch.equal(model.networks["network"].state_dict()[key], value), key
+
+
+def test_import_state_dict_of_another_architecture_leaves_no_model(tmp_path, isolated_registry):
+    network = build_networks(tiny_card(known_image=False))["network"]
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save(network.state_dict(), checkpoint)
+    out = isolated_registry["user"] / "imported"
+    with pytest.raises(ModelWeightsError, match="conv_in"):
+        import_state_dict(checkpoint, tiny_card(name="imported"), out)
+    # A half-made model folder would show up in the registry and fail later.
+    entries, problems = list_models()
+    assert [e.card.name for e in entries] == []
+    assert not (out / CARD_FILE).exists()
+
+
+def test_import_state_dict_of_a_missing_file(tmp_path):
+    with pytest.raises(ModelWeightsError):
+        import_state_dict(tmp_path / "nope.pt", tiny_card(), tmp_path / "imported")
+
+
+# -- the registry ----------------------------------------------------------------------------------
+def test_environment_model_shadows_user_model(tmp_path, isolated_registry, monkeypatch):
+    env_root = tmp_path / "env-models"
+    env_model = make_tiny_model(env_root / "tiny", seed=1)
+    user_model = make_tiny_model(isolated_registry["user"] / "tiny", seed=2)
+    make_tiny_model(isolated_registry["user"] / "other", name="other-model")
+    monkeypatch.setenv(models_module.ENV_VAR, os.pathsep.join([str(tmp_path / "does-not-exist"), str(env_root)]))
+
+    entries, problems = list_models()
+    assert problems == []
+    by_name = {e.card.name: e for e in entries}
+    assert set(by_name) == {"tiny-2d", "other-model"}
+    winner = by_name["tiny-2d"]
+    assert winner.source == "environment"
+    assert Path(winner.folder).resolve() == env_model.resolve()
+    assert len(winner.shadows) == 1 and "user" in winner.shadows[0] and str(user_model) in winner.shadows[0]
+    assert by_name["other-model"].source == "user" and by_name["other-model"].shadows == ()
+
+    entry = find_model("tiny-2d")
+    assert Path(entry.folder).resolve() == env_model.resolve()
+    loaded = load_model("tiny-2d")
+    assert Path(loaded.folder).resolve() == env_model.resolve()
+    assert loaded.source == "environment"
+
+
+def test_same_folder_listed_twice_does_not_shadow_itself(tmp_path, isolated_registry, monkeypatch):
+    make_tiny_model(isolated_registry["user"] / "tiny")
+    monkeypatch.setenv(models_module.ENV_VAR, str(isolated_registry["user"]))
+    entries, _ = list_models()
+    assert len(entries) == 1 and entries[0].shadows == ()
+
+
+def test_a_model_folder_named_directly_in_the_environment(tmp_path, isolated_registry, monkeypatch):
+    folder = make_tiny_model(tmp_path / "just-one")
+    monkeypatch.setenv(models_module.ENV_VAR, str(folder))
+    entries, _ = list_models()
+    assert [(e.card.name, e.source) for e in entries] == [("tiny-2d", "environment")]
+
+
+def test_broken_card_is_listed_as_a_problem(isolated_registry):
+    make_tiny_model(isolated_registry["user"] / "good")
+    broken = isolated_registry["user"] / "broken"
+    broken.mkdir()
+    (broken / CARD_FILE).write_text("{")
+    entries, problems = list_models()
+    assert [e.card.name for e in entries] == ["tiny-2d"]
+    assert len(problems) == 1 and "broken" in problems[0]
+
+
+def test_unknown_model_name(isolated_registry):
+    make_tiny_model(isolated_registry["user"] / "tiny")
+    with pytest.raises(ModelNotFoundError, match="tiny-2d"):
+        find_model("no-such-model")
+
+
+def test_name_beats_a_stray_folder_of_the_same_name(tmp_path, isolated_registry, monkeypatch):
+    """A folder named like a model in the working directory (without a card) must not hide the model."""
+    make_tiny_model(isolated_registry["user"] / "tiny")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-2d").mkdir()
+    assert find_model("tiny-2d").source == "user"
+
+
+def test_folder_path_without_card_says_so(tmp_path, isolated_registry):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelCardError, match=CARD_FILE):
+        find_model(tmp_path / "empty")
+
+
+# -- the cache and devices -------------------------------------------------------------------------
+def test_cache_returns_the_same_model_and_release_frees_it(tmp_path):
+    folder = make_tiny_model(tmp_path / "model")
+    first = load_model(folder)
+    assert load_model(str(folder)) is first
+    assert loaded_models() == [first]
+    assert release_model(first) == 1
+    assert loaded_models() == []
+    assert release_model(first) == 0
+    second = load_model(folder)
+    assert second is not first
+
+
+def test_cache_notices_new_weights(tmp_path):
+    """Re-training into the same folder must not leave the old network in use."""
+    folder = make_tiny_model(tmp_path / "model", seed=0)
+    first = load_model(folder)
+    make_tiny_model(folder, seed=1)
+    second = load_model(folder)
+    assert second is not first
+    assert second.weights_sha256 != first.weights_sha256
+
+
+def test_auto_device_is_cpu_without_accelerators(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if getattr(torch.backends, "mps", None) is not None:
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    model = load_model(make_tiny_model(tmp_path / "model"), device="auto")
+    assert model.device.type == "cpu"
+
+
+def test_fp16_on_cpu_is_a_device_error(tmp_path):
+    with pytest.raises(DeviceError, match="fp16"):
+        load_model(make_tiny_model(tmp_path / "model"), device="cpu", precision="fp16")
+    with pytest.raises(DeviceError, match="precision"):
+        load_model(tmp_path / "model", device="cpu", precision="fp8")
+
+
+def test_bad_device_names(monkeypatch):
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="CUDA"):
+        resolve_device("cuda:0")
+
+
+def test_missing_gpu_index_and_garbled_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(DeviceError, match="no GPU 3"):
+        resolve_device("cuda:3")
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_device("cuda:zero")
+
+
+def test_bf16_on_cpu_loads(tmp_path):
+    model = load_model(make_tiny_model(tmp_path / "model"), device="cpu", precision="bf16")
+    assert model.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in model.networks["network"].parameters())
