@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--crop", type=int, default=64, help="random crop size in pixels (0: whole slices)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto")
-    tr.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    tr.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    tr.add_argument("--checkpoint-dir", type=Path, default=None, help="where checkpoints go (default: OUT/checkpoint)")
     tr.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
 
     imp = commands.add_parser("import-weights", help="convert a PyTorch state dict into a safe model folder")
@@ -247,7 +248,8 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> list[str]:
         seed=args.seed,
         device=args.device,
     )
-    folder = _drive(train(card, pairs, args.out, config, resume=args.resume, data_description=description), reporter)
+    run = train(card, pairs, args.out, config, resume=args.resume, data_description=description, checkpoint_dir=args.checkpoint_dir)
+    folder = _drive(run, reporter)
     return [str(folder)]
 
 

@@ -117,7 +117,10 @@ INVALID_CARDS = {
     "unknown field": (_set("exec", value="import os"), "exec"),
     "tile of wrong length": (_set("tile_size", value=[16, 16, 16]), "tile_size"),
     "spatial dims 4": (_set("spatial_dims", value=4), "spatial_dims"),
-    "no background class": (_set("label_schema", "classes", value=[{"index": 1, "name": "a", "color": "#ffffff"}]), "label_schema"),
+    "no background class": (
+        _set("label_schema", "classes", value=[{"index": 1, "name": "a", "color": "#ffffff"}]),
+        "label_schema",
+    ),
     "bad task": (_set("tasks", value=["segment"]), "tasks"),
 }
 
@@ -212,7 +215,12 @@ def test_every_allowed_schedule_builds(class_name, schedule, prediction):
     from napari_medgen.engine.sampling import NoiseSchedule
 
     raw = _card_dict()
-    raw["scheduler"] = {"class_name": class_name, "schedule": schedule, "prediction_type": prediction, "num_train_timesteps": 50}
+    raw["scheduler"] = {
+        "class_name": class_name,
+        "schedule": schedule,
+        "prediction_type": prediction,
+        "num_train_timesteps": 50,
+    }
     card = parse_card(raw)
     noise = NoiseSchedule(card.scheduler)
     values = [noise.alpha_bar(t) for t in range(50)]

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import make_tiny_model, randomize_zero_layers, tiny_card  # noqa: E402
 
+from napari_medgen.engine.card import parse_card  # noqa: E402
 from napari_medgen.engine.errors import (  # noqa: E402
     GeometryMismatchError,
     InvalidVolumeError,
@@ -27,8 +28,7 @@ from napari_medgen.engine.errors import (  # noqa: E402
     RegionError,
     TaskNotSupportedError,
 )
-from napari_medgen.engine.models import LoadedModel, load_model, save_model, build_networks  # noqa: E402
-from napari_medgen.engine.card import parse_card  # noqa: E402
+from napari_medgen.engine.models import LoadedModel, build_networks, load_model, save_model  # noqa: E402
 from napari_medgen.engine.orientation import to_canonical  # noqa: E402
 from napari_medgen.engine.resample import Grid, resample  # noqa: E402
 from napari_medgen.engine.sampling import NoiseSchedule  # noqa: E402
@@ -117,7 +117,8 @@ def _image(dtype=np.float32, shape=(6, 20, 24), direction=PERMUTED_FLIPPED, seed
     array = rng.uniform(0, 800, size=shape)
     if np.dtype(dtype).kind == "i":
         array = np.rint(array - 200)  # some negative values, as in CT
-    return Volume(array.astype(dtype), SPACING[: len(shape)], ORIGIN[: len(shape)], tuple(np.asarray(direction).ravel()))
+    ndim = len(shape)
+    return Volume(array.astype(dtype), SPACING[:ndim], ORIGIN[:ndim], tuple(np.asarray(direction).ravel()))
 
 
 def _region(like: Volume, box=(slice(2, 4), slice(5, 15), slice(6, 18))) -> Volume:
@@ -456,6 +457,19 @@ def test_inpaint_region_with_gaps_between_slices(models, kind):
     _assert_same_image(one[0].array, four[0].array)
     per_slice = events_one[-1].total // 2  # two slices hold region
     assert events_one[-1].total == 2 * per_slice
+
+
+@pytest.mark.parametrize("kind", ["2d", "3d"])
+def test_inpaint_region_smaller_than_a_model_voxel(models, kind):
+    """One 1 mm voxel, far smaller than the model's 4 mm voxels: still regenerated, nothing else touched."""
+    image = _image()
+    array = np.zeros(image.shape, np.uint8)
+    array[3, 9, 13] = 1
+    region = image.with_array(array, metadata={})
+    results, _ = drive(inpaint(models[kind], image, region, steps=2, seed=0, feather_mm=0.0))
+    changed = results[0].array != image.array
+    assert changed[3, 9, 13]
+    assert changed.sum() == 1
 
 
 def test_3d_model_refuses_a_2d_image(models):

@@ -403,8 +403,13 @@ def train(
     config: TrainingConfig | None = None,
     resume: bool = False,
     data_description: str = "",
+    checkpoint_dir: str | Path | None = None,
 ) -> Generator[TrainingEvent, None, Path]:
-    """Train `card`'s network on `pairs`; yields progress and returns the model folder `out`."""
+    """Train `card`'s network on `pairs`; yields progress and returns the model folder `out`.
+
+    Checkpoints go to `checkpoint_dir` (default ``out/checkpoint``); keep them out of a model folder
+    that is shipped inside the package.
+    """
     config = config or TrainingConfig()
     out = Path(out)
     if card.spatial_dims != 2 or card.network.class_name != "DiffusionModelUNet" or card.conditioning.label_map != "channels":
@@ -426,7 +431,7 @@ def train(
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     schedule = NoiseSchedule(card.scheduler)
     alphas = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)
-    checkpoint = out / CHECKPOINT_DIR
+    checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else out / CHECKPOINT_DIR
     start_step, losses, seconds = 0, [], 0.0
     if resume:
         if not (checkpoint / "training_state.json").exists():
