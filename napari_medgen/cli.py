@@ -35,7 +35,8 @@ def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", choices=SAMPLERS, default="dpm++2m", help="sampling method")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; variant k uses seed + k")
-    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (1 = none)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance weight (1 = none; default: the model card's)")
     parser.add_argument("--variants", type=int, default=1, help="number of results, with seeds seed, seed+1, ...")
     parser.add_argument("--batch-size", type=int, default=None, help="slices per network call (default: from memory)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")

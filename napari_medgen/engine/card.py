@@ -90,6 +90,9 @@ class Conditioning(_Strict):
     condition_dropout: float = Field(
         0.0, ge=0, lt=1, description="probability the label map was dropped in training (>0: guidance works)"
     )
+    default_guidance: float = Field(
+        1.0, ge=0, le=20, description="classifier-free guidance weight used when none is asked for (1 = none)"
+    )
 
 
 class SchedulerSpec(_Strict):

@@ -326,6 +326,40 @@ def load_model(
     return loaded
 
 
+def cpu_copy(loaded: LoadedModel) -> LoadedModel:
+    """The same model on the CPU (not cached): where a run goes on after running out of GPU memory.
+
+    The weights are copied from the loaded networks (so they are the ones the run started with, even if
+    the folder was re-saved since); where they cannot be read back (a network on the 'meta' device),
+    the weights file is loaded again, provided it is still the file that was loaded. fp16 becomes fp32
+    (the CPU has no fp16 kernels).
+    """
+    dtype = torch.float32 if loaded.dtype == torch.float16 else loaded.dtype
+    networks = build_networks(loaded.card)
+    try:
+        for role, module in networks.items():
+            module.load_state_dict(loaded.networks[role].state_dict(), strict=True)
+    except (RuntimeError, NotImplementedError, KeyError):
+        path = loaded.folder / loaded.card.weights
+        if not path.is_file() or weights_sha256(path) != loaded.weights_sha256:
+            raise ModelWeightsError(
+                f"{loaded.folder}: cannot move model {loaded.name} to the CPU: its weights file changed since it "
+                "was loaded; load the model again"
+            ) from None
+        _load_weights(loaded.card, loaded.folder, networks)
+    for module in networks.values():
+        module.to(device="cpu", dtype=dtype).eval().requires_grad_(False)
+    return LoadedModel(
+        card=loaded.card,
+        folder=loaded.folder,
+        source=loaded.source,
+        networks=networks,
+        device=torch.device("cpu"),
+        dtype=dtype,
+        weights_sha256=loaded.weights_sha256,
+    )
+
+
 def release_model(model: LoadedModel | None = None) -> int:
     """Drop one loaded model (or all) from the cache and free device memory; returns how many."""
     with _CACHE_LOCK:

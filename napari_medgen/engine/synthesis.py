@@ -26,6 +26,7 @@ import torch
 from .. import __version__
 from .denoiser import Denoiser, conditioning_stack
 from .errors import (
+    DeviceError,
     GeometryMismatchError,
     InvalidVolumeError,
     LabelSchemaError,
@@ -49,7 +50,8 @@ class ProgressEvent:
     """One step of a run: `step` of `total` network calls; `preview` is the current estimate, when given.
 
     `preview` is a Volume on the output's grid (float32 voxels): the current estimate, ready to show
-    with the same layer adapter as the result.
+    with the same layer adapter as the result. `notice` is a one-off word for the user (the run ran out of
+    memory and goes on with fewer slices per call, or on the CPU), given once, on the event where it happens.
     """
 
     step: int
@@ -57,6 +59,7 @@ class ProgressEvent:
     variant: int = 0
     message: str = ""
     preview: Volume | None = None
+    notice: str = ""
 
 
 @dataclass
@@ -66,7 +69,7 @@ class SamplingOptions:
     sampler: str = "dpm++2m"
     steps: int = 20
     seed: int = 0
-    guidance: float = 1.0
+    guidance: float | None = None  # None: the model card's default_guidance
     eta: float = 0.0
     variants: int = 1
     batch_size: int | None = None
@@ -81,7 +84,7 @@ class SamplingOptions:
             raise MedgenError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if not 1 <= self.steps <= 10000:
             raise MedgenError(f"steps must be between 1 and the model's training steps, got {self.steps}")
-        if self.guidance < 0:
+        if self.guidance is not None and self.guidance < 0:
             raise MedgenError(f"guidance must be 0 or more (1 = no guidance), got {self.guidance}")
         if self.variants < 1:
             raise MedgenError(f"variants must be at least 1, got {self.variants}")
@@ -124,6 +127,7 @@ def generate(
     options = _options(options, option_overrides)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     card = loaded.card
+    options = _options(options, {}, card)  # the card's default guidance where none was asked for
     if "generate" not in card.tasks:
         raise TaskNotSupportedError(f"model {card.name} does not generate images (it does: {', '.join(card.tasks)})")
     _check_label_map(loaded, label_map)
@@ -165,6 +169,7 @@ def inpaint(
     options = _options(options, option_overrides)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     card = loaded.card
+    options = _options(options, {}, card)  # the card's default guidance where none was asked for
     if "inpaint" not in card.tasks:
         raise TaskNotSupportedError(f"model {card.name} does not inpaint (it does: {', '.join(card.tasks)})")
     if image.is_label_map and image.metadata.get("label_map"):
@@ -232,11 +237,12 @@ def _marked_run(loaded, work, options, frame, paste, present, task: str, inputs:
     `generate` and `inpaint` check their inputs and prepare the work eagerly (so a user's mistake
     raises at the call, before any thread or progress bar exists) and return this generator.
     """
-    results = yield from _run(loaded, work, options, frame, paste, present)
+    state: dict[str, Any] = {}
+    results = yield from _run(loaded, work, options, frame, paste, present, state)
+    used = state.get("model", loaded)  # a CPU copy if the run fell back to the CPU
     for variant, volume in enumerate(results):
-        volume.metadata = _provenance(loaded, options, task, variant, inputs)
+        volume.metadata = _provenance(used, options, task, variant, inputs)
     return results
-
 
 
 def _run(
@@ -246,11 +252,18 @@ def _run(
     frame: Volume,
     paste,
     present,
+    state: dict[str, Any] | None = None,
 ) -> Generator[ProgressEvent, None, list[Volume]]:
     """Sample every unit of every variant; returns the output volumes (via `paste` and `present`).
 
     `paste` puts a result on the frame's grid into the full canonical volume (inpainting) or is None;
     `present` turns a canonical result into the output volume (the source's array order and grid).
+
+    Running out of memory does not fail the run: the unit is sampled again with half as many slices
+    per network call (the per-slice noise makes the result the same), and at one slice a model on an
+    accelerator continues on the CPU; an event with a `notice` says so, and later events' message
+    too. Only running out of memory on the CPU at one slice per call raises (DeviceError).
+    `state["model"]` is left holding the model that finished the run.
     """
     card = loaded.card
     schedule = NoiseSchedule(card.scheduler)
@@ -260,39 +273,125 @@ def _run(
     done = 0
     results: list[Volume] = []
     device = loaded.device
+    model = loaded
+    note = ""  # what changed after running out of memory, told in every later event's message
+    state = {} if state is None else state
     try:
         for variant in range(options.variants):
             seed = options.seed + variant
             buffer = np.full(work.grid.shape, -1.0, np.float32)  # working grid, normalised
             if work.known is not None:
                 buffer[...] = work.known
-            for unit in units:
-                denoise, x_t, noise_like, known_t, keep_t = _prepare_unit(loaded, work, unit, options, seed)
-                if card.conditioning.known_image or work.region is None:
-                    steps = sample(options.sampler, denoise, x_t, schedule, options.steps, noise_like, options.eta)
-                else:
-                    steps = sample_repaint(
-                        denoise, x_t, schedule, options.steps, noise_like, known_t, keep_t, options.jump_length, options.jump_count
-                    )
-                with torch.inference_mode():
+            pending = list(units)
+            while pending:
+                unit = pending.pop(0)
+                start = done
+                message = f"variant {variant + 1}/{options.variants}" + (f"; {note}" if note else "")
+                attempt = _sample_unit(model, work, unit, options, seed, schedule)
+                out_of_memory = False
+                try:
                     while True:
                         try:
-                            step, _, x0 = next(steps)
+                            step, _, x0 = next(attempt)
                         except StopIteration as stop:
-                            final = stop.value
+                            buffer[unit] = stop.value
                             break
                         done += 1
                         preview = None
                         if options.preview_every > 0 and (step % options.preview_every == 0):
                             preview = _preview(work, buffer, unit, x0, frame, paste, present)
-                        yield ProgressEvent(done, total, variant, f"variant {variant + 1}/{options.variants}", preview)
-                buffer[unit] = _unit_to_array(final, work, unit)
-                del x_t, final, known_t, keep_t, denoise
+                        yield ProgressEvent(done, total, variant, message, preview)
+                        del x0, preview
+                except Exception as error:  # noqa: BLE001 - only running out of memory is handled
+                    if not _is_out_of_memory(error):
+                        raise
+                    out_of_memory = True
+                finally:
+                    attempt.close()
+                if not out_of_memory:
+                    continue
+                # Out of memory: the tensors of the failed attempt are gone (the exception and its frames
+                # with it); give their memory back to the device, then try again with less.
+                done = start
+                if model.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                slices = _unit_slices(unit) if card.spatial_dims == 2 else 1
+                if slices > 1:
+                    cap = slices // 2
+                    pending = _split_units([unit] + pending, cap)
+                    units = _split_units(units, cap)
+                    note = f"ran out of memory: {cap} slice{'s' if cap > 1 else ''} per network call"
+                elif model.device.type != "cpu":
+                    from .models import cpu_copy
+
+                    lost = model.device
+                    model = cpu_copy(model)
+                    pending.insert(0, unit)
+                    note = f"ran out of {lost.type.upper()} memory: fell back to the CPU (slower)"
+                else:
+                    raise DeviceError(
+                        "ran out of memory on the CPU even with one slice per network call; close other "
+                        "programs, or crop the volume to the region of interest"
+                    ) from None
+                state["model"] = model
+                total = done + calls_per_unit * (len(pending) + len(units) * (options.variants - variant - 1))
+                yield ProgressEvent(
+                    done, total, variant, f"variant {variant + 1}/{options.variants}; {note}", notice=note
+                )
             results.append(present(_finish(work, buffer, frame, paste)))
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    state["model"] = model
     return results
+
+
+def _sample_unit(
+    loaded: LoadedModel, work: _Work, unit: tuple[slice, ...], options: SamplingOptions, seed: int, schedule: NoiseSchedule
+):
+    """One unit's sampling loop: yields (step, total, x0 estimate) per network call, returns the unit
+    on the working grid. Its tensors go when it ends (or fails), so a retry starts with free memory."""
+    denoise, x_t, noise_like, known_t, keep_t = _prepare_unit(loaded, work, unit, options, seed)
+    if loaded.card.conditioning.known_image or work.region is None:
+        steps = sample(options.sampler, denoise, x_t, schedule, options.steps, noise_like, options.eta)
+    else:
+        steps = sample_repaint(
+            denoise, x_t, schedule, options.steps, noise_like, known_t, keep_t, options.jump_length, options.jump_count
+        )
+    with torch.inference_mode():
+        final = yield from steps
+    return _unit_to_array(final, work, unit)
+
+
+# Exception types that mean "out of memory" (torch.OutOfMemoryError since torch 2.5, torch.cuda's before).
+_OUT_OF_MEMORY_TYPES = tuple(
+    {t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t}
+) + (MemoryError,)
+_OUT_OF_MEMORY_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "alloc_failed")
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Running out of device or host memory (CUDA, MPS, the CPU allocator, numpy), not any other error."""
+    if isinstance(error, _OUT_OF_MEMORY_TYPES):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error).lower() for text in _OUT_OF_MEMORY_TEXT)
+
+
+def _unit_slices(unit: tuple[slice, ...]) -> int:
+    """Slices in a 2-D model's unit (a contiguous run of axial slices)."""
+    return int(unit[0].stop - unit[0].start)
+
+
+def _split_units(units: list[tuple[slice, ...]], cap: int) -> list[tuple[slice, ...]]:
+    """2-D units cut into runs of at most `cap` slices (3-D units, the whole volume, stay as they are)."""
+    out = []
+    for unit in units:
+        if unit[0].start is None:
+            out.append(unit)
+            continue
+        for z in range(unit[0].start, unit[0].stop, cap):
+            out.append((slice(z, min(z + cap, unit[0].stop)),) + tuple(unit[1:]))
+    return out
 
 
 def _calls_per_unit(options: SamplingOptions, schedule: NoiseSchedule, work: _Work) -> int:
@@ -581,12 +680,14 @@ def _back_to_source(result3: Volume, source: Volume) -> Volume:
     return source.with_array(array.reshape(source.shape), metadata={})
 
 
-def _options(options: SamplingOptions | None, overrides: dict[str, Any]) -> SamplingOptions:
+def _options(options: SamplingOptions | None, overrides: dict[str, Any], card: Any = None) -> SamplingOptions:
     options = copy.copy(options) if options is not None else SamplingOptions()
     for key, value in overrides.items():
         if not hasattr(options, key):
             raise TypeError(f"unknown sampling option {key!r}")
         setattr(options, key, value)
+    if options.guidance is None:
+        options.guidance = card.conditioning.default_guidance if card is not None and card.supports_guidance else 1.0
     options.check()
     return options
 

@@ -14,6 +14,7 @@ from ..engine.sampling import SAMPLERS
 from ..engine.synthesis import SamplingOptions
 from ..engine.volume import Volume
 from ..layer_geometry import volume_to_layer_data
+from .model_panel import current_model, on_model_change
 from ..napari_io import image_display_kwargs
 
 PREVIEW_NAME = "preview (running)"
@@ -33,6 +34,14 @@ def optional_layer_choices(viewer: Any, *types: type) -> Any:
     return lambda _widget=None: [("(none)", None)] + [(layer.name, layer) for layer in base()]
 
 
+def default_guidance() -> float:
+    """The loaded model's recommended guidance (1 = none when no model or no guidance training)."""
+    model = current_model()
+    if model is None or not model.card.supports_guidance:
+        return 1.0
+    return model.card.conditioning.default_guidance
+
+
 class SamplingControls(Container):
     """Steps, sampler, seed (with a dice for a fresh one), guidance and variants."""
 
@@ -41,10 +50,11 @@ class SamplingControls(Container):
         self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value="dpm++2m")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.dice = PushButton(text="new seed")
-        self.guidance = FloatSpinBox(label="guidance", value=1.0, min=0.0, max=20.0, step=0.5)
+        self.guidance = FloatSpinBox(label="guidance", value=default_guidance(), min=0.0, max=20.0, step=0.5)
         self.variants = SpinBox(label="variants", value=1, min=1, max=16, visible=variants)
         super().__init__(widgets=[self.steps, self.sampler, self.seed, self.dice, self.guidance, self.variants], labels=True)
         self.dice.changed.connect(self.roll)
+        on_model_change(lambda: setattr(self.guidance, "value", default_guidance()))
 
     def roll(self) -> int:
         self.seed.value = random.randrange(2**31 - 1)

@@ -19,9 +19,26 @@ if TYPE_CHECKING:
 _CURRENT: dict[str, LoadedModel | None] = {"model": None}
 
 
+_LISTENERS: list = []
+
+
 def current_model() -> LoadedModel | None:
     """The model loaded in the Model panel (None if none is loaded)."""
     return _CURRENT["model"]
+
+
+def on_model_change(callback) -> None:  # noqa: ANN001 - a no-argument callable
+    """Call `callback()` whenever the Model panel loads or releases a model."""
+    _LISTENERS.append(callback)
+
+
+def _set_current(model: LoadedModel | None) -> None:
+    _CURRENT["model"] = model
+    for callback in list(_LISTENERS):
+        try:
+            callback()
+        except RuntimeError:  # a widget that has been closed
+            _LISTENERS.remove(callback)
 
 
 def available_devices() -> list[str]:
@@ -99,7 +116,7 @@ class ModelPanel(Container):
         except MedgenError as error:
             self._notify(str(error))
             return None
-        _CURRENT["model"] = model
+        _set_current(model)
         self._update_status()
         return model
 
@@ -107,7 +124,7 @@ class ModelPanel(Container):
         model = _CURRENT["model"]
         if model is not None:
             release_model(model)
-        _CURRENT["model"] = None
+        _set_current(None)
         self._update_status()
 
     def _update_status(self) -> None:
