@@ -106,6 +106,52 @@ class PreviewLayer:
         self.layer = None
 
 
+class RunButtons:
+    """Run / Cancel buttons, a status line and the live preview of one widget's engine runs.
+
+    A mixin for the generate and inpaint widgets: `launch` starts an engine generator with a
+    preview layer made up front, and the buttons come back whatever the outcome.
+    """
+
+    def _init_run_buttons(self, viewer: Any, run_text: str) -> None:
+        from magicgui.widgets import Label
+
+        self.run_button = PushButton(text=run_text)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self._preview = PreviewLayer(viewer)
+        self.current_run = None
+        self.cancel_button.changed.connect(self.cancel)
+
+    def launch(self, run: Any, description: str, on_result: Any, template: Volume, contrast_limits: list[float]) -> Any:
+        from .runner import EngineRun
+
+        def finish(value: Any) -> None:
+            self._preview.remove()
+            on_result(value)
+
+        self._preview.prepare(template, contrast_limits)
+        self.current_run = EngineRun(run, description, finish, self._ended, self._preview.show)
+        self._busy(True)
+        self.status.value = f"{description}: running..."
+        self.current_run.start()
+        return self.current_run
+
+    def cancel(self) -> None:
+        if self.current_run is not None:
+            self.status.value = "cancelling after this step..."
+            self.current_run.cancel()
+
+    def _ended(self, outcome: str) -> None:
+        self._preview.remove()
+        self._busy(False)
+        self.status.value = {"done": "done", "cancelled": "cancelled; no layer changed", "failed": "failed; no layer changed"}[outcome]
+
+    def _busy(self, busy: bool) -> None:
+        self.run_button.enabled = not busy
+        self.cancel_button.enabled = busy
+
+
 def current_slice(viewer: Any, layer: Any) -> int:
     """The layer's data index along axis 0 at the viewer's current position."""
     index = layer.world_to_data(viewer.dims.point)

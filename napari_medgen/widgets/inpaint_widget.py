@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton
 
 from ..engine.errors import MedgenError, RegionError
 from ..engine.synthesis import inpaint
@@ -13,7 +13,7 @@ from ..layer_geometry import napari_layer_to_volume, shapes_to_region, volume_li
 from .common import (
     Image,
     Labels,
-    PreviewLayer,
+    RunButtons,
     SamplingControls,
     Shapes,
     add_result_layer,
@@ -23,13 +23,12 @@ from .common import (
     warn,
 )
 from .model_panel import current_model
-from .runner import EngineRun
 
 if TYPE_CHECKING:
     import napari
 
 
-class InpaintWidget(Container):
+class InpaintWidget(RunButtons, Container):
     """Image + region (Labels or Shapes on the current slice) + optional anatomy -> inpainted image."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -41,20 +40,16 @@ class InpaintWidget(Container):
         self.feather_mm = FloatSpinBox(label="seam feather (mm)", value=2.0, min=0.0, max=50.0)
         self.in_place = CheckBox(text="replace the image in place (undoable)", value=False)
         self.sampling = SamplingControls(variants=False)
-        self.run_button = PushButton(text="Inpaint")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self._init_run_buttons(viewer, "Inpaint")
         self.undo_button = PushButton(text="Undo in-place inpaint", enabled=False)
-        self.status = Label(value="")
-        super().__init__(
+        Container.__init__(
+            self,
             widgets=[self.image, self.region, self.anatomy, self.context_mm, self.feather_mm, self.in_place, self.sampling,
                      self.run_button, self.cancel_button, self.undo_button, self.status]
         )
         self.run_button.changed.connect(self.start)
-        self.cancel_button.changed.connect(self.cancel)
         self.undo_button.changed.connect(self.undo)
-        self._preview = PreviewLayer(viewer)
         self._undo: list[tuple[Image, np.ndarray, dict]] = []
-        self.current_run: EngineRun | None = None
 
     def _inputs(self):
         image_layer, region_layer, anatomy_layer = self.image.value, self.region.value, self.anatomy.value
@@ -70,7 +65,7 @@ class InpaintWidget(Container):
         labels = volume_like_layer(anatomy_layer.data, image_layer) if anatomy_layer is not None else None
         return image_layer, image, region, labels
 
-    def start(self) -> EngineRun | None:
+    def start(self):  # noqa: ANN201 - an EngineRun, or None when the inputs are wrong
         model = current_model()
         if model is None:
             warn("Inpaint: no model loaded; choose one in the Model panel and press Load")
@@ -85,7 +80,6 @@ class InpaintWidget(Container):
         in_place = self.in_place.value
 
         def on_result(volumes: list) -> None:
-            self._preview.remove()
             volume = volumes[0]
             if in_place:
                 data, kwargs, _ = volume_to_layer_data(volume, "image")
@@ -97,17 +91,10 @@ class InpaintWidget(Container):
                 name = f"{image_layer.name} inpainted | {model.name} | seed {options.seed}"
                 add_result_layer(self._viewer, volume, name)
 
-        self._preview.prepare(image.with_array(image.array.astype(np.float32)), list(image_layer.contrast_limits))
-        self.current_run = EngineRun(run, f"Inpaint ({model.name}, seed {options.seed})", on_result, self._ended, self._preview.show)
-        self._busy(True)
-        self.status.value = "inpainting..."
-        self.current_run.start()
-        return self.current_run
-
-    def cancel(self) -> None:
-        if self.current_run is not None:
-            self.status.value = "cancelling after this step..."
-            self.current_run.cancel()
+        return self.launch(
+            run, f"Inpaint ({model.name}, seed {options.seed})", on_result,
+            image.with_array(image.array.astype(np.float32)), list(image_layer.contrast_limits),
+        )
 
     def undo(self) -> None:
         """Put back the image as it was before the last in-place inpaint."""
@@ -118,12 +105,3 @@ class InpaintWidget(Container):
             layer.data = data
             layer.metadata = metadata
         self.undo_button.enabled = bool(self._undo)
-
-    def _ended(self, outcome: str) -> None:
-        self._preview.remove()
-        self._busy(False)
-        self.status.value = {"done": "done", "cancelled": "cancelled; no layer changed", "failed": "failed; no layer changed"}[outcome]
-
-    def _busy(self, busy: bool) -> None:
-        self.run_button.enabled = not busy
-        self.cancel_button.enabled = busy
