@@ -105,16 +105,28 @@ class Reporter:
         self.mode = mode
         self.bar: Any = None
 
-    def progress(self, step: int, total: int, message: str = "") -> None:
+    def progress(self, step: int, total: int, message: str = "", notice: str = "") -> None:
+        """One progress event; `notice` (a retry after running out of memory, a fall back to the CPU)
+        is also said once on stderr, whatever the mode."""
         if self.mode == "jsonl":
-            print(json.dumps({"event": "progress", "step": step, "total": total, "message": message}), flush=True)
+            event = {"event": "progress", "step": step, "total": total, "message": message}
+            if notice:
+                event["notice"] = notice
+            print(json.dumps(event), flush=True)
         elif self.mode == "bar":
             if self.bar is None:
                 from tqdm import tqdm
 
                 self.bar = tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True)
+            if self.bar.total != total:  # a run that retries with smaller batches makes more calls
+                self.bar.total = total
             self.bar.set_description(message)
             self.bar.update(step - self.bar.n)
+        if notice:
+            if self.bar is not None:
+                self.bar.write(f"napari-medgen: note: {notice}", file=sys.stderr)
+            else:
+                print(f"napari-medgen: note: {notice}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -140,7 +152,7 @@ def _drive(run: Generator, reporter: Reporter) -> Any:
     try:
         while True:
             event = next(run)
-            reporter.progress(event.step, event.total, event.message)
+            reporter.progress(event.step, event.total, event.message, getattr(event, "notice", ""))
     except StopIteration as stop:
         return stop.value
     finally:
@@ -188,9 +200,10 @@ def _sampling_options(args: argparse.Namespace) -> Any:
 
 
 def _write_results(results: list, paths: list[Path]) -> list[str]:
-    from .engine.io import write_volume
+    from .engine.io import write_volumes
 
-    return [str(write_volume(volume, path)) for volume, path in zip(results, paths, strict=True)]
+    # All variants or none: a failure on the last one puts back what the first ones replaced.
+    return [str(path) for path in write_volumes(results, paths)]
 
 
 def cmd_generate(args: argparse.Namespace, reporter: Reporter) -> list[str]:
@@ -291,7 +304,7 @@ def cmd_import_weights(args: argparse.Namespace) -> list[str]:
 
         try:
             raw = json.loads(args.card.read_text())
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError, RecursionError) as error:  # unreadable, not UTF-8, not JSON
             from .engine.errors import ModelCardError
 
             raise ModelCardError(f"{args.card}: cannot read the card ({error})") from None
@@ -304,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     from .engine.errors import MedgenError
 
     reporter = Reporter(getattr(args, "progress", "none"))
+    previous_handler = _handle_terminate() if args.command != "demo" else None
     try:
         if args.command == "demo":
             cmd_demo(args)
@@ -321,6 +335,39 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         reporter.error("stopped by the user; nothing was written", cancelled=True)
         return EXIT_CANCELLED
+    except Exception as error:  # noqa: BLE001 - a bug, but still one line and a last JSON event
+        if os.environ.get("NAPARI_MEDGEN_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        reporter.error(
+            f"unexpected {type(error).__name__}: {str(error)[:300]}; nothing was written. This is a bug in "
+            "napari-medgen: please report it with the command line (NAPARI_MEDGEN_DEBUG=1 shows the traceback)"
+        )
+        return EXIT_ERROR
+    finally:
+        _restore_terminate(previous_handler)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (how another program cancels a run) stops like Ctrl-C: cleanly, writing nothing."""
+    raise KeyboardInterrupt
+
+
+def _handle_terminate() -> Any:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminate)
+
+
+def _restore_terminate(previous: Any) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

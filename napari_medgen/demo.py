@@ -11,8 +11,11 @@ SAMPLE_KEY = "brain_t1_tissue"
 DOCKED_WIDGETS = ("Model", "Anatomy painter", "Generate", "Inpaint")
 
 
-def open_demo(viewer) -> None:  # noqa: ANN001 - a napari.Viewer
-    """Load the sample brain and dock the plugin's widgets into `viewer`."""
+def open_demo(viewer) -> dict:  # noqa: ANN001 - a napari.Viewer
+    """Load the sample brain, dock the plugin's widgets into `viewer`, load the demo model.
+
+    Returns the docked widgets by name.
+    """
     viewer.open_sample(PLUGIN, SAMPLE_KEY)
     widgets = {}
     for i, name in enumerate(DOCKED_WIDGETS):
@@ -25,6 +28,7 @@ def open_demo(viewer) -> None:  # noqa: ANN001 - a napari.Viewer
     labels = viewer.layers["tissue labels"]
     viewer.layers.selection.active = labels
     viewer.dims.set_point(0, float(viewer.dims.range[0].start + viewer.dims.range[0].stop) / 2)
+    return widgets
 
 
 def run_demo(screenshot: Path | None = None) -> None:

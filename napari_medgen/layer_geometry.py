@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine.errors import GeometryMismatchError
+from .engine.errors import GeometryMismatchError, InvalidVolumeError
 from .engine.orientation import canonical_axes, orient_array, to_canonical, unorient_array
 from .engine.volume import Volume
 
@@ -124,8 +124,15 @@ def layer_to_volume(
     linear, shift = matrix[:n, :n], matrix[:n, n]
     # world = L (scale j + translate) + shift; L may carry a scale of its own: fold it into spacing.
     column_norms = np.linalg.norm(linear, axis=0)
-    rotation_zyx = linear / column_norms
+    if not np.all(np.isfinite(linear)) or np.any(column_norms == 0) or np.any(scale_zyx == 0):
+        raise GeometryMismatchError(
+            f"the layer's transforms are degenerate (scale {scale_zyx.tolist()}, affine {matrix.tolist()}): an axis "
+            "has no extent in the world; give the layer a non-zero scale"
+        )
     spacing_zyx = scale_zyx * column_norms
+    # A negative scale is napari's way to flip an axis: the flip goes into the direction, spacing stays positive.
+    rotation_zyx = linear / column_norms * np.sign(spacing_zyx)
+    spacing_zyx = np.abs(spacing_zyx)
     origin_zyx = linear @ translate_zyx + shift
     return Volume(
         array=np.ascontiguousarray(data),
@@ -138,8 +145,14 @@ def layer_to_volume(
 
 def napari_layer_to_volume(layer: Any) -> Volume:
     """`layer_to_volume` for a napari layer object (Image or Labels)."""
+    if getattr(layer, "rgb", False):
+        raise InvalidVolumeError(
+            f"layer {layer.name!r} is an RGB colour picture, not a scan; open the scan itself, or convert the "
+            "layer to one grey-scale channel first"
+        )
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data  # full resolution
     return layer_to_volume(
-        np.asarray(layer.data),
+        np.asarray(data),
         scale=layer.scale,
         translate=layer.translate,
         affine=layer.affine.affine_matrix,
@@ -174,6 +187,40 @@ def volume_like_layer(data: np.ndarray, reference: Any) -> Volume:
         affine=reference.affine.affine_matrix,
         metadata={GEOMETRY_KEY: reference.metadata[GEOMETRY_KEY]} if GEOMETRY_KEY in reference.metadata else {},
     )
+
+
+def layer_data_for_volume(volume: Volume, layer: Any) -> np.ndarray:
+    """`volume`, which is on `layer`'s own grid (as `napari_layer_to_volume(layer)` gave it), as new data
+    for that layer: in the layer's array order, so it shows in the same place with the layer's transforms."""
+    geometry = layer.metadata.get(GEOMETRY_KEY)
+    if geometry is None:
+        return np.asarray(volume.array)
+    return np.asarray(orient_array(volume.array, geometry["display_axes"], geometry["display_flips"]))
+
+
+def same_placement(layer: Any, reference: Any) -> bool:
+    """True when two layers put the same data index at the same world point (scale, translate, affine)."""
+    pairs = (
+        (np.asarray(layer.scale, float), np.asarray(reference.scale, float)),
+        (np.asarray(layer.translate, float), np.asarray(reference.translate, float)),
+        (np.asarray(layer.affine.affine_matrix, float), np.asarray(reference.affine.affine_matrix, float)),
+    )
+    return all(a.shape == b.shape and np.allclose(a, b, rtol=1e-7, atol=1e-6) for a, b in pairs)
+
+
+def volume_for_image_layer(layer: Any, image_layer: Any, resample_allowed: bool) -> Volume:
+    """A Labels layer (a region or anatomy) as a Volume to use with `image_layer`'s scan.
+
+    A layer made for the image (same shape, same place in the world) is taken on the image's exact
+    grid. Any other layer keeps its own geometry, so that the engine resamples it (a region,
+    `resample_allowed`) or refuses it as not lining up (a label map) instead of silently taking the
+    image's grid and landing in the wrong place. A label map of another shape is refused here.
+    """
+    same_shape = tuple(layer.data.shape) == tuple(image_layer.data.shape)
+    if (same_shape and same_placement(layer, image_layer)) or (not same_shape and not resample_allowed):
+        return volume_like_layer(layer.data, image_layer)  # the shape check and its message live there
+    volume = napari_layer_to_volume(layer)
+    return volume.with_array(np.array(volume.array, copy=True), metadata={})
 
 
 def shapes_to_region(shapes_layer: Any, image_layer: Any, slice_index: int) -> np.ndarray:

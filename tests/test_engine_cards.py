@@ -50,10 +50,16 @@ def _clean_cache():
 
 @pytest.fixture
 def isolated_registry(tmp_path, monkeypatch) -> dict[str, Path]:
-    """An empty user folder and no environment folders, so the host's own models never show up."""
+    """An empty user folder, no environment folders and no shipped models, so that neither the host's own
+    models nor the shipped demo model (once trained into resources/models) show up."""
+    import napari_medgen._paths as paths
+
     user = tmp_path / "user-models"
     user.mkdir()
+    shipped = tmp_path / "shipped-models"
+    shipped.mkdir()
     monkeypatch.setattr(models_module, "user_models_dir", lambda: user)
+    monkeypatch.setattr(paths, "shipped_models_dir", lambda: shipped)
     monkeypatch.delenv(models_module.ENV_VAR, raising=False)
     return {"user": user}
 

@@ -28,7 +28,8 @@ _FORBIDDEN_KWARGS = {"__class__", "__init__", "state_dict", "path", "file", "fil
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # No NaN or infinity in any number of a card: they would pass every range check (NaN <= 0 is False).
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class NetworkSpec(_Strict):
@@ -256,15 +257,23 @@ def load_card(folder: str | Path) -> ModelCard:
     if not path.is_file():
         raise ModelCardError(f"{folder}: no {CARD_FILE}; a model folder needs a card and weights.safetensors")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelCardError(f"{path}: not valid JSON ({error})") from None
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ModelCardError(f"{path}: cannot be read ({error.strerror or error}); check its permissions") from None
+    except UnicodeDecodeError as error:
+        raise ModelCardError(f"{path}: not valid JSON ({error}); fix the card or re-export the model") from None
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise ModelCardError(
+            f"{path}: not valid JSON ({str(error)[:200] or 'nested too deeply'}); fix the card or re-export the model"
+        ) from None
     return parse_card(raw, source=str(path))
 
 
 def parse_card(raw: Any, source: str = "model card") -> ModelCard:
     if not isinstance(raw, dict):
-        raise ModelCardError(f"{source}: the card must be a JSON object")
+        raise ModelCardError(f"{source}: the card must be a JSON object; fix the card or re-export the model")
     try:
         return ModelCard.model_validate(raw)
     except ValidationError as error:

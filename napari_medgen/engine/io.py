@@ -14,6 +14,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -106,11 +107,18 @@ def read_volume(path: str | os.PathLike[str], series_id: str | None = None) -> V
         try:
             reader.ReadImageInformation()
         except RuntimeError as error:
+            if ext == ".nii.gz":
+                _check_compressed_stream(path, path, 0, 47, 0)  # a damaged gzip stream: say so
             raise VolumeReadError(f"{path}: not a readable {ext} image ({_itk_reason(error)})") from None
-        _check_shape_info(path, reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize())
+        _check_shape_info(
+            path, reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize(), reader.GetPixelID()
+        )
         _check_spacing_info(path, reader.GetSpacing())
+        _check_memory(path, reader.GetSize(), reader.GetPixelID())
         if ext in (".nii", ".nii.gz"):
             _check_nifti_complete(path, ext)
+        else:
+            _check_compressed_data(path, ext, _voxel_bytes(reader.GetSize(), reader.GetPixelID()))
         try:
             image = reader.Execute()
         except RuntimeError as error:
@@ -148,6 +156,144 @@ def _itk_readable(path: Path, ext: str) -> Iterator[Path]:
         yield link
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# Bytes per voxel of SimpleITK's pixel types (read_volume refuses headers that promise more than memory).
+# Scalar types only (multi-component images are refused before): sitkInt8 = 0 ... sitkFloat64 = 9.
+_BYTES_PER_VOXEL = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 8, 7: 8, 8: 4, 9: 8}
+
+
+def _free_memory() -> int:
+    """Memory (bytes) available to a new allocation now (Linux's MemAvailable counts the page cache that
+    can be dropped); generous when the system does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 64 << 30
+
+
+def _check_memory(path: Path, size: tuple[int, ...], pixel_id: int) -> None:
+    """A header that promises more voxels than fit in memory (often a damaged header) is refused before
+    ITK tries to allocate them: that would stall the machine or end the program."""
+    voxels = int(np.prod([max(int(s), 0) for s in size], dtype=object))
+    needed = voxels * _BYTES_PER_VOXEL.get(int(pixel_id), 8) * 2  # the image, and the array copied out
+    free = _free_memory()
+    if needed > free:
+        raise InvalidVolumeError(
+            f"{path}: the header says the image has {voxels:,} voxels (size {tuple(size)}), which needs about "
+            f"{needed / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB of memory free; the header may be "
+            "damaged, or crop or down-sample the image first"
+        )
+
+
+def _voxel_bytes(size: tuple[int, ...], pixel_id: int) -> int:
+    return int(np.prod([max(int(s), 0) for s in size], dtype=object)) * _BYTES_PER_VOXEL.get(int(pixel_id), 8)
+
+
+def _check_compressed_data(path: Path, ext: str, expected: int) -> None:
+    """ITK reads a compressed MetaImage or NRRD whose data is damaged without an error (it prints
+    'Uncompress failed' and returns whatever came out): inflate the data once, checksum included."""
+    located = _compressed_data_location(path, ext)
+    if located is not None:
+        _check_compressed_stream(path, *located, expected)
+
+
+def _compressed_data_location(path: Path, ext: str) -> tuple[Path, int, int | str] | None:
+    """(data file, offset, zlib wbits or 'bz2') of a compressed MetaImage / NRRD's voxels; None if the
+    data is not compressed, or is spread over several files (ITK then checks what it reads itself)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(1 << 20)
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    position = 0
+    nrrd = ext in (".nrrd", ".nhdr")
+    ended = False  # the header's end was found (a blank line in NRRD, the ElementDataFile line in MetaImage)
+    for raw_line in head.splitlines(keepends=True):
+        position += len(raw_line)
+        line = raw_line.decode("latin-1").strip()
+        if nrrd:
+            if not line:
+                ended = True
+                break
+            if line.startswith("#") or ":=" in line:
+                continue
+            key, _, value = line.partition(":")
+        else:
+            key, _, value = line.partition("=")
+        fields[key.strip().lower()] = value.strip()
+        if not nrrd and key.strip() == "ElementDataFile":
+            ended = True
+            break
+    detached = fields.get("data file", fields.get("datafile")) if nrrd else None
+    if not ended and not (detached and len(head) < 1 << 20):  # a detached NRRD header may end at the file's end
+        return None
+    if nrrd:
+        encoding = fields.get("encoding", "raw").lower()
+        kind: int | str | None = 47 if encoding in ("gzip", "gz") else "bz2" if encoding in ("bzip2", "bz2") else None
+        if kind is None or "line skip" in fields or "lineskip" in fields or "byte skip" in fields or "byteskip" in fields:
+            return None
+        data_file = fields.get("data file", fields.get("datafile"))
+    else:
+        if fields.get("compresseddata", "false").lower() != "true":
+            return None
+        kind = 47
+        data_file = fields.get("elementdatafile", "LOCAL")
+        if data_file.upper() == "LOCAL":
+            data_file = None
+    if data_file is None:
+        return path, position, kind
+    if " " in data_file or "%" in data_file or data_file.upper() == "LIST":
+        return None
+    return path.parent / data_file, 0, kind
+
+
+def _check_compressed_stream(path: Path, data_path: Path, offset: int, kind: int | str, expected: int) -> None:
+    """Raise VolumeReadError if the zlib / gzip (wbits 47 detects which) or bzip2 stream at `offset` of
+    `data_path` is damaged, cut off, or inflates to fewer than `expected` bytes."""
+    import bz2
+
+    try:
+        with data_path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except OSError:
+        return  # a missing data file: ITK says so
+    total = 0
+    problem = None
+    while True:
+        inflater = bz2.BZ2Decompressor() if kind == "bz2" else zlib.decompressobj(wbits=int(kind))
+        try:
+            if kind == "bz2":
+                while not inflater.eof and (data or not inflater.needs_input):
+                    total += len(inflater.decompress(data, 1 << 24))
+                    data = b""
+            else:
+                total += len(inflater.decompress(data, 1 << 24))
+                while inflater.unconsumed_tail and not inflater.eof:
+                    total += len(inflater.decompress(inflater.unconsumed_tail, 1 << 24))
+        except (zlib.error, OSError, ValueError, EOFError) as error:
+            problem = f"its compressed data is damaged ({error})"
+            break
+        if not inflater.eof:
+            problem = "its compressed data ends early"
+            break
+        data = inflater.unused_data
+        if kind == "bz2" or not data.startswith(b"\x1f\x8b"):  # no further gzip member: trailing bytes are ignored
+            break
+    if problem is None and total < expected:
+        problem = f"its compressed data holds {total} of the {expected} bytes the header promises"
+    if problem is not None:
+        raise VolumeReadError(f"{path}: the file is corrupt: {problem} (an interrupted copy or a damaged disk?); "
+                              "copy it again")
 
 
 def _check_spacing_info(path: Path, spacing: tuple[float, ...]) -> None:
@@ -306,11 +452,21 @@ def _slice_position_deviation(reader: Any, image: Any, count: int) -> float | No
     return worst
 
 
-def _check_shape_info(path: Path, dimension: int, components: int, size: tuple[int, ...]) -> None:
+def _check_shape_info(
+    path: Path, dimension: int, components: int, size: tuple[int, ...], pixel_id: int | None = None
+) -> None:
+    import SimpleITK as sitk
+
+    if pixel_id in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise InvalidVolumeError(
+            f"{path}: the image holds complex voxels (raw MR data?); napari-medgen works on real-valued scans: "
+            "save its magnitude first"
+        )
     if components != 1:
         raise InvalidVolumeError(
-            f"{path}: the image has {components} components per voxel (RGB or vector data); "
-            "napari-medgen works on single-channel grey-scale scans"
+            f"{path}: the image has {components} components per voxel (RGB colour, a vector field, or complex MR "
+            "data stored as two channels); napari-medgen works on single-channel grey-scale scans: convert it to "
+            "one channel first (for complex data, its magnitude)"
         )
     if dimension == 4 and size[3] == 1:
         return  # a 3-D volume stored with a trailing singleton axis is still 3-D
@@ -322,13 +478,16 @@ def _check_shape_info(path: Path, dimension: int, components: int, size: tuple[i
 
 
 def _header_metadata(reader: Any) -> dict[str, Any]:
+    """The project's metadata, description and DICOM tags from a header; a damaged entry is skipped."""
     metadata: dict[str, Any] = {}
     keys = set(reader.GetMetaDataKeys())
     if HEADER_KEY in keys:
         try:
-            metadata.update(json.loads(reader.GetMetaData(HEADER_KEY)))
-        except json.JSONDecodeError:
-            pass
+            stored = json.loads(reader.GetMetaData(HEADER_KEY))
+        except (ValueError, RecursionError):  # not JSON (or not text): the sidecar may still have it
+            stored = None
+        if isinstance(stored, dict):
+            metadata.update(stored)
     if "descrip" in keys and reader.GetMetaData("descrip").strip():
         metadata["description"] = reader.GetMetaData("descrip").strip()
         if metadata["description"].startswith(SYNTHETIC_MARK):
@@ -363,6 +522,8 @@ def _itk_reason(error: Exception) -> str:
             continue
         if line.endswith(":") and ("/" in line or "\\" in line):  # a source file location
             continue
+        # "MetaImageIO(0x55d0c4a1b2c0): File cannot be read": the object's address means nothing to a user.
+        line = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", line)
         lines.append(line)
     return lines[-1][:300] if lines else "unknown reason"
 
@@ -422,6 +583,69 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], *, compress: bool
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def write_volumes(volumes: list[Volume], paths: list[str | os.PathLike[str]], *, compress: bool = True) -> list[Path]:
+    """Write several volumes (a run's variants) as one: all of them, or on any failure none.
+
+    Each file is written atomically by `write_volume`; if a later one fails (or the run is stopped),
+    the files the earlier ones created are removed and the files they replaced are put back, so the
+    folders are left exactly as they were. The error is raised again.
+    """
+    targets = [Path(p) for p in paths]
+    if len(volumes) != len(targets):
+        raise ValueError(f"{len(volumes)} volumes but {len(targets)} paths")
+    if len(targets) == 1:
+        return [write_volume(volumes[0], targets[0], compress=compress)]
+    done: list[tuple[Path, Path, set[str]]] = []  # (path, backup folder, names there before)
+    try:
+        for volume, path in zip(volumes, targets, strict=True):
+            parent = path.parent if str(path.parent) else Path(".")
+            try:
+                keep = Path(tempfile.mkdtemp(prefix=".medgen-keep-", dir=parent))
+            except OSError as error:
+                raise VolumeWriteError(
+                    f"{path}: cannot write in {parent} ({error.strerror or error}); check it exists and is writable"
+                ) from None
+            before = set()
+            done.append((path, keep, before))
+            for existing in _related_files(path):
+                before.add(existing.name)
+                try:
+                    try:
+                        os.link(existing, keep / existing.name)
+                    except OSError:
+                        shutil.copy2(existing, keep / existing.name)
+                except OSError as error:
+                    raise VolumeWriteError(
+                        f"{path}: writing failed ({error.strerror or error}); the disk may be full or read-only. "
+                        "Existing files were left as they were"
+                    ) from None
+            write_volume(volume, path, compress=compress)
+    except BaseException:
+        for path, keep, before in reversed(done):
+            with contextlib.suppress(OSError):
+                for item in _related_files(path):
+                    if item.name not in before:
+                        item.unlink()
+                for item in keep.iterdir():
+                    os.replace(item, path.parent / item.name)
+        raise
+    finally:
+        for _, keep, _ in done:
+            shutil.rmtree(keep, ignore_errors=True)
+    return targets
+
+
+def _related_files(path: Path) -> list[Path]:
+    """The files a write of `path` may create or replace: the file, its sidecar, a header's data files."""
+    ext = volume_extension(path)
+    stem = path.name[: -len(ext)] if ext else path.stem
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        return [p for p in parent.iterdir() if p.name.startswith(stem + ".") and p.is_file()]
+    except OSError:
+        return []
 
 
 def _header_json(metadata: dict[str, Any]) -> str:

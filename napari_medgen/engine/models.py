@@ -55,11 +55,14 @@ def model_search_path() -> list[tuple[str, Path]]:
 
 
 def _candidate_folders(root: Path) -> list[Path]:
-    if (root / CARD_FILE).is_file():
-        return [root]
-    if not root.is_dir():
+    try:
+        if (root / CARD_FILE).is_file():
+            return [root]
+        if not root.is_dir():
+            return []
+        return sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
+    except OSError:  # a model folder that cannot be listed (permissions, a stale network mount) holds no models
         return []
-    return sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
 
 
 def list_models() -> tuple[list[ModelEntry], list[str]]:
@@ -152,8 +155,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 # -- networks -------------------------------------------------------------------------------------
-def build_networks(card: ModelCard) -> dict[str, torch.nn.Module]:
-    """The card's MONAI networks with fresh (random) weights."""
+def build_networks(card: ModelCard, device: str | torch.device | None = None) -> dict[str, torch.nn.Module]:
+    """The card's MONAI networks with fresh (random) weights; on `device` if given ('meta': shapes only,
+    no memory, to check a card against its weights before building anything large)."""
+    import contextlib
+
     from monai.networks import nets
 
     specs = {"network": card.network}
@@ -162,10 +168,17 @@ def build_networks(card: ModelCard) -> dict[str, torch.nn.Module]:
     networks = {}
     for role, spec in specs.items():
         try:
-            networks[role] = getattr(nets, spec.class_name)(**spec.kwargs)
-        except (TypeError, ValueError, AssertionError, KeyError, IndexError) as error:
+            with torch.device(device) if device is not None else contextlib.nullcontext():
+                networks[role] = getattr(nets, spec.class_name)(**spec.kwargs)
+        except MemoryError:
+            raise ModelCardError(
+                f"model {card.name}: the card's {role} is too large to build in this machine's memory; check its "
+                f"{role}.kwargs (channels)"
+            ) from None
+        except Exception as error:  # noqa: BLE001 - whatever MONAI's constructor raises on these arguments
             # The schema cannot know every constraint of MONAI's constructors (e.g. channels that
-            # norm_num_groups must divide): a card MONAI refuses is still the card's fault.
+            # norm_num_groups must divide, or a zero that it divides by): a card MONAI refuses is still
+            # the card's fault.
             raise ModelCardError(
                 f"model {card.name}: the card's {role} arguments are not accepted by MONAI's "
                 f"{spec.class_name} ({type(error).__name__}: {str(error)[:300]}); fix the card's {role}.kwargs"
@@ -191,6 +204,7 @@ def save_model(card: ModelCard, networks: dict[str, torch.nn.Module], folder: st
     weights = folder / card.weights
     tmp = weights.with_name(f".{weights.name}.tmp")
     save_file(state_dict_of(networks), str(tmp), metadata={"model": card.name, "version": card.version})
+    os.chmod(tmp, 0o644)  # a model folder is shared data, not a private file
     tmp.replace(weights)
     save_card(card, folder)
     return folder
@@ -204,10 +218,7 @@ def weights_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_weights(card: ModelCard, folder: Path, networks: dict[str, torch.nn.Module]) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def _weights_path(card: ModelCard, folder: Path) -> Path:
     relative = Path(card.weights)
     if relative.is_absolute() or ".." in relative.parts or not relative.parts:
         raise ModelCardError(f"{folder}: the card's weights path {card.weights!r} points outside the model folder")
@@ -216,27 +227,62 @@ def _load_weights(card: ModelCard, folder: Path, networks: dict[str, torch.nn.Mo
         raise ModelWeightsError(
             f"{folder}: weights file {card.weights} is missing; copy it beside model.json or re-export the model"
         )
+    return path
+
+
+def _not_safetensors(path: Path, error: BaseException) -> ModelWeightsError:
+    return ModelWeightsError(
+        f"{path}: not a valid safetensors file ({str(error)[:200]}); napari-medgen never loads pickled weights. "
+        "Convert a PyTorch checkpoint with `napari-medgen import-weights`"
+    )
+
+
+def check_weights_fit(card: ModelCard, folder: Path) -> None:
+    """Compare the weights file's header (names and shapes, read without loading a tensor) with the card's
+    networks built on the 'meta' device: a card that does not fit its weights (or that describes a huge
+    network) is refused before any memory is spent on it."""
+    from safetensors import SafetensorError, safe_open
+
+    path = _weights_path(card, folder)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise _not_safetensors(path, error) from None
+    expected = {
+        f"{role}.{key}": tuple(value.shape)
+        for role, module in build_networks(card, device="meta").items()
+        for key, value in module.state_dict().items()
+    }
+    _check_shapes(shapes, expected, str(path))
+
+
+def _load_weights(card: ModelCard, folder: Path, networks: dict[str, torch.nn.Module]) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = _weights_path(card, folder)
     try:
         state = load_file(str(path))  # safetensors: a header and raw tensors, no code can run
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ModelWeightsError(
-            f"{path}: not a valid safetensors file ({error}); napari-medgen never loads pickled weights. "
-            "Convert a PyTorch checkpoint with `napari-medgen import-weights`"
-        ) from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise _not_safetensors(path, error) from None
     _check_fit(state, networks, str(path))
     _assign(state, networks)
 
 
 def _check_fit(state: dict[str, torch.Tensor], networks: dict[str, torch.nn.Module], where: str) -> None:
     """Raise ModelWeightsError naming the keys where `state` does not fit the networks."""
-    expected = state_dict_of(networks)
+    _check_shapes(
+        {k: tuple(v.shape) for k, v in state.items()},
+        {k: tuple(v.shape) for k, v in state_dict_of(networks).items()},
+        where,
+    )
+
+
+def _check_shapes(state: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], where: str) -> None:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
+    wrong_shape = [f"{k} {state[k]} vs {v}" for k, v in expected.items() if k in state and state[k] != v]
     if missing or unexpected or wrong_shape:
         details = []
         if missing:
@@ -247,7 +293,8 @@ def _check_fit(state: dict[str, torch.Tensor], networks: dict[str, torch.nn.Modu
             details.append(f"wrong shape {', '.join(wrong_shape[:3])}")
         raise ModelWeightsError(
             f"{where}: the weights do not fit the network the card describes ({'; '.join(details)}); "
-            "the card and the weights come from different models"
+            "the card and the weights come from different models: use the weights file that came with this card "
+            "(or the card that came with these weights)"
         )
 
 
@@ -305,6 +352,7 @@ def load_model(
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
+    check_weights_fit(entry.card, entry.folder)  # before building: a wrong or huge card costs no memory
     networks = build_networks(entry.card)
     _load_weights(entry.card, entry.folder, networks)
     for module in networks.values():
@@ -382,17 +430,29 @@ def import_state_dict(checkpoint: str | Path, card: ModelCard, out_folder: str |
     ``torch.load(weights_only=True)`` refuses anything but tensors and containers, so a checkpoint
     carrying code raises instead of running it.
     """
+    import pickle
+
     try:
         state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling refusal is the user's file's fault
+    except pickle.UnpicklingError:
+        # PyTorch's own message suggests loading the file unsafely: not advice to pass on.
         raise ModelWeightsError(
-            f"{checkpoint}: not a plain tensor state dict ({type(error).__name__}: {str(error)[:200]}); "
-            "refusing to load it"
+            f"{checkpoint}: the checkpoint holds Python objects besides tensors, which could run code when loaded; "
+            "refusing to load it. Save the state dict alone (torch.save(model.state_dict(), path)) and import that"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - a missing, truncated or foreign file is the user's file's fault
+        reason = " ".join(str(error).split())[:200]
+        raise ModelWeightsError(
+            f"{checkpoint}: cannot be read as a PyTorch checkpoint ({type(error).__name__}: {reason}); refusing to "
+            "load it. Check the path, or save the state dict again with torch.save(model.state_dict(), path)"
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelWeightsError(f"{checkpoint}: expected a dict of tensors (a state dict)")
+        raise ModelWeightsError(
+            f"{checkpoint}: expected a dict of tensors (a state dict); save one with "
+            "torch.save(model.state_dict(), path)"
+        )
     networks = build_networks(card)
     if not any(k.startswith("network.") for k in state):
         state = {f"network.{k}": v for k, v in state.items()}
@@ -407,6 +467,7 @@ def import_state_dict(checkpoint: str | Path, card: ModelCard, out_folder: str |
     tmp = weights.with_name(f".{weights.name}.tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp),
               metadata={"model": card.name, "version": card.version})
+    os.chmod(tmp, 0o644)  # a model folder is shared data, not a private file
     tmp.replace(weights)
     save_card(card, folder)
     return folder

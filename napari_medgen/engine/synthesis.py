@@ -174,6 +174,11 @@ def inpaint(
         raise TaskNotSupportedError(f"model {card.name} does not inpaint (it does: {', '.join(card.tasks)})")
     if image.is_label_map and image.metadata.get("label_map"):
         raise InvalidVolumeError("the image to inpaint is a label map; give the scan (intensities) instead")
+    if image.is_label_map and image.array.min() >= 0 and image.array.max() <= 1:
+        raise InvalidVolumeError(
+            "the image to inpaint holds only 0 and 1 (a mask or a boolean volume, not a scan); give the scan "
+            "(intensities) as the image and the mask as the region"
+        )
     if card.spatial_dims == 3 and (image.ndim == 2 or min(image.shape) < 2):
         # As in `generate`: a 3-D model on a single slice would only see padding around it.
         raise InvalidVolumeError(f"model {card.name} is 3-D and needs a 3-D image with more than one slice")
@@ -302,7 +307,7 @@ def _run(
                             preview = _preview(work, buffer, unit, x0, frame, paste, present)
                         yield ProgressEvent(done, total, variant, message, preview)
                         del x0, preview
-                except Exception as error:  # noqa: BLE001 - only running out of memory is handled
+                except Exception as error:  # only running out of memory is handled; the rest is raised again
                     if not _is_out_of_memory(error):
                         raise
                     out_of_memory = True
@@ -358,8 +363,16 @@ def _sample_unit(
         steps = sample_repaint(
             denoise, x_t, schedule, options.steps, noise_like, known_t, keep_t, options.jump_length, options.jump_count
         )
-    with torch.inference_mode():
-        final = yield from steps
+    while True:
+        # Inference mode around each network call only, not across the yield: the caller's own code
+        # between events (a front end, a notebook) must not run in inference mode.
+        with torch.inference_mode():
+            try:
+                event = next(steps)
+            except StopIteration as stop:
+                final = stop.value
+                break
+        yield event
     return _unit_to_array(final, work, unit)
 
 
@@ -425,22 +438,66 @@ def _units(loaded: LoadedModel, work: _Work, options: SamplingOptions) -> list[t
     return units
 
 
+# More pixels per network call than this buy a CPU no speed (the demo model's time per slice is flat
+# from about 2 x 128x128 up, benchmarks/volume_scaling.py) and only hold more memory, delay previews
+# and make cancelling slower; small slices (inpainting boxes) are batched up to it, which amortises
+# the per-call overhead that dominates them.
+CPU_PIXELS_PER_CALL = 1 << 16
+MAX_SLICE_BATCH = 64
+
+
+def activation_bytes_per_pixel(loaded: LoadedModel) -> float:
+    """Peak working memory of one network call per pixel of one slice, estimated from the UNet's widths.
+
+    The encoder keeps num_res_blocks + 1 feature maps per level for the decoder's skip connections
+    (each level a quarter of the pixels of the one above) and a decoder block holds a few maps of twice
+    the top width at once; attention is fused (no tokens x tokens matrix). Calibrated on the demo model
+    (measured 1.1-1.5 kB per pixel at fp32), with a 1.5x margin; a ControlNet doubles it.
+    """
+    kwargs = loaded.card.network.kwargs
+    channels = [int(c) for c in kwargs.get("channels", (32, 64, 64))]
+    blocks = kwargs.get("num_res_blocks", 2)
+    blocks = [int(blocks)] * len(channels) if isinstance(blocks, (int, float)) else [int(b) for b in blocks]
+    shrink = 4 if loaded.card.spatial_dims == 2 else 8
+    elements = sum(c * (b + 1) / shrink**level for level, (c, b) in enumerate(zip(channels, blocks, strict=False)))
+    elements += 12 * channels[0]
+    if loaded.card.controlnet is not None:
+        elements *= 2
+    element_size = torch.empty((), dtype=loaded.dtype).element_size()
+    return 1.5 * element_size * elements
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes the device can still give: CUDA's free memory, or the system's available memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
+
+
 def auto_slice_batch(loaded: LoadedModel, height: int, width: int) -> int:
     """Slices per network call, from the memory available on the model's device.
 
-    Activations of a small diffusion UNet take roughly 600 bytes per pixel per batch element at
-    fp32 (measured on the demo model); a quarter of the free memory is used, capped at 32.
+    A quarter of the available memory over the estimated working memory of one slice (doubled for
+    models whose guidance batches two passes); on a CPU no more than `CPU_PIXELS_PER_CALL` pixels a
+    call, which is where the CPU's throughput stops growing.
     """
-    per_slice = 600 * height * width * (2 if loaded.card.supports_guidance else 1)
-    if loaded.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(loaded.device)
-    else:
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            free = 2 << 30
-    batch = int(max(1, min(32, (free // 4) // max(per_slice, 1))))
-    return batch if loaded.device.type == "cuda" else min(batch, 8)
+    pixels = max(1, height * width)
+    per_slice = activation_bytes_per_pixel(loaded) * pixels * (2 if loaded.card.supports_guidance else 1)
+    batch = int((available_memory(loaded.device) // 4) // max(per_slice, 1))
+    if loaded.device.type != "cuda":
+        batch = min(batch, CPU_PIXELS_PER_CALL // pixels)
+    return int(max(1, min(MAX_SLICE_BATCH, batch)))
 
 
 def _prepare_unit(loaded: LoadedModel, work: _Work, unit: tuple[slice, ...], options: SamplingOptions, seed: int):
@@ -686,8 +743,8 @@ def _options(options: SamplingOptions | None, overrides: dict[str, Any], card: A
         if not hasattr(options, key):
             raise TypeError(f"unknown sampling option {key!r}")
         setattr(options, key, value)
-    if options.guidance is None:
-        options.guidance = card.conditioning.default_guidance if card is not None and card.supports_guidance else 1.0
+    if options.guidance is None and card is not None:  # left open until the model (and its card) is known
+        options.guidance = card.conditioning.default_guidance if card.supports_guidance else 1.0
     options.check()
     return options
 

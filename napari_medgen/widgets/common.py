@@ -126,9 +126,23 @@ class RunButtons:
     def launch(self, run: Any, description: str, on_result: Any, template: Volume, contrast_limits: list[float]) -> Any:
         from .runner import EngineRun
 
+        if self.current_run is not None and self.current_run.running:
+            # One run at a time per widget (the button is disabled, but start() can be called directly).
+            run.close()
+            warn(f"{description}: another run is still going; wait for it or press Cancel")
+            return None
+        viewer = self._preview.viewer
+
         def finish(value: Any) -> None:
             self._preview.remove()
-            on_result(value)
+            before = list(viewer.layers)
+            try:
+                on_result(value)
+            except Exception:
+                # All results or none: a failure half-way takes back the layers already added.
+                for layer in [layer for layer in viewer.layers if layer not in before]:
+                    viewer.layers.remove(layer)
+                raise
 
         self._preview.prepare(template, contrast_limits)
         self.current_run = EngineRun(run, description, finish, self._ended, self._preview.show)

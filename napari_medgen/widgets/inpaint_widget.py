@@ -9,7 +9,13 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushBu
 
 from ..engine.errors import MedgenError, RegionError
 from ..engine.synthesis import inpaint
-from ..layer_geometry import napari_layer_to_volume, shapes_to_region, volume_like_layer, volume_to_layer_data
+from ..layer_geometry import (
+    layer_data_for_volume,
+    napari_layer_to_volume,
+    shapes_to_region,
+    volume_for_image_layer,
+    volume_like_layer,
+)
 from .common import (
     Image,
     Labels,
@@ -61,8 +67,11 @@ class InpaintWidget(RunButtons, Container):
             mask = shapes_to_region(region_layer, image_layer, current_slice(self._viewer, image_layer))
             region = volume_like_layer(mask.astype(np.uint8), image_layer)
         else:
-            region = volume_like_layer(region_layer.data, image_layer)
-        labels = volume_like_layer(anatomy_layer.data, image_layer) if anatomy_layer is not None else None
+            # A region drawn on another grid is resampled onto the image; anatomy must be on its grid.
+            region = volume_for_image_layer(region_layer, image_layer, resample_allowed=True)
+        labels = None
+        if anatomy_layer is not None:
+            labels = volume_for_image_layer(anatomy_layer, image_layer, resample_allowed=False)
         return image_layer, image, region, labels
 
     def start(self):  # noqa: ANN201 - an EngineRun, or None when the inputs are wrong
@@ -79,15 +88,22 @@ class InpaintWidget(RunButtons, Container):
             return None
         in_place = self.in_place.value
 
+        shape_at_start = tuple(image_layer.data.shape)
+
         def on_result(volumes: list) -> None:
             volume = volumes[0]
-            if in_place:
-                data, kwargs, _ = volume_to_layer_data(volume, "image")
+            # In place only into the very image the run started from: if the layer was closed or its data
+            # replaced meanwhile, the result becomes a new layer rather than overwrite something else.
+            if in_place and image_layer in self._viewer.layers and tuple(image_layer.data.shape) == shape_at_start:
+                data = layer_data_for_volume(volume, image_layer)  # the layer's own array order and transforms
+                metadata = {**image_layer.metadata, **volume.metadata}  # the provenance marks it synthetic
                 self._undo.append((image_layer, np.array(image_layer.data, copy=True), dict(image_layer.metadata)))
                 image_layer.data = np.array(data)
-                image_layer.metadata = kwargs["metadata"]
+                image_layer.metadata = metadata
                 self.undo_button.enabled = True
             else:
+                if in_place:
+                    warn(f"Inpaint: {image_layer.name} was closed or changed during the run; the result is a new layer")
                 name = f"{image_layer.name} inpainted | {model.name} | seed {options.seed}"
                 add_result_layer(self._viewer, volume, name)
 

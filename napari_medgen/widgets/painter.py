@@ -74,6 +74,10 @@ class AnatomyPainter(Container):
         if image is None:
             warn("Anatomy painter: open an image first")
             return None
+        if getattr(image, "rgb", False) or getattr(image, "multiscale", False) or image.data.ndim not in (2, 3):
+            warn(f"Anatomy painter: {image.name} is not a single-channel 2-D or 3-D scan (an RGB picture, a "
+                 "pyramid or a time series); open the scan itself")
+            return None
         schema = schema_in_use()
         kwargs = layer_kwargs_like(image)
         metadata = dict(kwargs.pop("metadata", {}))

@@ -12,9 +12,19 @@ from typing import Any
 
 from napari.qt.threading import GeneratorWorker
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..engine.errors import MedgenError
+
+
+class _RunFailed(Exception):
+    """Carries an exception out of the worker thread. superqt's GeneratorWorker takes a RuntimeError
+    raised by the generator (torch's errors are RuntimeErrors) for a deleted Qt object: it only warns,
+    and never emits `finished`, which left the widget busy for good and the preview layer in place."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class EngineRun:
@@ -48,7 +58,10 @@ class EngineRun:
         self.worker.finished.connect(self._finished)
 
     def _work(self) -> Generator:
-        return (yield from self._run)
+        try:
+            return (yield from self._run)
+        except RuntimeError as error:
+            raise _RunFailed(error) from error
 
     def start(self) -> None:
         # The progress bar is made here, not at the first step: making a Qt widget mid-run is a stall.
@@ -71,6 +84,10 @@ class EngineRun:
             self._progress.total = event.total
         self._progress.n = event.step
         self._progress.refresh()
+        notice = getattr(event, "notice", "")
+        if notice:  # the run ran out of memory and goes on with smaller batches or on the CPU
+            self._progress.set_description(f"{self._description} ({notice})")
+            show_warning(f"{self._description}: {notice}")
         if event.preview is not None and self._on_preview is not None:
             self._on_preview(event.preview)
 
@@ -80,11 +97,13 @@ class EngineRun:
             return
         try:
             self._on_result(value)
-        except MedgenError as error:
+        except Exception as error:  # noqa: BLE001 - a failure to show the result must not reach Qt's handler
             self._errored(error)
 
     def _errored(self, error: BaseException) -> None:
         self._outcome = "failed"
+        if isinstance(error, _RunFailed):
+            error = error.error
         if isinstance(error, MedgenError):
             show_error(f"{self._description}: {error}")
         else:
