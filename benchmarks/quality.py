@@ -92,12 +92,9 @@ def held_out_label_maps(labels: Volume, slices: slice, seed: int) -> dict[str, V
     blob = ((zz - centre[0]) / 6) ** 2 + ((yy - centre[1]) / 5) ** 2 + ((xx - centre[2] - 12) / 5) ** 2 <= 1
     painted[blob & (base == 3)] = 2  # grey matter painted inside white matter
     maps["painted_gm_blob"] = painted
-    out = {}
-    for name, array in maps.items():
-        cropped = array[slices].astype(np.uint8)
-        origin = labels.index_to_physical(np.array([0.0, 0.0, slices.start]))
-        out[name] = Volume(cropped, labels.spacing, tuple(origin), labels.direction)
-    return out
+    # Whole volumes: the model conditions on each slice's position in the volume, so the benchmark
+    # generates `slices` of the whole map (as the Generate widget does), never a cropped map.
+    return {name: Volume(np.ascontiguousarray(array, dtype=np.uint8), labels.spacing, labels.origin, labels.direction) for name, array in maps.items()}
 
 
 def panel(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: Path) -> None:
@@ -118,20 +115,43 @@ def panel(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: Path
     plt.close(fig)
 
 
-def mask_fidelity(model: LoadedModel, t1: Volume, labels: Volume, slices: slice, steps: int, sampler: str, seed: int) -> dict:
+def mask_fidelity(
+    model: LoadedModel,
+    t1: Volume,
+    labels: Volume,
+    slices: slice,
+    steps: int,
+    sampler: str,
+    seed: int,
+    maps: list[str] | None = None,
+    panel_path: Path | None | bool = True,
+    map_seed: int | None = None,
+) -> dict:
+    """Dice of k-means tissue classes of images generated from held-out label maps, per map and mean.
+
+    `maps` picks some of the held-out maps (all by default); `panel_path` True writes the default PNG,
+    a path writes there, False none; `map_seed` (default: `seed`) makes the maps, so runs with different
+    sampling seeds can share them.
+    """
     brain_real = labels.array[slices] > 0
     ceiling = tissue_dice(kmeans_tissues(t1.array[slices], brain_real), labels.array[slices])
     results, panels = {}, []
-    for name, label_map in held_out_label_maps(labels, slices, seed).items():
+    held_out = held_out_label_maps(labels, slices, seed if map_seed is None else map_seed)
+    for name, label_map in held_out.items():
+        if maps is not None and name not in maps:
+            continue
         start = time.perf_counter()
-        synthetic = drive(generate(model, label_map, steps=steps, sampler=sampler, seed=seed, preview_every=0))[0]
+        synthetic = drive(generate(model, label_map, steps=steps, sampler=sampler, seed=seed, preview_every=0,
+                                   slice_range=(slices.start, slices.stop)))[0]
         seconds = time.perf_counter() - start
-        brain = label_map.array > 0
-        scores = tissue_dice(kmeans_tissues(synthetic.array, brain), label_map.array)
+        conditioning = label_map.array[slices]
+        brain = conditioning > 0
+        scores = tissue_dice(kmeans_tissues(synthetic.array, brain), conditioning)
         results[name] = {**scores, "mean": float(np.mean(list(scores.values()))), "seconds": round(seconds, 2)}
-        mid = label_map.shape[0] // 2
-        panels.append((name, label_map.array[mid], synthetic.array[mid], t1.array[slices][mid]))
-    panel(panels, RESULTS / f"quality_generate_{sampler}_{steps}.png")
+        mid = conditioning.shape[0] // 2
+        panels.append((name, conditioning[mid], synthetic.array[mid], t1.array[slices][mid]))
+    if panel_path:
+        panel(panels, RESULTS / f"quality_generate_{sampler}_{steps}.png" if panel_path is True else Path(panel_path))
     mean = float(np.mean([r["mean"] for r in results.values()]))
     return {"ceiling_real_t1": {**ceiling, "mean": float(np.mean(list(ceiling.values())))}, "held_out": results, "mean_dice": mean}
 
@@ -187,12 +207,13 @@ def inpainting(model: LoadedModel, t1: Volume, labels: Volume, cases: int, steps
 
 
 def diversity(model: LoadedModel, labels: Volume, slices: slice, steps: int, seed: int) -> dict:
-    label_map = Volume(labels.array[slices].copy(), labels.spacing, tuple(labels.index_to_physical(np.array([0.0, 0.0, slices.start]))), labels.direction)
-    variants = drive(generate(model, label_map, steps=steps, seed=seed, variants=3, preview_every=0))
+    variants = drive(generate(model, labels, steps=steps, seed=seed, variants=3, preview_every=0,
+                              slice_range=(slices.start, slices.stop)))
     stack = np.stack([v.array for v in variants])
-    brain = label_map.array > 0
+    conditioning = labels.array[slices]
+    brain = conditioning > 0
     std = stack.std(0)[brain]
-    wm, gm = (np.mean(stack[:, label_map.array == k]) for k in (3, 2))
+    wm, gm = (np.mean(stack[:, conditioning == k]) for k in (3, 2))
     return {"mean_std_inside_brain": float(std.mean()), "relative_to_wm_gm_contrast": float(std.mean() / max(abs(wm - gm), 1e-6))}
 
 
