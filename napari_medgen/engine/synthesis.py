@@ -34,6 +34,7 @@ from .errors import (
     RegionError,
     TaskNotSupportedError,
 )
+from .card import ModelCard
 from .intensity import IntensityMap, intensity_map_for
 from .models import LoadedModel, load_model
 from .orientation import canonical_axes, to_canonical, unorient_array
@@ -189,7 +190,7 @@ def inpaint(
         image.require_same_grid(label_map, what="label map", ref="image")
     image3, region3 = to_canonical(_as_3d(image)), to_canonical(_as_3d(region))
     labels3 = to_canonical(_as_3d(label_map)) if label_map is not None else None
-    box = _region_box(region3, context_mm, card.spatial_dims)
+    box = _region_box(region3, context_mm, card)
     frame_image = _crop(image3, box)
     frame_region = _crop(region3, box)
     frame_labels = _crop(labels3, box) if labels3 is not None else None
@@ -653,15 +654,32 @@ def _positions(count: int, offset: int, total: int) -> np.ndarray:
     return (np.arange(count) + offset) / max(total - 1, 1)
 
 
-def _region_box(region: Volume, context_mm: float, spatial_dims: int) -> tuple[slice, ...]:
-    """The region's bounding box, widened by `context_mm` (in-plane only for 2-D models)."""
+def _region_box(region: Volume, context_mm: float, card: ModelCard) -> tuple[slice, ...]:
+    """The region's bounding box, widened by `context_mm` and to at least one training tile of the model.
+
+    In-plane only for 2-D models. The tile floor matters: a network with group normalisation and
+    attention judges a frame by its statistics, and one much smaller than the crops it was trained on
+    gets them wrong (brain-t1-demo, a 10 mm region: PSNR 11.5 dB in a 16 mm-context box, 16.5 dB in a
+    training-tile-sized one).
+    """
     where = np.argwhere(region.array > 0)
     low, high = where.min(0), where.max(0) + 1
-    margin = np.ceil(context_mm / np.asarray(region.spacing[::-1])).astype(int)
-    if spatial_dims == 2:
+    spacing = np.asarray(region.spacing[::-1], dtype=float)  # array order (z, y, x)
+    margin = np.ceil(context_mm / spacing).astype(int)
+    tile_mm = np.asarray(card.tile_size[::-1], float) * np.asarray(card.spacing_mm[::-1], float)
+    tile_vox = np.ceil(tile_mm / spacing[-len(tile_mm):]).astype(int)
+    floor = np.zeros(3, int)
+    floor[-len(tile_vox):] = tile_vox
+    if card.spatial_dims == 2:
         margin[0] = 0
-    low = np.maximum(low - margin, 0)
-    high = np.minimum(high + margin, region.shape)
+    low, high = low - margin, high + margin
+    short = np.maximum(floor - (high - low), 0)  # grow evenly to the tile's extent, then shift inside the image
+    low, high = low - short // 2, high + (short - short // 2)
+    shape = np.asarray(region.shape)
+    shift_up = np.maximum(-low, 0)
+    low, high = low + shift_up, high + shift_up
+    shift_down = np.maximum(high - shape, 0)
+    low, high = np.maximum(low - shift_down, 0), np.minimum(high - shift_down, shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
 
 

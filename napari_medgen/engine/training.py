@@ -110,7 +110,7 @@ def brain_t1_demo_card() -> ModelCard:
                 },
             },
             "spatial_dims": 2,
-            "tile_size": [128, 128],
+            "tile_size": [64, 64],  # the training crops (set from the config when training)
             "spacing_mm": [2.0, 2.0],
             "modality": "MR",
             "normalization": {"kind": "mri_percentile", "high_percentile": 99.5, "output_min": 0.0, "output_max": 1000.0},
@@ -426,6 +426,13 @@ def train(
     card.conditioning.condition_dropout = config.condition_dropout
     device = resolve_device(config.device)
     data = load_training_slices(card, pairs)
+    # The card records the frame the network saw in training: inpainting never hands it a smaller one.
+    divisor = 2 ** (len(card.network.kwargs["channels"]) - 1)
+    padded = [int(math.ceil(size / divisor) * divisor) for size in data.images.shape[1:]]
+    if config.crop_size is not None and config.crop_size < min(padded):
+        card.tile_size = [int(config.crop_size)] * 2
+    else:
+        card.tile_size = [padded[1], padded[0]]  # (x, y)
     torch.manual_seed(config.seed)
     network = build_networks(card)["network"].to(device)
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
