@@ -1,0 +1,278 @@
+"""Shared pieces of the performance benchmarks: the model, the inputs, the machine, timing, results.
+
+The model is the shipped demo model (`brain-t1-demo`) when its weights exist, else the demo
+ARCHITECTURE with random weights (speed does not depend on the weights; quality does, and the
+quality benchmarks say which they used). Every result file records the machine it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEMO = "brain-t1-demo"
+
+
+# -- the machine -----------------------------------------------------------------------------------
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def other_load() -> str | None:
+    """What else is running that disturbs timings (other processes busy on the CPU), if anything."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    mine = {os.getpid(), os.getppid()}
+    try:
+        mine |= {p.pid for p in psutil.Process().parents()}
+    except psutil.Error:
+        pass
+    procs = [p for p in psutil.process_iter(["pid", "name", "cmdline"]) if p.pid not in mine]
+    for p in procs:
+        try:
+            p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(0.5)
+    busy = []
+    for p in procs:
+        try:
+            load = p.cpu_percent(None)
+        except psutil.Error:
+            continue
+        if load > 20:
+            cmd = " ".join(p.info.get("cmdline") or [p.info.get("name") or "?"])
+            busy.append(f"{cmd[:60]} ({load:.0f}% CPU)")
+    return "other processes busy during the run: " + "; ".join(busy) + ": timings disturbed" if busy else None
+
+
+_NOTE_AT_START: list[str | None] = []
+
+
+def note_start() -> None:
+    """Look for other busy processes now (the start of a benchmark); `machine()` reports both looks."""
+    _NOTE_AT_START.append(other_load())
+
+
+def machine() -> dict[str, Any]:
+    """The machine and settings a figure came from (other busy processes at the start and the end)."""
+    info: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": "cpu",
+        "python": platform.python_version(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+    notes = [n for n in (_NOTE_AT_START[:1] + [other_load()]) if n]
+    info["note"] = " / ".join(dict.fromkeys(notes)) or "no other busy process at start or end"
+    return info
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    return f"{info['cpu']}, {info['cores']} cores, torch {info['torch']} on {info['device']} with {info['torch_threads']} threads"
+
+
+# -- the model -------------------------------------------------------------------------------------
+def randomize_zero_layers(module: torch.nn.Module) -> None:
+    """Random weights for MONAI's zero-initialised layers: a fresh UNet predicts exactly zero noise."""
+    for layer in module.modules():
+        weight = getattr(layer, "weight", None)
+        if isinstance(weight, torch.nn.Parameter) and weight.dim() > 1 and not weight.detach().any():
+            layer.reset_parameters()
+
+
+def trained_demo_available() -> bool:
+    from napari_medgen.engine.models import find_model
+    from napari_medgen.engine.errors import MedgenError
+
+    try:
+        entry = find_model(DEMO)
+    except MedgenError:
+        return False
+    return (entry.folder / entry.card.weights).is_file()
+
+
+_RANDOM_FOLDER: Path | None = None
+
+
+def demo_model(trained: bool | None = None, precision: str = "fp32"):
+    """(LoadedModel, 'trained' | 'random weights'): the demo model, or its architecture with random weights.
+
+    trained=None takes the trained model when it exists.
+    """
+    global _RANDOM_FOLDER
+    from napari_medgen.engine.models import build_networks, load_model, save_model
+    from napari_medgen.engine.training import brain_t1_demo_card
+
+    if trained is None:
+        trained = trained_demo_available()
+    if trained:
+        return load_model(DEMO, device="cpu", precision=precision), "trained"
+    if _RANDOM_FOLDER is None:
+        _RANDOM_FOLDER = Path(tempfile.mkdtemp(prefix="medgen-bench-")) / "brain-t1-demo-random"
+        card = brain_t1_demo_card().model_copy(update={"name": "brain-t1-demo-random"})
+        torch.manual_seed(0)
+        networks = build_networks(card)
+        for network in networks.values():
+            randomize_zero_layers(network)
+        save_model(card, networks, _RANDOM_FOLDER)
+    return load_model(_RANDOM_FOLDER, device="cpu", precision=precision), "random weights"
+
+
+def model_folder(model) -> str:
+    return str(model.folder)
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+def sample_brain():
+    """The shipped sample brain (T1 and tissue labels), canonical orientation, contiguous arrays."""
+    from napari_medgen._paths import sample_dir
+    from napari_medgen.engine.io import read_volume
+    from napari_medgen.engine.orientation import to_canonical
+    from napari_medgen.engine.volume import Volume
+
+    out = []
+    for name in ("mni152_t1_2mm.nii.gz", "mni152_tissue_labels_2mm.nii.gz"):
+        v = to_canonical(read_volume(sample_dir() / name))
+        out.append(Volume(np.ascontiguousarray(v.array), v.spacing, v.origin, v.direction))
+    return out[0], out[1]
+
+
+def brain_label_slices(count: int, size: int = 128, first: int | None = None):
+    """`count` axial slices of the sample brain's labels padded to size x size at 2 mm (a Volume)."""
+    from napari_medgen.engine.volume import Volume
+
+    _, labels = sample_brain()
+    z0 = labels.shape[0] // 2 - count // 2 if first is None else first
+    block = labels.array[z0 : z0 + count]
+    out = np.zeros((block.shape[0], size, size), np.uint8)
+    h, w = min(size, block.shape[1]), min(size, block.shape[2])
+    oy, ox = (size - h) // 2, (size - w) // 2
+    out[:, oy : oy + h, ox : ox + w] = block[:, :h, :w]
+    return Volume(out, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+
+
+# -- timing ----------------------------------------------------------------------------------------
+def drive(run):
+    """Run a progress generator to its end; returns its result."""
+    try:
+        while True:
+            next(run)
+    except StopIteration as stop:
+        return stop.value
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def side_by_side(functions: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Alternate the functions (A B A B ...) so slow phases of a noisy machine hit all of them alike."""
+    for _ in range(warmup):
+        for fn in functions.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            times[name].append(timed(fn)[0])
+    return times
+
+
+# -- memory ----------------------------------------------------------------------------------------
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's resident memory (Linux), after freeing
+    what the C allocator holds, so the next peak is the next run's own."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_in_subprocess(module: str, args: list[str], timeout: float = 1800) -> dict[str, Any]:
+    """Run `python benchmarks/<module>.py <args>` in a fresh process; it prints one JSON line last."""
+    script = Path(__file__).resolve().parent / f"{module}.py"
+    env = dict(os.environ)
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- results ---------------------------------------------------------------------------------------
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=_plain) + "\n")
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value))
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (None: its default, one per core); also notes other load now."""
+    if not _NOTE_AT_START:
+        note_start()
+    if threads:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
+def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
