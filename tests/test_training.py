@@ -78,6 +78,17 @@ def test_resume_continues_from_checkpoint(flat_dataset, tmp_path):
     assert state["step"] == 4 and len(state["losses"]) == 4
 
 
+def test_checkpoints_outside_the_model_folder_leave_it_unwritten_until_the_end(flat_dataset, tmp_path):
+    out, checkpoint = tmp_path / "model", tmp_path / "runs" / "checkpoint"
+    run = train(tiny_card(), find_training_pairs(flat_dataset), out, _config(3), checkpoint_dir=checkpoint)
+    next(run), next(run)  # two steps: one checkpoint written
+    assert (checkpoint / "training_state.json").is_file() and (checkpoint / "loss_curve.png").is_file()
+    assert not out.exists()
+    _drive(run)
+    assert (out / "model.json").is_file() and (out / "loss_curve.png").is_file()
+    assert not (out / "checkpoint").exists()
+
+
 def test_resume_without_checkpoint_is_a_clear_error(flat_dataset, tmp_path):
     with pytest.raises(MedgenError, match="no checkpoint"):
         _drive(train(tiny_card(), find_training_pairs(flat_dataset), tmp_path / "m", _config(2), resume=True))

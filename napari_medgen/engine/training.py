@@ -486,7 +486,8 @@ def train(
         if done % config.checkpoint_every == 0 or done == config.steps:
             elapsed = time.perf_counter() - started
             _save_checkpoint(checkpoint, network, ema, optimizer, {"step": done, "losses": losses, "seconds": elapsed, "config": asdict(config)})
-            _loss_curve(losses, out / "loss_curve.png", card.scheduler.prediction_type)
+            # The curve so far goes beside the checkpoint: the model folder is written only at the end.
+            _loss_curve(losses, checkpoint / "loss_curve.png", card.scheduler.prediction_type)
         yield TrainingEvent(done, config.steps, float(np.mean(losses[-25:])), f"loss {np.mean(losses[-25:]):.4f}")
     elapsed = time.perf_counter() - started
     card.provenance = {
