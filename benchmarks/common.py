@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parents[1] / "README.md"
 DEMO = "brain-t1-demo"
 
 
@@ -249,6 +250,18 @@ def run_in_subprocess(module: str, args: list[str], timeout: float = 1800) -> di
 
 
 # -- results ---------------------------------------------------------------------------------------
+def update_readme(block: str, text: str) -> bool:
+    """Put `text` between README.md's `<!-- block:start -->` and `<!-- block:end -->` markers."""
+    start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+    readme = README.read_text() if README.is_file() else ""
+    if start not in readme or end not in readme:
+        return False
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+    return True
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -24,8 +24,6 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
-README = HERE.parent / "README.md"
-START, END = "<!-- performance-table:start -->", "<!-- performance-table:end -->"
 
 FULL = {
     "roofline": [],
@@ -140,18 +138,6 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def update_readme(text: str) -> bool:
-    if not README.is_file():
-        return False
-    readme = README.read_text()
-    if START not in readme or END not in readme:
-        return False
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{START}\n{text}\n{END}{tail}")
-    return True
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -181,7 +167,7 @@ def main() -> None:
     text = table()
     (common.RESULTS / "performance.md").write_text(text + "\n")
     if not args.no_readme and not args.quick:
-        print("README table updated" if update_readme(text) else "README has no performance table markers; table in results/performance.md")
+        print("README table updated" if common.update_readme("performance-table", text) else "README has no performance table markers; table in results/performance.md")
     print(text)
     print(f"benchmark wall times: {timings}; total {time.perf_counter() - started:.0f} s")
 

@@ -46,11 +46,16 @@ def test_wheel_holds_manifest_and_sample_data(wheel):
         f"{SAMPLE}/mni152_t1_2mm.nii.gz",
         f"{SAMPLE}/mni152_tissue_labels_2mm.nii.gz",
         f"{SAMPLE}/LICENSE-ICBM152.txt",
+        "napari_medgen/resources/models/brain-t1-demo/model.json",
+        "napari_medgen/resources/models/brain-t1-demo/weights.safetensors",
     ):
         assert required in names, f"{required} missing from the wheel"
     # The sample volumes are real gzip files, not placeholders (e.g. Git LFS pointers).
     for name in ("mni152_t1_2mm.nii.gz", "mni152_tissue_labels_2mm.nii.gz"):
         assert wheel.read(f"{SAMPLE}/{name}")[:2] == b"\x1f\x8b"
+    # The demo weights are a real safetensors file: an 8-byte header length, then a JSON header.
+    weights = wheel.read("napari_medgen/resources/models/brain-t1-demo/weights.safetensors")
+    assert weights[8:9] == b"{" and len(weights) > 1_000_000
     assert "ICBM" in wheel.read(f"{SAMPLE}/LICENSE-ICBM152.txt").decode()
     # Nothing from the test suite or a virtual environment slipped in.
     assert not [n for n in names if n.startswith(("tests/", ".venv/")) or "/__pycache__/" in n]

@@ -116,3 +116,21 @@ def test_label_values_outside_schema_are_refused(flat_dataset, tmp_path):
     (tmp_path / "c_image.nii.gz").write_bytes((flat_dataset / "a_image.nii.gz").read_bytes())
     with pytest.raises(MedgenError, match="5"):
         _drive(train(tiny_card(), find_training_pairs(tmp_path), tmp_path / "m", _config(1)))
+
+
+def test_pasted_tissue_keeps_image_and_labels_paired():
+    """Copy-paste augmentation moves image and labels together and touches nothing outside the disc."""
+    from napari_medgen.engine.training import paste_tissue
+
+    rng = np.random.default_rng(0)
+    source_label = rng.integers(1, 4, (40, 40))
+    source_image = source_label * 10.0 + 0.5  # an image that is a function of its labels
+    label = np.zeros((32, 32), np.int64)
+    label[4:28, 4:28] = 3
+    image = np.where(label > 0, 99.0, -1.0)
+    pasted_image, pasted_label = paste_tissue(image, label, source_image, source_label, 10.0, rng)
+    changed = pasted_label != label
+    assert changed.any() and np.array_equal(pasted_image[changed], pasted_label[changed] * 10.0 + 0.5)
+    moved = pasted_image != image
+    assert np.array_equal(pasted_image[moved], pasted_label[moved] * 10.0 + 0.5)
+    assert moved.sum() <= np.pi * 5.5**2 and label.max() == 3 and image.max() == 99.0  # inputs untouched

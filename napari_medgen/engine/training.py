@@ -59,6 +59,11 @@ class TrainingConfig:
     condition_dropout: float = 0.15
     generation_fraction: float = 0.5  # samples with the image fully voided (plain generation)
     region_mm: tuple[float, float] = (5.0, 40.0)  # sizes of the random inpainting regions
+    # Copy-paste: the fraction of samples given one to three discs of tissue (image and labels
+    # together) from elsewhere in the data, and their diameters. Without it a model trained on one
+    # brain learns "this place is white matter" and ignores grey matter painted deep in white matter.
+    paste_fraction: float = 0.5
+    paste_mm: tuple[float, float] = (6.0, 24.0)
     checkpoint_every: int = 250
     seed: int = 0
     device: str = "auto"
@@ -282,6 +287,30 @@ def random_region(shape: tuple[int, int], spacing_mm: float, size_mm: tuple[floa
     return region
 
 
+def paste_tissue(
+    image: np.ndarray,
+    label: np.ndarray,
+    source_image: np.ndarray,
+    source_label: np.ndarray,
+    diameter_px: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Copy a disc of tissue (image and labels together) from a random place in the source slice into
+    a random place inside the target's anatomy: new label layouts with images that truly match them."""
+    inside, donors = np.argwhere(label > 0), np.argwhere(source_label > 0)
+    if not len(inside) or not len(donors):
+        return image, label
+    (ty, tx), (sy, sx) = inside[rng.integers(len(inside))], donors[rng.integers(len(donors))]
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    disc = (yy - ty) ** 2 + (xx - tx) ** 2 <= (diameter_px / 2) ** 2
+    src_y, src_x = yy + (sy - ty), xx + (sx - tx)
+    disc &= (src_y >= 0) & (src_y < source_image.shape[0]) & (src_x >= 0) & (src_x < source_image.shape[1])
+    image, label = image.copy(), label.copy()
+    image[disc] = source_image[src_y[disc], src_x[disc]]
+    label[disc] = source_label[src_y[disc], src_x[disc]]
+    return image, label
+
+
 class _Batches:
     """Random batches of augmented slices with their conditioning, as network input stacks."""
 
@@ -306,6 +335,11 @@ class _Batches:
             image = np.asarray(sample["image"])[0] * 2.0 - 1.0
             label = np.rint(np.asarray(sample["label"])[0]).astype(np.int64)
             image, label = self._pad_and_crop(image, label)
+            if self.rng.random() < cfg.paste_fraction:
+                for _ in range(int(self.rng.integers(1, 4))):
+                    j = int(self.rng.integers(len(self.data.images)))
+                    diameter = self.rng.uniform(*cfg.paste_mm) / self.card.spacing_mm[0]
+                    image, label = paste_tissue(image, label, self.data.images[j], self.data.labels[j], diameter, self.rng)
             if self.rng.random() < cfg.generation_fraction:
                 region = np.ones(image.shape, bool)
             else:
