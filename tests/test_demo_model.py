@@ -13,6 +13,7 @@ from scipy.ndimage import binary_erosion, distance_transform_edt
 from napari_medgen._paths import sample_dir
 from napari_medgen.engine.io import read_volume
 from napari_medgen.engine.models import DEFAULT_MODEL, find_model, load_model
+from napari_medgen.engine.orientation import to_canonical
 from napari_medgen.engine.synthesis import generate
 
 
@@ -27,7 +28,8 @@ def _drive(run):
 @pytest.fixture(scope="module")
 def painted_slice():
     """The sample's tissue labels with a grey-matter disc painted into the white matter of one slice."""
-    labels = read_volume(sample_dir() / "mni152_tissue_labels_2mm.nii.gz")
+    # Canonical orientation: a run over a slice range returns those slices in that order (as napari shows them).
+    labels = to_canonical(read_volume(sample_dir() / "mni152_tissue_labels_2mm.nii.gz"))
     array = labels.array.copy()
     z = int(np.argmax((array == 3).sum((1, 2))))  # the slice with the most white matter
     depth = distance_transform_edt(array[z] == 3)
