@@ -122,7 +122,8 @@ class Pair:
     def ours(self, previews: int = 0) -> np.ndarray:
         from napari_medgen.engine.synthesis import generate
 
-        run = generate(self.model, self.label_map, sampler="ddim", steps=self.steps, seed=self.seed,
+        # guidance 1 (none): MONAI's inferer has no classifier-free guidance, and the same work is the point
+        run = generate(self.model, self.label_map, sampler="ddim", steps=self.steps, seed=self.seed, guidance=1.0,
                        batch_size=self.labels.shape[0], preview_every=previews)
         return common.drive(run)[0].array
 

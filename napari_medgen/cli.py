@@ -28,11 +28,11 @@ EXIT_CANCELLED = 130
 
 
 def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    from .engine.sampling import SAMPLERS
+    from .engine.sampling import DEFAULT_SAMPLER, SAMPLERS
 
     parser.add_argument("--model", default=None, help="model name or folder (default: the shipped demo model)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (network calls per slice batch)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="dpm++2m", help="sampling method")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help="sampling method")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; variant k uses seed + k")
     parser.add_argument("--guidance", type=float, default=None,

@@ -39,7 +39,7 @@ from .intensity import IntensityMap, intensity_map_for
 from .models import LoadedModel, load_model
 from .orientation import canonical_axes, to_canonical, unorient_array
 from .resample import Grid, grid_at_spacing, resample
-from .sampling import SAMPLERS, NoiseSchedule, sample, sample_repaint
+from .sampling import DEFAULT_SAMPLER, SAMPLERS, NoiseSchedule, sample, sample_repaint
 from .volume import Volume
 
 # Default memory budget for one run's working arrays (float32 voxels times the number of copies).
@@ -67,7 +67,7 @@ class ProgressEvent:
 class SamplingOptions:
     """How to sample: the method, its steps, the seed, guidance and previews."""
 
-    sampler: str = "dpm++2m"
+    sampler: str = DEFAULT_SAMPLER
     steps: int = 20
     seed: int = 0
     guidance: float | None = None  # None: the model card's default_guidance

@@ -10,7 +10,7 @@ from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, Spin
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_warning
 
-from ..engine.sampling import SAMPLERS
+from ..engine.sampling import DEFAULT_SAMPLER, SAMPLERS
 from ..engine.synthesis import SamplingOptions
 from ..engine.volume import Volume
 from ..layer_geometry import volume_to_layer_data
@@ -47,7 +47,7 @@ class SamplingControls(Container):
 
     def __init__(self, variants: bool = True) -> None:
         self.steps = SpinBox(label="steps", value=20, min=1, max=1000)
-        self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value="dpm++2m")
+        self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value=DEFAULT_SAMPLER)
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.dice = PushButton(text="new seed")
         self.guidance = FloatSpinBox(label="guidance", value=default_guidance(), min=0.0, max=20.0, step=0.5)
