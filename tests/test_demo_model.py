@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reliability_helpers import drive
 from scipy.ndimage import binary_erosion, distance_transform_edt
 
 from napari_medgen._paths import sample_dir
@@ -15,14 +16,6 @@ from napari_medgen.engine.io import read_volume
 from napari_medgen.engine.models import DEFAULT_MODEL, find_model, load_model
 from napari_medgen.engine.orientation import to_canonical
 from napari_medgen.engine.synthesis import generate
-
-
-def _drive(run):
-    try:
-        while True:
-            next(run)
-    except StopIteration as stop:
-        return stop.value
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +44,7 @@ def test_demo_model_is_the_default_and_ships_with_the_package():
 def test_demo_model_follows_painted_tissue(painted_slice):
     label_map, z, disc = painted_slice
     model = load_model(None, device="cpu")
-    (result,) = _drive(generate(model, label_map, steps=10, seed=3, preview_every=0, slice_range=(z, z + 1)))
+    (result,), _ = drive(generate(model, label_map, steps=10, seed=3, preview_every=0, slice_range=(z, z + 1)))
     image, labels = result.array[0], label_map.array[z]
     mean = {k: float(image[binary_erosion(labels == k)].mean()) for k in (1, 2, 3)}
     # T1 contrast: CSF darkest, white matter brightest, with a clear margin between them.

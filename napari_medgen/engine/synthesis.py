@@ -599,7 +599,9 @@ def _working_problem(
             f"{MAX_WORK_VOXELS:,}; crop it to the region of interest or raise NAPARI_MEDGEN_MAX_VOXELS"
         )
     intensity = intensity or intensity_map_for(card.normalization, None)
-    labels_w = resample(labels, grid, "nearest").array.astype(np.int64) if labels is not None else None
+    # uint16 (the schema caps label indices at 65535): the working copy of a whole volume costs a quarter
+    # of int64's memory (3-D scaling: 5.2 -> 2.6 bytes of peak per output byte); batches widen in one_hot.
+    labels_w = resample(labels, grid, "nearest").array.astype(np.uint16) if labels is not None else None
     known_w = intensity.forward(resample(known, grid, "linear").array) if known is not None else None
     region_w = resample(region, grid, "nearest").array.astype(bool) if region is not None else None
     if region_w is not None and not region_w.any():
