@@ -6,6 +6,7 @@ the right answer is known exactly.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from napari_medgen.engine.sampling import (
     repaint_schedule,
     sample,
     sample_repaint,
+    sampler_steps,
 )
 
 
@@ -84,6 +86,24 @@ def test_timesteps_descend_from_the_last_training_step_to_zero(steps):
     assert timesteps[-1] == (0 if steps > 1 else 99)
 
 
+@pytest.mark.parametrize("steps", [10, 20, 50])
+def test_log_snr_timesteps_are_evenly_spaced_in_log_snr(steps):
+    """DPM-Solver++'s timesteps: from T-1 to 0, equal log-SNR steps (to the rounding of integer t)."""
+    schedule = _schedule(num_train_timesteps=1000, schedule="linear_beta")
+    timesteps = schedule.timesteps(steps, "log_snr")
+    # Near t = 0 one integer step spans much log-SNR, so two targets may share a timestep.
+    assert timesteps[0] == 999 and timesteps[-1] == 0 and steps - 2 <= len(timesteps) <= steps
+    a = np.array([schedule.alpha_bar(t) for t in timesteps])
+    gaps = np.diff(0.5 * np.log(a / (1 - a)))
+    even = np.array([schedule.alpha_bar(t) for t in schedule.timesteps(steps)])
+    even_gaps = np.diff(0.5 * np.log(even / (1 - even)))
+    assert np.all(gaps > 0) and np.median(np.abs(gaps / gaps.mean() - 1)) < 0.1
+    assert np.std(even_gaps) / even_gaps.mean() > 3 * np.std(gaps) / gaps.mean()
+    # More steps at low noise than even spacing in t gives: the median timestep is lower.
+    assert np.median(timesteps) < np.median(schedule.timesteps(steps))
+    assert sampler_steps("dpm++2m", steps, schedule) == len(timesteps)
+
+
 def test_alpha_bar_decreases_and_clean_image_is_one():
     schedule = _schedule()
     values = [schedule.alpha_bar(t) for t in range(100)]
@@ -146,7 +166,7 @@ def test_dpm_solver_follows_the_exact_trajectory_of_a_point_mass(schedule_kind):
     x_t = schedule.add_noise(x0, eps0, first)
     calls: list = []
     _, result = drive(sample("dpm++2m", _point_mass_denoiser(schedule, x0, calls), x_t, schedule, 6, _no_noise))
-    assert [t for t, _ in calls] == schedule.timesteps(6)
+    assert [t for t, _ in calls] == schedule.timesteps(6, "log_snr")
     for t, seen in calls:
         torch.testing.assert_close(seen, schedule.add_noise(x0, eps0, t), rtol=0, atol=1e-9)
     torch.testing.assert_close(result, x0, rtol=0, atol=1e-12)

@@ -27,6 +27,8 @@ SAMPLERS = ("ddim", "dpm++2m", "dpm++2m-sde", "ddpm")
 # leaves a mottled texture at 20 (0.89), though it solves the ODE more accurately (its Dice climbs towards
 # DDIM's, which falls to 0.96 at 200 steps, as both converge).
 DEFAULT_SAMPLER = "ddim"
+# How each sampler spaces its timesteps (see `NoiseSchedule.timesteps`); the rest space them evenly in t.
+TIMESTEP_SPACING = {"dpm++2m": "log_snr", "dpm++2m-sde": "log_snr"}
 DenoiseFn = Callable[[torch.Tensor, int], torch.Tensor]
 NoiseFn = Callable[[torch.Tensor], torch.Tensor]
 StepEvents = Generator[tuple[int, int, torch.Tensor], None, torch.Tensor]
@@ -54,10 +56,19 @@ class NoiseSchedule:
         """Signal fraction at timestep t; t < 0 is the clean image (1.0)."""
         return 1.0 if t < 0 else float(self.alphas_cumprod[t])
 
-    def timesteps(self, steps: int) -> list[int]:
-        """`steps` timesteps from T-1 down to 0, evenly spaced (unique, descending)."""
+    def timesteps(self, steps: int, spacing: str = "even") -> list[int]:
+        """`steps` timesteps from T-1 down to 0 (unique, descending), evenly spaced in t or in log-SNR.
+
+        Log-SNR spacing is DPM-Solver's own for pixel-space models: its steps are in log-SNR, and evenly
+        spaced t crowds them at high noise (brain-t1-demo, DPM-Solver++ 20 steps: Dice 0.892 -> 0.959).
+        """
         steps = int(max(1, min(steps, self.num_train_timesteps)))
-        values = np.linspace(self.num_train_timesteps - 1, 0, steps).round().astype(int)
+        if spacing == "log_snr":
+            log_snr = 0.5 * np.log(self.alphas_cumprod / (1 - self.alphas_cumprod))  # decreasing in t
+            targets = np.linspace(log_snr[-1], log_snr[0], steps)
+            values = np.abs(log_snr[None, :] - targets[:, None]).argmin(1)
+        else:
+            values = np.linspace(self.num_train_timesteps - 1, 0, steps).round().astype(int)
         return sorted(set(values.tolist()), reverse=True)
 
     def split(self, output: torch.Tensor, x_t: torch.Tensor, t: int, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +140,7 @@ def sample_dpmpp_2m(
     First-order at the first step and at the last (to the clean image), as the paper recommends for
     few steps.
     """
-    timesteps = schedule.timesteps(steps)
+    timesteps = schedule.timesteps(steps, "log_snr")
 
     def lam(t: int) -> float:
         a = schedule.alpha_bar(t)
@@ -173,7 +184,7 @@ SAMPLER_LOOPS = {"ddim": sample_ddim, "ddpm": sample_ddpm, "dpm++2m": sample_dpm
 
 def sampler_steps(sampler: str, steps: int, schedule: NoiseSchedule) -> int:
     """Network calls a sampler makes (DDPM uses every training step unless told fewer)."""
-    return len(schedule.timesteps(steps))
+    return len(schedule.timesteps(steps, TIMESTEP_SPACING.get(sampler, "even")))
 
 
 def sample(

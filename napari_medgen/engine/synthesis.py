@@ -39,7 +39,7 @@ from .intensity import IntensityMap, intensity_map_for
 from .models import LoadedModel, load_model
 from .orientation import canonical_axes, to_canonical, unorient_array
 from .resample import Grid, grid_at_spacing, resample
-from .sampling import DEFAULT_SAMPLER, SAMPLERS, NoiseSchedule, sample, sample_repaint
+from .sampling import DEFAULT_SAMPLER, SAMPLERS, NoiseSchedule, sample, sample_repaint, sampler_steps
 from .volume import Volume
 
 # Default memory budget for one run's working arrays (float32 voxels times the number of copies).
@@ -409,12 +409,12 @@ def _split_units(units: list[tuple[slice, ...]], cap: int) -> list[tuple[slice, 
 
 
 def _calls_per_unit(options: SamplingOptions, schedule: NoiseSchedule, work: _Work) -> int:
-    timesteps = schedule.timesteps(options.steps)
     if work.region is not None and not work.known_image_model:  # type: ignore[attr-defined]
         from .sampling import repaint_schedule
 
-        return sum(1 for t, s in repaint_schedule(timesteps, options.jump_length, options.jump_count) if s < t)
-    return len(timesteps)
+        walk = repaint_schedule(schedule.timesteps(options.steps), options.jump_length, options.jump_count)
+        return sum(1 for t, s in walk if s < t)
+    return sampler_steps(options.sampler, options.steps, schedule)
 
 
 def _units(loaded: LoadedModel, work: _Work, options: SamplingOptions) -> list[tuple[slice, ...]]:
