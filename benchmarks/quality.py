@@ -308,8 +308,11 @@ def main() -> None:
             "diversity_std": round(report["diversity"]["mean_std_inside_brain"], 1),
             "measured_by": "benchmarks/quality.py",
         }
-        save_card(card, model.folder)
-        print(f"updated {model.folder / 'model.json'}")
+        # The shipped model is found in the installed package; its card's source is the repository's copy.
+        source = Path(__file__).resolve().parents[1] / "resources" / "models" / model.folder.name
+        folder = source if model.folder.parent.name == "models" and (source / "model.json").is_file() else model.folder
+        save_card(card, folder)
+        print(f"updated {folder / 'model.json'}")
 
 
 if __name__ == "__main__":
