@@ -1,7 +1,8 @@
-"""Where the package's shipped resources (sample data, models, manifest) lie.
+"""Where the package's shipped resources (sample data, models) lie.
 
-In a built wheel `napari.yaml` and `resources/` are placed inside the package; in a source checkout
-they sit at the repository's top level. Both layouts resolve here, and nowhere else.
+In a built wheel `resources/` is placed inside the package; in a source checkout or an editable
+install it sits at the repository's top level. Both layouts resolve here, and nowhere else.
+(`napari.yaml` is always inside the package.)
 """
 
 from __future__ import annotations

@@ -104,3 +104,10 @@ def test_installed_plugin_resolves_its_reader_writers_and_sample():
             continue  # widgets are checked by the widget tests
         module, _, attribute = command.python_name.partition(":")
         assert callable(getattr(importlib.import_module(module), attribute))
+
+
+def test_npe2_validates_the_installed_manifest():
+    """napari's own validator accepts the manifest the installed package exposes."""
+    npe2 = Path(sys.executable).parent / "npe2"
+    result = subprocess.run([str(npe2), "validate", "napari_medgen"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and "valid" in result.stdout, result.stdout + result.stderr

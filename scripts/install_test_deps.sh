@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install what the tests need on a fresh Debian machine (system packages for a virtual X server with
-# Mesa OpenGL, a Python 3.11 virtual environment, the CPU build of PyTorch where none is installed,
-# the package with its test extras) and run the test suite under Xvfb.
+# Install what the tests need on a fresh Debian machine: system packages for a virtual X server with
+# Mesa OpenGL, a Python 3.11 virtual environment in .venv, the CPU build of PyTorch where none is
+# installed, and the package with its test extras. The README's test command runs pytest after it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,3 @@ python -m pip install -q --upgrade pip
 # The CPU build of PyTorch, unless a torch is already there (a CUDA build on a GPU machine stays).
 python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 pip install -q ".[test]"
-# `pytest`, not `python -m pytest`: the tests must import the installed package (which holds
-# napari.yaml and resources/), not the source folder in the current directory.
-xvfb-run -a -s "-screen 0 1600x1000x24" pytest "$@"
