@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import subprocess
 import sys
 import zipfile
@@ -109,5 +110,9 @@ def test_installed_plugin_resolves_its_reader_writers_and_sample():
 def test_npe2_validates_the_installed_manifest():
     """napari's own validator accepts the manifest the installed package exposes."""
     npe2 = Path(sys.executable).parent / "npe2"
-    result = subprocess.run([str(npe2), "validate", "napari_medgen"], capture_output=True, text=True, timeout=120, check=False)
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}  # it prints a check mark; CI's locale may be ASCII
+    result = subprocess.run(
+        [str(npe2), "validate", "napari_medgen"], capture_output=True, encoding="utf-8", errors="replace",
+        env=env, timeout=120, check=False,
+    )
     assert result.returncode == 0 and "valid" in result.stdout, result.stdout + result.stderr
