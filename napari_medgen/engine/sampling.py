@@ -134,8 +134,8 @@ def sample_dpmpp_2m(
 
     `eta` = 0 is the ODE solver; `eta` > 0 its SDE form (as "DPM++ 2M SDE" in k-diffusion): each step
     keeps a fraction e^(-eta h) of the current noise and injects fresh noise for the rest, which lets
-    the sampler correct an imperfect model's errors instead of carrying them to the end (brain-t1-demo,
-    20 steps: background noise std 0.13 with eta 0, 0.03 with eta 1, in units of the [-1, 1] range).
+    the sampler correct an imperfect model's errors instead of carrying them to the end (the first,
+    epsilon-trained brain-t1-demo at 20 steps: background noise std 0.13 with eta 0, 0.03 with eta 1).
     First-order at the first step and at the last (to the clean image), as the paper recommends for
     few steps.
     """

@@ -60,8 +60,8 @@ class TrainingConfig:
     generation_fraction: float = 0.5  # samples with the image fully voided (plain generation)
     region_mm: tuple[float, float] = (5.0, 40.0)  # sizes of the random inpainting regions
     # Copy-paste: the fraction of samples given one to three discs of tissue (image and labels
-    # together) from elsewhere in the data, and their diameters. Without it a model trained on one
-    # brain learns "this place is white matter" and ignores grey matter painted deep in white matter.
+    # together) from elsewhere in the data, and their diameters: label layouts no training slice had,
+    # with images that truly match them, so the labels rather than the place set the intensity.
     paste_fraction: float = 0.5
     paste_mm: tuple[float, float] = (6.0, 24.0)
     checkpoint_every: int = 250
@@ -414,6 +414,9 @@ def _load_checkpoint(folder: Path, network, ema, optimizer) -> dict[str, Any]:
     return state
 
 
+_TARGET_NAMES = {"epsilon": "noise", "v_prediction": "velocity v", "sample": "clean image"}
+
+
 def _loss_curve(losses: list[float], path: Path, target: str = "network") -> None:
     import matplotlib
 
@@ -428,7 +431,7 @@ def _loss_curve(losses: list[float], path: Path, target: str = "network") -> Non
     ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"mean of {window}")
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel(f"MSE of the {target} prediction")
+    ax.set_ylabel(f"MSE of the predicted {_TARGET_NAMES.get(target, target)}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
