@@ -106,8 +106,8 @@ def randomize_zero_layers(module: torch.nn.Module) -> None:
 
 
 def trained_demo_available() -> bool:
-    from napari_medgen.engine.models import find_model
     from napari_medgen.engine.errors import MedgenError
+    from napari_medgen.engine.model.registry import find_model
 
     try:
         entry = find_model(DEMO)
@@ -125,8 +125,10 @@ def demo_model(trained: bool | None = None, precision: str = "fp32"):
     trained=None takes the trained model when it exists.
     """
     global _RANDOM_FOLDER
-    from napari_medgen.engine.models import build_networks, load_model, save_model
-    from napari_medgen.engine.training import brain_t1_demo_card
+    from napari_medgen.engine.model.loading import load_model
+    from napari_medgen.engine.model.networks import build_networks
+    from napari_medgen.engine.model.presets import brain_t1_demo_card
+    from napari_medgen.engine.model.weights import save_model
 
     if trained is None:
         trained = trained_demo_available()

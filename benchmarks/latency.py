@@ -48,7 +48,7 @@ def cold(args) -> dict:
 
     common.set_threads(args.threads)
     label_map = common.brain_label_slices(1, 128)
-    from napari_medgen.engine.models import load_model, release_model
+    from napari_medgen.engine.model.loading import load_model, release_model
 
     model, kind = common.demo_model()  # makes the random-weights folder when there is no trained model
     folder = model.folder

@@ -28,9 +28,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from napari_medgen._paths import sample_dir
-from napari_medgen.engine.card import save_card
 from napari_medgen.engine.io import read_volume
-from napari_medgen.engine.models import LoadedModel, load_model
+from napari_medgen.engine.model.card import save_card
+from napari_medgen.engine.model.loading import LoadedModel, load_model
 from napari_medgen.engine.orientation import to_canonical
 from napari_medgen.engine.synthesis import generate, inpaint
 from napari_medgen.engine.volume import Volume

@@ -26,7 +26,6 @@ import common  # noqa: E402
 
 def network_flops(model, batch: int, size: int) -> tuple[int, dict[str, int]]:
     from torch.utils.flop_counter import FlopCounterMode
-
     from vs_monai import reference_network
 
     network = reference_network(model)  # explicit attention: every multiply-add visible to the counter
@@ -80,7 +79,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     common.set_threads(args.threads)
-    from napari_medgen.engine.denoiser import Denoiser
+    from napari_medgen.engine.diffusion.denoiser import Denoiser
 
     model, kind = common.demo_model()
     peak = matmul_flops_per_second(args.repeats)

@@ -24,7 +24,6 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
-
 FULL = {
     "roofline": [],
     "vs_monai": [],

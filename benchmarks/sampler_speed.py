@@ -24,9 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from napari_medgen.engine.card import ModelCard  # noqa: E402
-from napari_medgen.engine.labels import TISSUE_SCHEMA  # noqa: E402
-from napari_medgen.engine.models import build_networks, load_model, save_model  # noqa: E402
+from napari_medgen.engine.model.card import ModelCard  # noqa: E402
+from napari_medgen.engine.model.labels import TISSUE_SCHEMA  # noqa: E402
+from napari_medgen.engine.model.loading import load_model
+from napari_medgen.engine.model.networks import build_networks
+from napari_medgen.engine.model.weights import save_model  # noqa: E402
 from napari_medgen.engine.synthesis import generate  # noqa: E402
 from napari_medgen.engine.volume import Volume  # noqa: E402
 

@@ -40,7 +40,8 @@ def label_volume(slices: int, size: int = 128):
 
 def probe(args) -> dict:
     """In a fresh process: one generation of `args.probe` slices."""
-    from napari_medgen.engine.synthesis import auto_slice_batch, generate
+    from napari_medgen.engine.synthesis import generate
+    from napari_medgen.engine.synthesis.run import auto_slice_batch
 
     common.set_threads(args.threads)
     model, kind = common.demo_model()

@@ -69,7 +69,7 @@ def monai_scheduler(card, clip: bool = True):
 
 def engine_conditioning(card, labels: np.ndarray) -> np.ndarray:
     """The conditioning channels `generate` feeds for a whole-volume label map (plain generation)."""
-    from napari_medgen.engine.denoiser import conditioning_stack
+    from napari_medgen.engine.diffusion.denoiser import conditioning_stack
 
     n = labels.shape[0]
     positions = np.arange(n) / max(n - 1, 1)
@@ -155,7 +155,7 @@ def difference(a: np.ndarray, b: np.ndarray, pair: Pair) -> dict:
 
 def network_ablation(pair: Pair, repeats: int) -> dict:
     """One network call on the same batch: where the engine's speed-up comes from."""
-    from napari_medgen.engine.denoiser import Denoiser
+    from napari_medgen.engine.diffusion.denoiser import Denoiser
 
     n = pair.labels.shape[0]
     conditioning = torch.from_numpy(engine_conditioning(pair.card, pair.labels))

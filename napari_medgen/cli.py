@@ -28,25 +28,31 @@ EXIT_CANCELLED = 130
 
 
 def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    from .engine.sampling import DEFAULT_SAMPLER, SAMPLERS
+    from .engine.diffusion.methods import SAMPLERS
+    from .engine.model.device import PRECISION_NAMES
+    from .engine.synthesis.options import SamplingOptions
+
+    default = SamplingOptions()
 
     parser.add_argument("--model", default=None, help="model name or folder (default: the shipped demo model)")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps (network calls per slice batch)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help="sampling method")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; variant k uses seed + k")
+    parser.add_argument("--steps", type=int, default=default.steps, help="sampling steps (network calls per slice batch)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=default.sampler, help="sampling method")
+    parser.add_argument("--eta", type=float, default=default.eta, help="DDIM noise (0 = deterministic)")
+    parser.add_argument("--seed", type=int, default=default.seed, help="random seed; variant k uses seed + k")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance weight (1 = none; default: the model card's)")
-    parser.add_argument("--variants", type=int, default=1, help="number of results, with seeds seed, seed+1, ...")
+    parser.add_argument("--variants", type=int, default=default.variants, help="number of results, with seeds seed, seed+1, ...")
     parser.add_argument("--batch-size", type=int, default=None, help="slices per network call (default: from memory)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=PRECISION_NAMES, default=PRECISION_NAMES[0])
     parser.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .engine.synthesis.options import SamplingOptions
 
+    default = SamplingOptions()
     parser = argparse.ArgumentParser(prog="napari-medgen", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"napari-medgen {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--region", required=True, type=Path, help="mask of the region to regenerate (non-zero voxels)")
     inp.add_argument("--labels", type=Path, default=None, help="optional anatomy label map to follow inside the region")
     inp.add_argument("--out", required=True, type=Path, help="output file (.nii.gz, .mha, .nrrd)")
-    inp.add_argument("--context-mm", type=float, default=16.0, help="context margin around the region, in mm")
-    inp.add_argument("--feather-mm", type=float, default=2.0, help="width of the seam blend inside the region, in mm")
-    inp.add_argument("--jump-length", type=int, default=5, help="RePaint jump length (models without inpainting inputs)")
-    inp.add_argument("--jump-count", type=int, default=4, help="RePaint resampling count")
+    inp.add_argument("--context-mm", type=float, default=default.context_mm, help="context margin around the region, in mm")
+    inp.add_argument("--feather-mm", type=float, default=default.feather_mm, help="width of the seam blend inside the region, in mm")
+    inp.add_argument("--jump-length", type=int, default=default.jump_length, help="RePaint jump length (models without inpainting inputs)")
+    inp.add_argument("--jump-count", type=int, default=default.jump_count, help="RePaint resampling count")
     _sampling_arguments(inp)
 
     tr = commands.add_parser("train", help="train a slice-wise model on image / label-map pairs")
@@ -169,20 +175,6 @@ def _output_paths(out: Path, variants: int, seed: int) -> list[Path]:
     return [out.with_name(f"{stem}_seed{seed + k}{ext}") for k in range(variants)]
 
 
-def _check_output(paths: list[Path]) -> None:
-    from .engine.errors import UnsupportedFormatError, VolumeWriteError
-    from .engine.io import WRITE_EXTENSIONS, volume_extension
-
-    for path in paths:
-        if volume_extension(path) not in WRITE_EXTENSIONS:
-            raise UnsupportedFormatError(f"{path.name}: write the result as .nii.gz, .nii, .mha or .nrrd")
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.is_dir():
-            raise VolumeWriteError(f"{path}: the folder {parent} does not exist; create it first")
-        if not os.access(parent, os.W_OK):
-            raise VolumeWriteError(f"{path}: the folder {parent} is not writable")
-
-
 def _sampling_options(args: argparse.Namespace) -> Any:
     from .engine.synthesis import SamplingOptions
 
@@ -195,7 +187,11 @@ def _sampling_options(args: argparse.Namespace) -> Any:
         variants=args.variants,
         batch_size=args.batch_size,
         preview_every=0,  # nobody looks at previews on the command line
-        **({"jump_length": args.jump_length, "jump_count": args.jump_count} if hasattr(args, "jump_length") else {}),
+        **(
+            {"jump_length": args.jump_length, "jump_count": args.jump_count, "context_mm": args.context_mm,
+             "feather_mm": args.feather_mm}
+            if hasattr(args, "jump_length") else {}
+        ),
     )
 
 
@@ -208,11 +204,13 @@ def _write_results(results: list, paths: list[Path]) -> list[str]:
 
 def cmd_generate(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     from .engine.io import read_volume
-    from .engine.models import load_model
+    from .engine.model.loading import load_model
     from .engine.synthesis import generate
 
+    from .engine.io import check_writable_output
+
     paths = _output_paths(args.out, args.variants, args.seed)
-    _check_output(paths)
+    check_writable_output(paths)
     options = _sampling_options(args)
     options.check()
     label_map = read_volume(args.labels)
@@ -223,23 +221,27 @@ def cmd_generate(args: argparse.Namespace, reporter: Reporter) -> list[str]:
 
 def cmd_inpaint(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     from .engine.io import read_volume
-    from .engine.models import load_model
+    from .engine.model.loading import load_model
     from .engine.synthesis import inpaint
 
+    from .engine.io import check_writable_output
+
     paths = _output_paths(args.out, args.variants, args.seed)
-    _check_output(paths)
+    check_writable_output(paths)
     options = _sampling_options(args)
     options.check()
     image = read_volume(args.image)
     region = read_volume(args.region)
     label_map = read_volume(args.labels) if args.labels else None
     model = load_model(args.model, device=args.device, precision=args.precision)
-    run = inpaint(model, image, region, label_map, options, context_mm=args.context_mm, feather_mm=args.feather_mm)
+    run = inpaint(model, image, region, label_map, options)
     return _write_results(_drive(run, reporter), paths)
 
 
 def cmd_train(args: argparse.Namespace, reporter: Reporter) -> list[str]:
-    from .engine.training import TrainingConfig, demo_training_pairs, find_training_pairs, preset_card, train
+    from .engine.model.presets import preset_card
+    from .engine.training import TrainingConfig, find_training_pairs, train
+    from .engine.training.data import demo_training_pairs
 
     card = preset_card(args.preset)
     if args.name:
@@ -268,7 +270,7 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> list[str]:
 
 
 def cmd_models() -> None:
-    from .engine.models import list_models, model_search_path
+    from .engine.model.registry import list_models, model_search_path
 
     entries, problems = list_models()
     rows = [("NAME", "VERSION", "DIMS", "TASKS", "CONDITIONING", "SOURCE", "FOLDER")]
@@ -295,12 +297,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_import_weights(args: argparse.Namespace) -> list[str]:
-    from .engine.card import load_card
-    from .engine.models import import_state_dict
+    from .engine.model.card import load_card
+    from .engine.model.weights import import_state_dict
 
     card = load_card(args.card.parent) if args.card.name == "model.json" else None
     if card is None:
-        from .engine.card import parse_card
+        from .engine.model.card import parse_card
 
         try:
             raw = json.loads(args.card.read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .engine.models import DEFAULT_MODEL
+from .engine.model.registry import DEFAULT_MODEL
 
 PLUGIN = "napari-medgen"
 SAMPLE_KEY = "brain_t1_tissue"

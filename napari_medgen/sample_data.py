@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._paths import sample_dir
 from .engine.io import read_volume
-from .engine.labels import TISSUE_SCHEMA
+from .engine.model.labels import TISSUE_SCHEMA
 from .layer_geometry import volume_to_layer_data
 from .napari_io import image_display_kwargs
 

@@ -11,7 +11,7 @@ from typing import Any, Self
 import numpy as np
 import torch
 
-from napari_medgen.engine.models import LoadedModel
+from napari_medgen.engine.model.loading import LoadedModel
 from napari_medgen.engine.volume import Volume
 
 

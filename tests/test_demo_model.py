@@ -13,7 +13,8 @@ from scipy.ndimage import binary_erosion, distance_transform_edt
 
 from napari_medgen._paths import sample_dir
 from napari_medgen.engine.io import read_volume
-from napari_medgen.engine.models import DEFAULT_MODEL, find_model, load_model
+from napari_medgen.engine.model.loading import load_model
+from napari_medgen.engine.model.registry import DEFAULT_MODEL, find_model
 from napari_medgen.engine.orientation import to_canonical
 from napari_medgen.engine.synthesis import generate
 

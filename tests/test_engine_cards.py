@@ -20,24 +20,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import make_tiny_model, tiny_card  # noqa: E402
 
-from napari_medgen.engine import models as models_module  # noqa: E402
-from napari_medgen.engine.card import CARD_FILE, load_card, parse_card  # noqa: E402
 from napari_medgen.engine.errors import (  # noqa: E402
     DeviceError,
     ModelCardError,
     ModelNotFoundError,
     ModelWeightsError,
 )
-from napari_medgen.engine.models import (  # noqa: E402
-    build_networks,
-    find_model,
-    import_state_dict,
-    list_models,
-    load_model,
-    loaded_models,
-    release_model,
-    resolve_device,
-)
+from napari_medgen.engine.model import registry as models_module  # noqa: E402
+from napari_medgen.engine.model.card import CARD_FILE, load_card, parse_card  # noqa: E402
+from napari_medgen.engine.model.device import resolve_device  # noqa: E402
+from napari_medgen.engine.model.loading import load_model, loaded_models, release_model  # noqa: E402
+from napari_medgen.engine.model.networks import build_networks  # noqa: E402
+from napari_medgen.engine.model.registry import find_model, list_models  # noqa: E402
+from napari_medgen.engine.model.weights import import_state_dict  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -218,7 +213,7 @@ def test_controlnet_card_checks_its_inputs():
     ],
 )
 def test_every_allowed_schedule_builds(class_name, schedule, prediction):
-    from napari_medgen.engine.sampling import NoiseSchedule
+    from napari_medgen.engine.diffusion.schedule import NoiseSchedule
 
     raw = _card_dict()
     raw["scheduler"] = {
@@ -296,7 +291,7 @@ def test_weights_of_another_architecture_name_the_mismatching_keys(tmp_path):
     raw = card.model_dump(mode="json")
     raw["network"]["kwargs"]["channels"] = [8, 16, 16]
     raw["network"]["kwargs"]["attention_levels"] = [False, False, True]
-    from napari_medgen.engine.models import save_model
+    from napari_medgen.engine.model.weights import save_model
 
     wide_card = parse_card(raw)
     save_model(wide_card, build_networks(wide_card), wider)

@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_medgen.engine.card import SchedulerSpec
-from napari_medgen.engine.sampling import (
-    SAMPLERS,
-    NoiseSchedule,
-    repaint_schedule,
-    sample,
-    sample_repaint,
-    sampler_steps,
-)
+from napari_medgen.engine.diffusion.samplers import SAMPLERS, repaint_schedule, sample, sample_repaint, sampler_steps
+from napari_medgen.engine.diffusion.schedule import NoiseSchedule
+from napari_medgen.engine.model.card import SchedulerSpec
 
 
 def drive(gen):

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import make_tiny_model, randomize_zero_layers, tiny_card  # noqa: E402
 
-from napari_medgen.engine.card import parse_card  # noqa: E402
+from napari_medgen.engine.diffusion.schedule import NoiseSchedule  # noqa: E402
 from napari_medgen.engine.errors import (  # noqa: E402
     GeometryMismatchError,
     InvalidVolumeError,
@@ -28,10 +28,12 @@ from napari_medgen.engine.errors import (  # noqa: E402
     RegionError,
     TaskNotSupportedError,
 )
-from napari_medgen.engine.models import LoadedModel, build_networks, load_model, save_model  # noqa: E402
+from napari_medgen.engine.model.card import parse_card  # noqa: E402
+from napari_medgen.engine.model.loading import LoadedModel, load_model
+from napari_medgen.engine.model.networks import build_networks
+from napari_medgen.engine.model.weights import save_model  # noqa: E402
 from napari_medgen.engine.orientation import to_canonical  # noqa: E402
 from napari_medgen.engine.resample import Grid, resample  # noqa: E402
-from napari_medgen.engine.sampling import NoiseSchedule  # noqa: E402
 from napari_medgen.engine.synthesis import ProgressEvent, generate, inpaint  # noqa: E402
 from napari_medgen.engine.volume import Volume  # noqa: E402
 

@@ -17,7 +17,7 @@ from tiny_models import make_tiny_model
 
 from napari_medgen import cli
 from napari_medgen.engine.io import read_volume, write_volume
-from napari_medgen.engine.models import load_model, release_model
+from napari_medgen.engine.model.loading import load_model, release_model
 from napari_medgen.engine.volume import Volume
 
 FLIP_XY = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)

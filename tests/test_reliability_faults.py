@@ -22,8 +22,9 @@ from reliability_helpers import (
 from tiny_models import make_tiny_model
 
 from napari_medgen.engine.errors import DeviceError, MedgenError
-from napari_medgen.engine.models import LoadedModel, load_model, release_model
-from napari_medgen.engine.synthesis import _is_out_of_memory, generate, inpaint
+from napari_medgen.engine.memory import is_out_of_memory as _is_out_of_memory
+from napari_medgen.engine.model.loading import LoadedModel, load_model, release_model
+from napari_medgen.engine.synthesis import generate, inpaint
 from napari_medgen.engine.volume import Volume
 
 SPACING = (4.0, 4.0, 4.0)

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny_models import tiny_card
 
-from napari_medgen.engine.card import CARD_FILE, ModelCard, load_card, parse_card
 from napari_medgen.engine.errors import MedgenError, ModelCardError
 from napari_medgen.engine.io import read_volume, write_volume
+from napari_medgen.engine.model.card import CARD_FILE, ModelCard, load_card, parse_card
 from napari_medgen.engine.volume import Volume
 from napari_medgen.layer_geometry import GEOMETRY_KEY, layer_to_volume, volume_to_layer_data
 

@@ -27,8 +27,7 @@ from reliability_helpers import hidden_leftovers, listing
 from tiny_models import make_tiny_model
 
 from napari_medgen import cli
-from napari_medgen.engine import synthesis
-from napari_medgen.engine.card import CARD_FILE
+from napari_medgen.engine import memory
 from napari_medgen.engine.errors import (
     GeometryMismatchError,
     InvalidVolumeError,
@@ -42,6 +41,7 @@ from napari_medgen.engine.errors import (
     VolumeWriteError,
 )
 from napari_medgen.engine.io import write_volume
+from napari_medgen.engine.model.card import CARD_FILE
 from napari_medgen.engine.volume import Volume
 
 SPACING = (4.0, 4.0, 5.0)
@@ -310,7 +310,7 @@ def _existing_outputs(folder: Path) -> Path:
 
 
 def test_volume_too_large_for_the_memory_budget(world, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(synthesis, "MAX_WORK_VOXELS", 100)
+    monkeypatch.setattr(memory, "MAX_WORK_VOXELS", 100)
     out = _existing_outputs(tmp_path / "out")
     before = listing(out.parent)
     args = cli.build_parser().parse_args(_generate_argv(world, out))

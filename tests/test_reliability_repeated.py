@@ -15,7 +15,7 @@ from reliability_helpers import drive
 from tiny_models import make_tiny_model
 
 from napari_medgen.engine.io import read_volume, write_volume
-from napari_medgen.engine.models import load_model, loaded_models, release_model
+from napari_medgen.engine.model.loading import load_model, loaded_models, release_model
 from napari_medgen.engine.synthesis import generate
 from napari_medgen.engine.volume import Volume
 

@@ -24,10 +24,11 @@ from reliability_helpers import (
 )
 from tiny_models import make_tiny_model
 
-from napari_medgen.engine import synthesis
+from napari_medgen.engine import memory
 from napari_medgen.engine.errors import MedgenError
 from napari_medgen.engine.io import write_volume
-from napari_medgen.engine.models import load_model, release_model
+from napari_medgen.engine.model.loading import load_model, release_model
+from napari_medgen.engine.synthesis import run as synthesis_run
 from napari_medgen.engine.volume import Volume
 from napari_medgen.layer_geometry import volume_to_layer_data
 from napari_medgen.napari_io import napari_get_reader
@@ -167,7 +168,7 @@ def test_generate_and_painter_refuse_bad_layers_and_change_nothing(scan, tiny_mo
         assert widget.start() is None, name
         assert notices[-1][0] == "warning" and expected in notices[-1][1], (name, notices[-1])
         assert_layers_unchanged(viewer, before)
-    monkeypatch.setattr(synthesis, "MAX_WORK_VOXELS", 50)  # a volume too large for the memory budget
+    monkeypatch.setattr(memory, "MAX_WORK_VOXELS", 50)  # a volume too large for the memory budget
     widget.label_layer.value = labels_layer
     assert widget.start() is None and "memory budget" in notices[-1][1]
     assert_layers_unchanged(viewer, before)
@@ -300,7 +301,7 @@ def test_cancel_at_any_point_leaves_the_layers_and_a_new_run_works(scan, tiny_mo
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
     widget.label_layer.value = labels_layer
     widget.scope.value = "whole volume"
-    monkeypatch.setattr(synthesis, "auto_slice_batch", lambda *args, **kwargs: 4)  # 4 slices: one call a step
+    monkeypatch.setattr(synthesis_run, "auto_slice_batch", lambda *args, **kwargs: 4)  # 4 slices: one call a step
     before = layer_state(viewer)
     for when in ("straight after the click", "after the first step", "during the last step"):
         steps = 3 if when == "during the last step" else 200

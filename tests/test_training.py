@@ -16,7 +16,7 @@ from tiny_models import tiny_card  # noqa: E402
 from napari_medgen._paths import sample_dir  # noqa: E402
 from napari_medgen.engine.errors import MedgenError  # noqa: E402
 from napari_medgen.engine.io import read_volume, write_volume  # noqa: E402
-from napari_medgen.engine.models import load_model  # noqa: E402
+from napari_medgen.engine.model.loading import load_model  # noqa: E402
 from napari_medgen.engine.synthesis import generate  # noqa: E402
 from napari_medgen.engine.training import TrainingConfig, find_training_pairs, train  # noqa: E402
 from napari_medgen.engine.volume import Volume  # noqa: E402
@@ -120,7 +120,7 @@ def test_label_values_outside_schema_are_refused(flat_dataset, tmp_path):
 
 def test_pasted_tissue_keeps_image_and_labels_paired():
     """Copy-paste augmentation moves image and labels together and touches nothing outside the disc."""
-    from napari_medgen.engine.training import paste_tissue
+    from napari_medgen.engine.training.data import paste_tissue
 
     rng = np.random.default_rng(0)
     source_label = rng.integers(1, 4, (40, 40))

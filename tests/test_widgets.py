@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import make_tiny_model  # noqa: E402
 
-from napari_medgen.engine.models import load_model, release_model  # noqa: E402
+from napari_medgen.engine.model.loading import load_model, release_model  # noqa: E402
 from napari_medgen.engine.volume import Volume  # noqa: E402
 from napari_medgen.layer_geometry import volume_to_layer_data  # noqa: E402
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
-from napari_medgen.engine.card import ModelCard
-from napari_medgen.engine.labels import TISSUE_SCHEMA
-from napari_medgen.engine.models import build_networks, save_model
+from napari_medgen.engine.model.card import ModelCard
+from napari_medgen.engine.model.labels import TISSUE_SCHEMA
+from napari_medgen.engine.model.networks import build_networks
+from napari_medgen.engine.model.weights import save_model
 
 
 def tiny_card(

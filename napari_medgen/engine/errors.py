@@ -58,7 +58,3 @@ class TaskNotSupportedError(MedgenError):
 
 class DeviceError(MedgenError):
     """The requested device or precision is not available on this machine."""
-
-
-class Cancelled(MedgenError):
-    """A run was cancelled by the user; nothing was changed."""

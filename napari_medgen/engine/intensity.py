@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .card import IntensityNormalization
+from .model.card import IntensityNormalization
 
 
 @dataclass(frozen=True)

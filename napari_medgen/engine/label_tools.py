@@ -6,7 +6,7 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt
 
 from .errors import LabelSchemaError
-from .labels import LabelSchema
+from .model.labels import LabelSchema
 
 
 def remap_labels(label_map: np.ndarray, mapping: dict[int, int], schema: LabelSchema) -> np.ndarray:
@@ -22,7 +22,7 @@ def remap_labels(label_map: np.ndarray, mapping: dict[int, int], schema: LabelSc
         if source >= 0:
             lookup[source] = target
     out = lookup[np.clip(label_map, 0, None).astype(np.int64)]
-    return out.astype(np.uint8 if schema.max_index < 256 else np.uint16)
+    return out.astype(schema.label_dtype)
 
 
 def parse_mapping(text: str) -> dict[int, int]:

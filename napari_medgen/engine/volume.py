@@ -82,10 +82,16 @@ class Volume:
                 f"direction {self.direction} is not a rotation (its columns must be orthonormal); "
                 "the file's orientation header is damaged"
             )
-        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-            bad = int(np.count_nonzero(~np.isfinite(array)))
+        self.require_finite()
+
+    def require_finite(self, what: str = "volume") -> None:
+        """Refuse NaN or infinite voxels, naming how many: checked when a Volume is made and again when a
+        run starts (an array can be changed in place after that). Nothing is replaced silently: a filled
+        value would be synthesized around as if it were anatomy."""
+        if np.issubdtype(self.array.dtype, np.floating) and not np.isfinite(self.array).all():
+            bad = int(np.count_nonzero(~np.isfinite(self.array)))
             raise InvalidVolumeError(
-                f"the volume holds {bad} NaN or infinite voxels; replace them (e.g. with the background "
+                f"the {what} holds {bad:,} NaN or infinite voxels; replace them (e.g. with the background "
                 "value) before generating or inpainting"
             )
 
@@ -196,7 +202,3 @@ class Volume:
         digest.update(np.ascontiguousarray(self.array).tobytes())
         digest.update(np.asarray(self.spacing + self.origin + self.direction).tobytes())
         return digest.hexdigest()
-
-
-def identity_direction(ndim: int) -> tuple[float, ...]:
-    return tuple(np.eye(ndim).ravel().tolist())

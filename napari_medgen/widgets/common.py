@@ -10,12 +10,12 @@ from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, Spin
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_warning
 
-from ..engine.sampling import DEFAULT_SAMPLER, SAMPLERS
+from ..engine.diffusion.samplers import DEFAULT_SAMPLER, SAMPLERS
 from ..engine.synthesis import SamplingOptions
 from ..engine.volume import Volume
 from ..layer_geometry import volume_to_layer_data
-from .model_panel import current_model, on_model_change
 from ..napari_io import image_display_kwargs
+from .model_panel import current_model, on_model_change
 
 PREVIEW_NAME = "preview (running)"
 

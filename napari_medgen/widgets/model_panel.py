@@ -11,7 +11,8 @@ import torch
 from magicgui.widgets import ComboBox, Container, Label, PushButton, TextEdit
 
 from ..engine.errors import MedgenError
-from ..engine.models import LoadedModel, list_models, load_model, release_model
+from ..engine.model.loading import LoadedModel, load_model, release_model
+from ..engine.model.registry import list_models
 
 if TYPE_CHECKING:
     import napari

@@ -9,7 +9,7 @@ from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
 
 from ..engine.errors import MedgenError
 from ..engine.label_tools import interpolate_between_slices, parse_mapping, remap_labels
-from ..engine.labels import TISSUE_SCHEMA, LabelSchema
+from ..engine.model.labels import TISSUE_SCHEMA, LabelSchema
 from ..layer_geometry import layer_kwargs_like
 from .common import Image, Labels, layer_choices, warn
 from .model_panel import current_model
@@ -82,7 +82,7 @@ class AnatomyPainter(Container):
         kwargs = layer_kwargs_like(image)
         metadata = dict(kwargs.pop("metadata", {}))
         metadata[SCHEMA_KEY] = schema.to_json()
-        dtype = np.uint8 if schema.max_index < 256 else np.uint16
+        dtype = schema.label_dtype
         layer = self._viewer.add_labels(
             np.zeros(image.data.shape, dtype), name=f"{image.name} anatomy", metadata=metadata,
             colormap=schema.napari_colormap(), **kwargs,

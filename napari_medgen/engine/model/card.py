@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ModelCardError
+from ..errors import ModelCardError
 from .labels import LabelSchema
 
 CARD_FILE = "model.json"
@@ -179,14 +179,12 @@ class ModelCard(_Strict):
                 f"network out_channels is {kwargs.get('out_channels')}; the samplers need one output channel "
                 "(the noise, v or image prediction)"
             )
-        levels = kwargs.get("channels")
-        if isinstance(levels, (list, tuple)) and levels:
-            divisor = 2 ** (len(levels) - 1)
-            if any(size % divisor for size in self.tile_size):
-                raise ValueError(
-                    f"tile_size {self.tile_size} must be a multiple of {divisor} (the network down-samples "
-                    f"{len(levels) - 1} times)"
-                )
+        divisor = self.downsampling_factor
+        if any(size % divisor for size in self.tile_size):
+            raise ValueError(
+                f"tile_size {self.tile_size} must be a multiple of {divisor} (the network down-samples "
+                f"{divisor.bit_length() - 1} times)"
+            )
         if self.controlnet is not None:
             control = self.controlnet.kwargs
             if control.get("spatial_dims", n) != n:
@@ -231,6 +229,12 @@ class ModelCard(_Strict):
             + (2 if cond.known_image else 0)
             + self.position_channels
         )
+
+    @property
+    def downsampling_factor(self) -> int:
+        """What every spatial size the UNet sees must be a multiple of: 2 per level below the first."""
+        levels = self.network.kwargs.get("channels")
+        return 2 ** (len(levels) - 1) if isinstance(levels, (list, tuple)) and levels else 1
 
     @property
     def supports_guidance(self) -> bool:

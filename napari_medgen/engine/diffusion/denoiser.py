@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .card import ModelCard
-from .models import LoadedModel
+from ..model.card import ModelCard
+from ..model.loading import LoadedModel
 
 
 def one_hot(label_map: np.ndarray, channels: int) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import LabelSchemaError
+from ..errors import LabelSchemaError
 
 
 class LabelClass(BaseModel):
@@ -51,6 +51,11 @@ class LabelSchema(BaseModel):
     @property
     def max_index(self) -> int:
         return max(self.indices)
+
+    @property
+    def label_dtype(self) -> np.dtype:
+        """The smallest unsigned type that holds every index (a Labels layer, a written label map)."""
+        return np.dtype(np.uint8 if self.max_index < 256 else np.uint16)
 
     def name_of(self, index: int) -> str | None:
         for c in self.classes:

@@ -1,0 +1,28 @@
+"""Anatomy-conditioned generation and inpainting: `api` (the public generate / inpaint), `options`
+(what a run is asked and reports), `model_grid` (the inputs on the model's grid and the geometry back),
+`tasks` (what each task makes of a result), `run` (the loop, with out-of-memory recovery), `provenance`.
+
+The names below are imported when first used, so `from napari_medgen.engine.synthesis import
+SamplingOptions` (a command line's defaults) costs no torch import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "generate": "api",
+    "inpaint": "api",
+    "output_template": "api",
+    "ProgressEvent": "options",
+    "SamplingOptions": "options",
+    "auto_slice_batch": "run",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

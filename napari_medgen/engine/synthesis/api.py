@@ -1,0 +1,177 @@
+"""`generate` and `inpaint`: volumes in, volumes out, same geometry.
+
+Both check their inputs at once (raising the project's errors, before any thread or progress bar
+exists) and return generators: these yield `ProgressEvent`s (a step count and, every few steps, a
+preview of the current estimate in the output's own grid) and return a list of result volumes, one
+per variant. Closing the generator stops the work before the next network call.
+
+The work happens on the model grid (`model_grid`): the input in canonical orientation, resampled to
+the model's spacing (in-plane only for 2-D models, which go slice by slice along the axial axis with
+the slice position as a condition), padded to what the UNet's down-sampling needs. Results are
+resampled back onto the input's exact grid. Inpainting works only on a box around the region (plus a
+context margin) and copies every voxel outside the region from the input unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidVolumeError, LabelSchemaError, MedgenError, TaskNotSupportedError
+from ..intensity import intensity_map_for
+from ..model.loading import LoadedModel, load_model
+from ..orientation import to_canonical
+from ..volume import Volume
+from .model_grid import (
+    as_2d,
+    as_3d,
+    crop,
+    feather_weights,
+    problem_on_model_grid,
+    region_box,
+    region_on_image,
+    slice_positions,
+)
+from .options import ProgressEvent, SamplingOptions, resolve_options
+from .run import run_task
+from .tasks import GenerateTask, InpaintTask
+
+
+def generate(
+    model: LoadedModel | str | None,
+    label_map: Volume,
+    options: SamplingOptions | None = None,
+    slice_range: tuple[int, int] | None = None,
+    **option_overrides: Any,
+) -> Generator[ProgressEvent, None, list[Volume]]:
+    """Synthesize images that follow `label_map`, in its exact geometry; one per variant.
+
+    `slice_range` (canonical axial slices, as napari shows them) limits a 3-D run to those slices,
+    and the results then cover just those slices.
+    """
+    options = resolve_options(options, option_overrides)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    card = loaded.card
+    options = resolve_options(options, {}, card)  # the card's default guidance where none was asked for
+    if "generate" not in card.tasks:
+        raise TaskNotSupportedError(f"model {card.name} does not generate images (it does: {', '.join(card.tasks)})")
+    label_map.require_finite("label map")
+    _check_label_map(loaded, label_map)
+    canonical = to_canonical(as_3d(label_map))
+    total_slices = canonical.shape[0]
+    offset = 0
+    if slice_range is not None:
+        start, stop = _check_slice_range(slice_range, total_slices)
+        canonical = crop(canonical, (slice(start, stop), slice(None), slice(None)))
+        offset = start
+    problem = problem_on_model_grid(card, canonical, labels=canonical, known=None, region=None, intensity=None)
+    if card.spatial_dims == 2:
+        problem.positions = slice_positions(canonical.shape[0], offset, total_slices)
+    problem.slice_offset = offset
+    task = GenerateTask(
+        name="generate",
+        problem=problem,
+        input_crop=canonical,
+        inputs_sha256={"label_map": label_map.content_hash()},
+        label_map=label_map,
+        whole_volume=slice_range is None,
+    )
+    return run_task(loaded, task, options)
+
+
+def inpaint(
+    model: LoadedModel | str | None,
+    image: Volume,
+    region: Volume,
+    label_map: Volume | None = None,
+    options: SamplingOptions | None = None,
+    **option_overrides: Any,
+) -> Generator[ProgressEvent, None, list[Volume]]:
+    """Regenerate the voxels of `image` inside `region`; every voxel outside is kept bit for bit.
+
+    `label_map` (optional, on the image's grid) says what anatomy to put inside the region. Only a
+    box around the region plus `options.context_mm` is processed; the seam is feathered over
+    `options.feather_mm` inside the region.
+    """
+    options = resolve_options(options, option_overrides)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    card = loaded.card
+    options = resolve_options(options, {}, card)  # the card's default guidance where none was asked for
+    if "inpaint" not in card.tasks:
+        raise TaskNotSupportedError(f"model {card.name} does not inpaint (it does: {', '.join(card.tasks)})")
+    if image.is_label_map and image.metadata.get("label_map"):
+        raise InvalidVolumeError("the image to inpaint is a label map; give the scan (intensities) instead")
+    if image.is_label_map and image.array.min() >= 0 and image.array.max() <= 1:
+        raise InvalidVolumeError(
+            "the image to inpaint holds only 0 and 1 (a mask or a boolean volume, not a scan); give the scan "
+            "(intensities) as the image and the mask as the region"
+        )
+    image.require_finite("image to inpaint")
+    if card.spatial_dims == 3 and (image.ndim == 2 or min(image.shape) < 2):
+        # As in `generate`: a 3-D model on a single slice would only see padding around it.
+        raise InvalidVolumeError(f"model {card.name} is 3-D and needs a 3-D image with more than one slice")
+    region_hash = region.content_hash()  # the region as given, not as resampled onto the image
+    region = region_on_image(region, image)
+    if label_map is not None:
+        _check_label_map(loaded, label_map)
+        image.require_same_grid(label_map, what="label map", ref="image")
+    image3, region3 = to_canonical(as_3d(image)), to_canonical(as_3d(region))
+    labels3 = to_canonical(as_3d(label_map)) if label_map is not None else None
+    box = region_box(region3, options.context_mm, card)
+    image_crop, region_crop = crop(image3, box), crop(region3, box)
+    labels_crop = crop(labels3, box) if labels3 is not None else None
+    intensity = intensity_map_for(card.normalization, np.asarray(image.array, dtype=np.float32))
+    problem = problem_on_model_grid(card, image_crop, labels_crop, image_crop, region_crop, intensity)
+    if card.spatial_dims == 2:
+        problem.positions = slice_positions(image_crop.shape[0], box[0].start, image3.shape[0])
+        problem.slice_offset = box[0].start
+    inputs = {"image": image.content_hash(), "region": region_hash}
+    if label_map is not None:
+        inputs["label_map"] = label_map.content_hash()
+    task = InpaintTask(
+        name="inpaint",
+        problem=problem,
+        input_crop=image_crop,
+        inputs_sha256=inputs,
+        image=image,
+        region=region,
+        canonical_image=image3.with_array(np.asarray(image3.array, dtype=np.float32), metadata={}),
+        box=box,
+        seam_weight=feather_weights(region_crop.array > 0, image_crop.spacing, options.feather_mm),
+    )
+    return run_task(loaded, task, options)
+
+
+def output_template(source: Volume, slice_range: tuple[int, int] | None = None) -> Volume:
+    """An empty float volume on the grid a run's result will have (for a front end's preview layer).
+
+    `source` is the label map (generate) or the image (inpaint); `slice_range` as in `generate`.
+    """
+    if slice_range is None:
+        return source.with_array(np.zeros(source.shape, np.float32), metadata={})
+    canonical = to_canonical(as_3d(source))
+    start, stop = _check_slice_range(slice_range, canonical.shape[0])
+    part = crop(canonical, (slice(start, stop), slice(None), slice(None)))
+    part = part.with_array(np.zeros(part.shape, np.float32), metadata={})
+    return part if source.ndim == 3 else as_2d(part)
+
+
+def _check_label_map(loaded: LoadedModel, label_map: Volume) -> None:
+    card = loaded.card
+    if not label_map.is_label_map:
+        raise LabelSchemaError(
+            "the label map holds non-integer values, so it looks like an image; give a label map (integers "
+            "naming anatomy classes) or paint one in a Labels layer"
+        )
+    if label_map.ndim == 2 and card.spatial_dims == 3:
+        raise InvalidVolumeError(f"model {card.name} is 3-D and needs a 3-D label map")
+    card.label_schema.validate_label_map(label_map.array)
+
+
+def _check_slice_range(slice_range: tuple[int, int], total: int) -> tuple[int, int]:
+    start, stop = int(slice_range[0]), int(slice_range[1])
+    if not 0 <= start < stop <= total:
+        raise MedgenError(f"slice range {start}:{stop} is outside the volume's {total} slices")
+    return start, stop

@@ -1,0 +1,210 @@
+"""The run's inputs on the model's grid, and the geometry between that grid and the user's volumes.
+
+Three grids take part in a run: the user's volume (any orientation); the *input crop*, the part of it
+the run covers (all of it, a slice range, or a box around an inpainting region) in canonical
+orientation on the input's own spacing; and the *model grid*, that crop resampled to the model's
+spacing (in-plane only for 2-D models) and padded to what the UNet's down-sampling needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import memory
+from ..errors import GeometryMismatchError, InvalidVolumeError, RegionError
+from ..intensity import IntensityMap, intensity_map_for
+from ..model.card import ModelCard
+from ..orientation import canonical_axes, unorient_array
+from ..resample import Grid, grid_at_spacing, resample
+from ..volume import Volume
+
+
+@dataclass
+class ModelGridProblem:
+    """The run's inputs on the model grid (array order z, y, x; 2-D volumes have z = 1), padded."""
+
+    grid: Grid
+    labels: np.ndarray | None  # uint16, the schema's indices
+    known: np.ndarray | None  # the known image, normalised to [-1, 1]
+    region: np.ndarray | None  # True = generate, False = keep
+    positions: np.ndarray | None = None  # per slice, in [0, 1] (2-D models)
+    pad: tuple[int, ...] = ()
+    intensity: IntensityMap = field(default_factory=lambda: IntensityMap(0.0, 1.0))
+    # Canonical index of the crop's first slice in the whole volume: per-slice noise is keyed by it, so a
+    # slice range or an inpainting box gets the same noise as a run over the whole volume.
+    slice_offset: int = 0
+    # Inpainting with a model that has no known-image inputs: RePaint's resampling walk.
+    by_repaint: bool = False
+
+    @property
+    def unpadded_shape(self) -> tuple[int, ...]:
+        return tuple(s - p for s, p in zip(self.grid.shape, self.pad, strict=True))
+
+    def to_intensities(self, estimate: np.ndarray, input_crop: Volume) -> Volume:
+        """A normalised estimate on the model grid -> intensities on the input crop's grid."""
+        unpadded = estimate[tuple(slice(0, s) for s in self.unpadded_shape)]
+        on_model_grid = Volume(self.intensity.inverse(unpadded), self.grid.spacing, self.grid.origin, self.grid.direction)
+        return resample(on_model_grid, Grid.of(input_crop), "linear", default_value=float(self.intensity.low))
+
+
+def problem_on_model_grid(
+    card: ModelCard,
+    input_crop: Volume,
+    labels: Volume | None,
+    known: Volume | None,
+    region: Volume | None,
+    intensity: IntensityMap | None,
+) -> ModelGridProblem:
+    """Resample the crop's label map, known image and region onto the model grid, padded for the UNet."""
+    if card.spatial_dims == 2:
+        spacing = (card.spacing_mm[0], card.spacing_mm[1], input_crop.spacing[2])
+    else:
+        spacing = tuple(card.spacing_mm)
+    grid = grid_at_spacing(input_crop, spacing)
+    voxels = int(np.prod(grid.size))
+    if voxels > memory.MAX_WORK_VOXELS:
+        raise InvalidVolumeError(
+            f"the volume needs {voxels:,} voxels at the model's spacing, more than the memory budget of "
+            f"{memory.MAX_WORK_VOXELS:,}; crop it to the region of interest or raise NAPARI_MEDGEN_MAX_VOXELS"
+        )
+    intensity = intensity or intensity_map_for(card.normalization, None)
+    # uint16 (the schema caps label indices at 65535): the working copy of a whole volume costs a quarter
+    # of int64's memory (3-D scaling: 5.2 -> 2.6 bytes of peak per output byte); batches widen in one_hot.
+    labels_m = resample(labels, grid, "nearest").array.astype(np.uint16) if labels is not None else None
+    known_m = intensity.forward(resample(known, grid, "linear").array) if known is not None else None
+    region_m = resample(region, grid, "nearest").array.astype(bool) if region is not None else None
+    if region_m is not None and not region_m.any():
+        region_m = voxels_touched(region, grid)
+    divisor = card.downsampling_factor
+    pad = [(0, 0)] * 3
+    for axis in (1, 2) if card.spatial_dims == 2 else (0, 1, 2):
+        size = grid.shape[axis]
+        pad[axis] = (0, int(np.ceil(max(size, 8) / divisor) * divisor) - size)
+    padded_shape = tuple(s + p[1] for s, p in zip(grid.shape, pad, strict=True))
+    return ModelGridProblem(
+        grid=Grid(tuple(padded_shape[::-1]), grid.spacing, grid.origin, grid.direction),
+        labels=np.pad(labels_m, pad, constant_values=0) if labels_m is not None else None,
+        known=np.pad(known_m, pad, constant_values=-1.0) if known_m is not None else None,
+        region=np.pad(region_m, pad, constant_values=False) if region_m is not None else None,
+        pad=tuple(p[1] for p in pad),
+        intensity=intensity,
+        by_repaint=region is not None and not card.conditioning.known_image,
+    )
+
+
+def voxels_touched(region: Volume, grid: Grid) -> np.ndarray:
+    """The voxels of `grid` that hold the centre of some region voxel (any dimension, vectorised).
+
+    A region thinner than the grid's voxels still covers the voxels it falls in.
+    """
+    out = np.zeros(grid.shape, bool)
+    index_zyx = np.argwhere(region.array > 0)
+    if index_zyx.size == 0:
+        return out
+    points = region.index_to_physical(index_zyx[:, ::-1].astype(float))
+    direction = np.asarray(grid.direction, dtype=float).reshape(len(grid.size), len(grid.size))
+    continuous = ((points - np.asarray(grid.origin)) @ direction) / np.asarray(grid.spacing)
+    target = np.rint(continuous).astype(np.int64)
+    inside = np.all((target >= 0) & (target < np.asarray(grid.size)), axis=1)
+    out[tuple(target[inside][:, ::-1].T)] = True
+    return out
+
+
+def slice_positions(count: int, offset: int, total: int) -> np.ndarray:
+    """Each slice's place along the axial axis of the whole volume, in [0, 1] (a 2-D model's condition)."""
+    return (np.arange(count) + offset) / max(total - 1, 1)
+
+
+def region_box(region: Volume, context_mm: float, card: ModelCard) -> tuple[slice, ...]:
+    """The region's bounding box, widened by `context_mm` and to at least one training tile of the model.
+
+    In-plane only for 2-D models. The tile floor matters: a network with group normalisation and
+    attention judges a crop by its statistics, and one much smaller than the crops it was trained on
+    gets them wrong (brain-t1-demo, a 10 mm region: PSNR 11.5 dB in a 16 mm-context box, 16.5 dB in a
+    training-tile-sized one).
+    """
+    where = np.argwhere(region.array > 0)
+    low, high = where.min(0), where.max(0) + 1
+    spacing = np.asarray(region.spacing[::-1], dtype=float)  # array order (z, y, x)
+    margin = np.ceil(context_mm / spacing).astype(int)
+    tile_mm = np.asarray(card.tile_size[::-1], float) * np.asarray(card.spacing_mm[::-1], float)
+    tile_vox = np.ceil(tile_mm / spacing[-len(tile_mm):]).astype(int)
+    floor = np.zeros(3, int)
+    floor[-len(tile_vox):] = tile_vox
+    if card.spatial_dims == 2:
+        margin[0] = 0
+    low, high = low - margin, high + margin
+    short = np.maximum(floor - (high - low), 0)  # grow evenly to the tile's extent, then shift inside the image
+    low, high = low - short // 2, high + (short - short // 2)
+    shape = np.asarray(region.shape)
+    shift_up = np.maximum(-low, 0)
+    low, high = low + shift_up, high + shift_up
+    shift_down = np.maximum(high - shape, 0)
+    low, high = np.maximum(low - shift_down, 0), np.minimum(high - shift_down, shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+
+
+def crop(volume: Volume, box: tuple[slice, ...]) -> Volume:
+    """A sub-volume (a copy) with its origin moved to the box's first voxel."""
+    start = [s.start or 0 for s in box]
+    origin = volume.index_to_physical(np.asarray(start[::-1], dtype=float))
+    return Volume(np.ascontiguousarray(volume.array[box]), volume.spacing, tuple(origin), volume.direction, volume.metadata)
+
+
+def region_on_image(region: Volume, image: Volume) -> Volume:
+    """The region on the image's grid (resampled, nearest, if drawn on another grid); never empty."""
+    if not region.is_label_map:
+        region = region.with_array((region.array > 0.5).astype(np.uint8))
+    if not region.array.any():
+        raise RegionError("the inpainting region is empty; paint or draw the region to regenerate first")
+    if not image.same_grid(region):
+        if region.ndim != image.ndim:
+            raise GeometryMismatchError(f"the region is {region.ndim}-D but the image is {image.ndim}-D")
+        resampled = resample(region, Grid.of(image), "nearest")
+        if not resampled.array.any():
+            # Thinner than the image's voxels (a stroke between voxel centres): take the voxels
+            # it falls in rather than losing it.
+            resampled = resampled.with_array(voxels_touched(region, Grid.of(image)).astype(np.uint8))
+        region = resampled
+        if not region.array.any():
+            raise RegionError(
+                "the inpainting region lies outside the image; draw it on a layer made from this image"
+            )
+    return region.with_array((region.array > 0).astype(np.uint8), metadata={})
+
+
+def feather_weights(region: np.ndarray, spacing_xyz: tuple[float, ...], feather_mm: float) -> np.ndarray:
+    """1 deep inside the region, falling to 0 at its border over `feather_mm` (0 outside)."""
+    if feather_mm <= 0:
+        return region.astype(np.float32)
+    from scipy.ndimage import distance_transform_edt
+
+    depth = distance_transform_edt(region, sampling=spacing_xyz[::-1])
+    return np.clip(depth / feather_mm, 0.0, 1.0).astype(np.float32)
+
+
+def as_3d(volume: Volume) -> Volume:
+    """A 2-D volume as a 3-D one of one slice (identity through-plane); 3-D volumes as they are."""
+    if volume.ndim == 3:
+        return volume
+    d = volume.direction_matrix
+    direction = np.eye(3)
+    direction[:2, :2] = d
+    return Volume(
+        volume.array[None], volume.spacing + (1.0,), volume.origin + (0.0,), tuple(direction.ravel()), volume.metadata
+    )
+
+
+def as_2d(volume: Volume) -> Volume:
+    """A one-slice 3-D volume back to 2-D."""
+    d = volume.direction_matrix[:2, :2]
+    return Volume(volume.array[0], volume.spacing[:2], volume.origin[:2], tuple(d.ravel()), volume.metadata)
+
+
+def back_to_source(canonical: Volume, source: Volume) -> Volume:
+    """A canonical 3-D result back into `source`'s array order and exact geometry (float32)."""
+    axes, flips = canonical_axes(as_3d(source).direction_matrix)
+    array = np.ascontiguousarray(unorient_array(canonical.array, axes, flips)).astype(np.float32, copy=False)
+    return source.with_array(array.reshape(source.shape), metadata={})

@@ -1,0 +1,81 @@
+"""What a run is asked to do (`SamplingOptions`, the one home of every default) and what it reports (`ProgressEvent`)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from ..diffusion.methods import DEFAULT_SAMPLER, SAMPLERS
+from ..errors import MedgenError
+from ..volume import Volume
+
+
+@dataclass
+class ProgressEvent:
+    """One step of a run: `step` of `total` network calls; `preview` is the current estimate, when given.
+
+    `preview` is a Volume on the output's grid (float32 voxels): the current estimate, ready to show
+    with the same layer adapter as the result. `notice` is a one-off word for the user (the run ran out of
+    memory and goes on with fewer slices per call, or on the CPU), given once, on the event where it happens.
+    """
+
+    step: int
+    total: int
+    variant: int = 0
+    message: str = ""
+    preview: Volume | None = None
+    notice: str = ""
+
+
+@dataclass
+class SamplingOptions:
+    """How to sample: the method, its steps, the seed, guidance, previews and, for inpainting, the box and seam.
+
+    The command line and the widgets take their defaults from here, so a default changes in one place.
+    """
+
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = 20
+    seed: int = 0
+    guidance: float | None = None  # None: the model card's default_guidance
+    eta: float = 0.0
+    variants: int = 1
+    batch_size: int | None = None
+    preview_every: int = 5
+    class_index: int | None = None
+    # Inpainting: the context processed around the region, and the width of the seam blend inside it.
+    context_mm: float = 16.0
+    feather_mm: float = 2.0
+    # Inpainting with models that have no known-image inputs (RePaint).
+    jump_length: int = 5
+    jump_count: int = 4
+
+    def check(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise MedgenError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if not 1 <= self.steps <= 10000:
+            raise MedgenError(f"steps must be between 1 and the model's training steps, got {self.steps}")
+        if self.guidance is not None and self.guidance < 0:
+            raise MedgenError(f"guidance must be 0 or more (1 = no guidance), got {self.guidance}")
+        if self.variants < 1:
+            raise MedgenError(f"variants must be at least 1, got {self.variants}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise MedgenError(f"eta must be between 0 and 1, got {self.eta}")
+        if self.context_mm < 0 or self.feather_mm < 0:
+            raise MedgenError(
+                f"context and feather widths must be 0 mm or more, got {self.context_mm} and {self.feather_mm}"
+            )
+
+
+def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], card: Any = None) -> SamplingOptions:
+    """A checked copy of `options` with `overrides` applied; guidance from the card once the model is known."""
+    options = copy.copy(options) if options is not None else SamplingOptions()
+    for key, value in overrides.items():
+        if not hasattr(options, key):
+            raise TypeError(f"unknown sampling option {key!r}")
+        setattr(options, key, value)
+    if options.guidance is None and card is not None:
+        options.guidance = card.conditioning.default_guidance if card.supports_guidance else 1.0
+    options.check()
+    return options

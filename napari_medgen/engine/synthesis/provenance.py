@@ -1,0 +1,34 @@
+"""What marks a result as synthetic and says how it was made."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+from ... import __version__
+from ..model.loading import LoadedModel
+from .options import SamplingOptions
+
+
+def provenance(loaded: LoadedModel, options: SamplingOptions, task: str, variant: int, inputs: dict[str, str]) -> dict[str, Any]:
+    """The metadata of one variant: `synthetic: true` and the record of model, weights, seed, sampler and inputs."""
+    return {
+        "synthetic": True,
+        "provenance": {
+            "generator": f"napari-medgen {__version__}",
+            "task": task,
+            "model": loaded.card.name,
+            "model_version": loaded.card.version,
+            "weights_sha256": loaded.weights_sha256,
+            "sampler": options.sampler,
+            "steps": options.steps,
+            "eta": options.eta,
+            "guidance": options.guidance,
+            "seed": options.seed + variant,
+            "variant": variant,
+            "inputs_sha256": inputs,
+            "device": str(loaded.device),
+            "precision": str(loaded.dtype).replace("torch.", ""),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    }

@@ -1,0 +1,60 @@
+"""The two tasks a run can do, each as a small object: its problem on the model grid, the input crop it
+covers, and how a result on that crop becomes the output volume the user gets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..volume import Volume
+from .model_grid import ModelGridProblem, as_2d, back_to_source
+
+
+@dataclass
+class SynthesisTask:
+    """One run's work. `output_from_crop` turns intensities on the input crop into the output volume."""
+
+    name: str  # "generate" or "inpaint", as recorded in the provenance
+    problem: ModelGridProblem
+    input_crop: Volume  # canonical orientation, the input's own spacing
+    inputs_sha256: dict[str, str]
+
+    def output_from_crop(self, on_crop: Volume) -> Volume:
+        raise NotImplementedError
+
+
+@dataclass
+class GenerateTask(SynthesisTask):
+    """A new image for a label map: the whole volume back in the label map's geometry, or a slice range
+    as canonical slices (what a front end shows for the current slice)."""
+
+    label_map: Volume
+    whole_volume: bool
+
+    def output_from_crop(self, on_crop: Volume) -> Volume:
+        if self.whole_volume:
+            return back_to_source(on_crop, self.label_map)
+        return on_crop if self.label_map.ndim == 3 else as_2d(on_crop)
+
+
+@dataclass
+class InpaintTask(SynthesisTask):
+    """The image with its region regenerated: the crop blended into the canonical image over the seam
+    weight, back to the image's geometry and voxel type; every voxel outside the region the input's own."""
+
+    image: Volume
+    region: Volume  # on the image's grid, 0/1
+    canonical_image: Volume  # float32
+    box: tuple[slice, ...]  # the input crop within the canonical image
+    seam_weight: np.ndarray  # on the crop: 1 deep inside the region, 0 outside
+
+    def output_from_crop(self, on_crop: Volume) -> Volume:
+        blended = self.canonical_image.array.copy()
+        blended[self.box] = self.seam_weight * on_crop.array + (1.0 - self.seam_weight) * blended[self.box]
+        generated = back_to_source(self.canonical_image.with_array(blended, metadata={}), self.image).array
+        if not np.issubdtype(self.image.array.dtype, np.floating):
+            info = np.iinfo(self.image.array.dtype)
+            generated = np.clip(np.rint(generated), info.min, info.max)
+        kept = np.where(self.region.array > 0, generated, self.image.array).astype(self.image.array.dtype)
+        return self.image.with_array(kept, metadata={})

@@ -1,0 +1,263 @@
+"""Training data: image / label-map pairs found on disk, loaded as slices on the model's grid, augmented in batches.
+
+Data layout (`find_training_pairs`): a folder with nnU-Net's ``imagesTr/<case>_0000.ext`` and
+``labelsTr/<case>.ext``; or a flat folder of ``<case>_image.ext`` / ``<case>_label.ext`` (also
+``_labels``, ``_seg``); or a JSON manifest ``[{"image": ..., "label": ...}, ...]`` (paths relative to
+the manifest).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..diffusion.denoiser import conditioning_stack
+from ..errors import MedgenError, VolumeReadError
+from ..intensity import intensity_map_for
+from ..io import read_volume, volume_extension
+from ..model.card import ModelCard
+from ..orientation import to_canonical
+from ..resample import grid_at_spacing, resample
+
+if TYPE_CHECKING:
+    from .loop import TrainingConfig
+
+
+@dataclass
+class TrainingSlices:
+    """Training slices on the model's grid: images in [-1, 1], integer labels, positions in [0, 1]."""
+
+    images: np.ndarray  # (N, H, W) float32
+    labels: np.ndarray  # (N, H, W) int64
+    positions: np.ndarray  # (N,)
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+def demo_training_pairs() -> list[tuple[Path, Path]]:
+    """The shipped sample brain as the demo preset's training data."""
+    from ..._paths import sample_dir
+
+    return [(sample_dir() / "mni152_t1_2mm.nii.gz", sample_dir() / "mni152_tissue_labels_2mm.nii.gz")]
+
+
+# -- data -----------------------------------------------------------------------------------------
+def find_training_pairs(data: str | Path) -> list[tuple[Path, Path]]:
+    """Image / label-map file pairs from a folder or a JSON manifest (see the module docstring)."""
+    data = Path(data)
+    if data.is_file() and data.suffix == ".json":
+        try:
+            entries = json.loads(data.read_text())
+            pairs = [(data.parent / e["image"], data.parent / e["label"]) for e in entries]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise MedgenError(f"{data}: a manifest is a JSON list of {{\"image\": ..., \"label\": ...}} ({error})") from None
+    elif (data / "imagesTr").is_dir() and (data / "labelsTr").is_dir():
+        pairs = []
+        for image in sorted((data / "imagesTr").iterdir()):
+            ext = volume_extension(image)
+            stem = image.name[: -len(ext)] if ext else ""
+            if not ext or not stem.endswith("_0000"):
+                continue
+            label = data / "labelsTr" / f"{stem[:-5]}{ext}"
+            if label.exists():
+                pairs.append((image, label))
+    elif data.is_dir():
+        pairs = []
+        for image in sorted(data.iterdir()):
+            ext = volume_extension(image)
+            stem = image.name[: -len(ext)] if ext else ""
+            if not stem.endswith("_image"):
+                continue
+            case = stem[: -len("_image")]
+            for suffix in ("_label", "_labels", "_seg"):
+                label = data / f"{case}{suffix}{ext}"
+                if label.exists():
+                    pairs.append((image, label))
+                    break
+    else:
+        raise VolumeReadError(f"{data}: no such training data folder or manifest")
+    missing = [str(p) for pair in pairs for p in pair if not p.exists()]
+    if missing:
+        raise VolumeReadError(f"training files missing: {', '.join(missing[:3])}")
+    if not pairs:
+        raise MedgenError(
+            f"{data}: no image / label pairs found; name them <case>_image.nii.gz and <case>_label.nii.gz, "
+            "use nnU-Net's imagesTr/labelsTr layout, or give a JSON manifest"
+        )
+    return pairs
+
+
+def load_training_slices(card: ModelCard, pairs: list[tuple[Path, Path]]) -> TrainingSlices:
+    """Read each pair, bring it to canonical orientation and the model's in-plane spacing, normalise."""
+    images, labels, positions = [], [], []
+    shapes = []
+    for image_path, label_path in pairs:
+        image, label_map = read_volume(image_path), read_volume(label_path)
+        image.require_same_grid(label_map, what=f"label map {label_path.name}", ref=f"image {image_path.name}")
+        card.label_schema.validate_label_map(label_map.array, what=f"label map {label_path.name}")
+        image, label_map = to_canonical(image), to_canonical(label_map)
+        grid = grid_at_spacing(image, (card.spacing_mm[0], card.spacing_mm[1], image.spacing[2]))
+        image_w = resample(image, grid, "linear").array
+        labels_w = resample(label_map, grid, "nearest").array.astype(np.int64)
+        normalised = intensity_map_for(card.normalization, image.array.astype(np.float32)).forward(image_w)
+        count = labels_w.shape[0]
+        for z in range(count):
+            if labels_w[z].any():
+                images.append(normalised[z])
+                labels.append(labels_w[z])
+                positions.append(z / max(count - 1, 1))
+        shapes.append(labels_w.shape)
+    height = max(a.shape[0] for a in images)
+    width = max(a.shape[1] for a in images)
+    pad = lambda a, value: np.pad(a, ((0, height - a.shape[0]), (0, width - a.shape[1])), constant_values=value)  # noqa: E731
+    return TrainingSlices(
+        images=np.stack([pad(a, -1.0) for a in images]).astype(np.float32),
+        labels=np.stack([pad(a, 0) for a in labels]),
+        positions=np.asarray(positions, np.float32),
+        description={
+            "pairs": [[str(i.name), str(label.name)] for i, label in pairs],
+            "slices": len(images),
+            "grid_shapes": [list(s) for s in shapes],
+            "spacing_mm": card.spacing_mm,
+        },
+    )
+
+
+# -- augmentation and masks -----------------------------------------------------------------------
+def _augmentation(seed: int):
+    """Geometric augmentation of image and labels together, then a mild intensity jitter (MONAI)."""
+    from monai.transforms import Compose, Rand2DElasticd, RandAdjustContrastd, RandFlipd, RandScaleIntensityd
+
+    transforms = Compose(
+        [
+            RandFlipd(keys=["image", "label"], spatial_axis=1, prob=0.5),  # left-right
+            RandFlipd(keys=["image", "label"], spatial_axis=0, prob=0.1),  # anterior-posterior
+            Rand2DElasticd(
+                keys=["image", "label"],
+                spacing=(16, 16),
+                magnitude_range=(0.0, 2.0),
+                prob=0.7,
+                rotate_range=0.2,
+                scale_range=0.1,
+                translate_range=8,
+                mode=["bilinear", "nearest"],
+                padding_mode="zeros",
+            ),
+            RandScaleIntensityd(keys=["image"], factors=0.05, prob=0.5),
+            RandAdjustContrastd(keys=["image"], gamma=(0.9, 1.1), prob=0.3),
+        ]
+    )
+    transforms.set_random_state(seed=seed)
+    return transforms
+
+
+def random_region(shape: tuple[int, int], spacing_mm: float, size_mm: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    """A random inpainting region: one to three boxes or ellipses of `size_mm`."""
+    height, width = shape
+    yy, xx = np.mgrid[:height, :width]
+    region = np.zeros(shape, bool)
+    for _ in range(int(rng.integers(1, 4))):
+        ry, rx = rng.uniform(*size_mm, size=2) / spacing_mm / 2
+        cy, cx = rng.uniform(0.15, 0.85) * height, rng.uniform(0.15, 0.85) * width
+        if rng.random() < 0.5:
+            region |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        else:
+            region |= (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
+    return region
+
+
+def paste_tissue(
+    image: np.ndarray,
+    label: np.ndarray,
+    source_image: np.ndarray,
+    source_label: np.ndarray,
+    diameter_px: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Copy a disc of tissue (image and labels together) from a random place in the source slice into
+    a random place inside the target's anatomy: new label layouts with images that truly match them."""
+    inside, donors = np.argwhere(label > 0), np.argwhere(source_label > 0)
+    if not len(inside) or not len(donors):
+        return image, label
+    (ty, tx), (sy, sx) = inside[rng.integers(len(inside))], donors[rng.integers(len(donors))]
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    disc = (yy - ty) ** 2 + (xx - tx) ** 2 <= (diameter_px / 2) ** 2
+    src_y, src_x = yy + (sy - ty), xx + (sx - tx)
+    disc &= (src_y >= 0) & (src_y < source_image.shape[0]) & (src_x >= 0) & (src_x < source_image.shape[1])
+    image, label = image.copy(), label.copy()
+    image[disc] = source_image[src_y[disc], src_x[disc]]
+    label[disc] = source_label[src_y[disc], src_x[disc]]
+    return image, label
+
+
+class _Batches:
+    """Random batches of augmented slices with their conditioning, as network input stacks."""
+
+    def __init__(self, card: ModelCard, data: TrainingSlices, config: TrainingConfig, seed: int) -> None:
+        self.card, self.data, self.config = card, data, config
+        self.rng = np.random.default_rng(seed)
+        self.augment = _augmentation(seed)
+        divisor = card.downsampling_factor
+        height, width = data.images.shape[1:]
+        self.padded = (int(math.ceil(height / divisor) * divisor), int(math.ceil(width / divisor) * divisor))
+        self.crop = config.crop_size
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clean images (B, 1, H, W), conditioning (B, C, H, W))."""
+        cfg = self.config
+        images, labels, regions, positions = [], [], [], []
+        for _ in range(cfg.batch_size):
+            i = int(self.rng.integers(len(self.data.images)))
+            sample = self.augment(
+                {"image": (self.data.images[i][None] + 1.0) / 2.0, "label": self.data.labels[i][None].astype(np.float32)}
+            )
+            image = np.asarray(sample["image"])[0] * 2.0 - 1.0
+            label = np.rint(np.asarray(sample["label"])[0]).astype(np.int64)
+            image, label = self._pad_and_crop(image, label)
+            if self.rng.random() < cfg.paste_fraction:
+                for _ in range(int(self.rng.integers(1, 4))):
+                    j = int(self.rng.integers(len(self.data.images)))
+                    diameter = self.rng.uniform(*cfg.paste_mm) / self.card.spacing_mm[0]
+                    image, label = paste_tissue(image, label, self.data.images[j], self.data.labels[j], diameter, self.rng)
+            if self.rng.random() < cfg.generation_fraction:
+                region = np.ones(image.shape, bool)
+            else:
+                region = random_region(image.shape, self.card.spacing_mm[0], cfg.region_mm, self.rng)
+            if self.rng.random() < cfg.condition_dropout:
+                label = None
+            images.append(np.clip(image, -1, 1))
+            labels.append(label)
+            regions.append(region)
+            positions.append(self.data.positions[i])
+        stacks = []
+        for image, label, region, position in zip(images, labels, regions, positions, strict=True):
+            stack = conditioning_stack(
+                self.card,
+                None if label is None else label[None],
+                image[None],
+                region[None].astype(np.float32),
+                np.array([position], np.float32),
+            )
+            stacks.append(stack)
+        return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.concatenate(stacks))
+
+    def _pad_and_crop(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        height, width = self.padded
+        image = np.pad(image, ((0, height - image.shape[0]), (0, width - image.shape[1])), constant_values=-1.0)
+        label = np.pad(label, ((0, height - label.shape[0]), (0, width - label.shape[1])))
+        if self.crop is None or self.crop >= min(height, width):
+            return image, label
+        # Crops centred on the brain more often than not: background-only crops teach little.
+        foreground = np.argwhere(label > 0)
+        if len(foreground) and self.rng.random() < 0.9:
+            cy, cx = foreground[int(self.rng.integers(len(foreground)))]
+        else:
+            cy, cx = self.rng.integers(height), self.rng.integers(width)
+        y0 = int(np.clip(cy - self.crop // 2, 0, height - self.crop))
+        x0 = int(np.clip(cx - self.crop // 2, 0, width - self.crop))
+        return image[y0 : y0 + self.crop, x0 : x0 + self.crop], label[y0 : y0 + self.crop, x0 : x0 + self.crop]

@@ -1,0 +1,236 @@
+"""Training a slice-wise (2-D) anatomy-conditioned diffusion model on image / label-map pairs.
+
+One network serves both tasks with one pass per step: its input channels are the noisy slice, the
+label map one-hot, a known image with a random region voided plus that region's mask (a fully voided
+image is plain generation), and a sinusoidal embedding of the slice's position along the scan axis.
+The label map is dropped (zeroed) in a fraction of samples, so classifier-free guidance works.
+Augmentation (MONAI): flips, small rotations, scaling and elastic deformation applied to the image
+and the labels together, and a mild intensity jitter. Weights are averaged (EMA) and the EMA weights
+are what the model folder gets.
+
+`train` is a generator like the samplers: it yields `TrainingEvent`s and returns the model folder.
+Checkpoints (safetensors + JSON, no pickle) let a run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ... import __version__
+from ..diffusion.schedule import NoiseSchedule
+from ..errors import MedgenError
+from ..model.card import ModelCard
+from ..model.device import resolve_device
+from ..model.networks import build_networks
+from ..model.weights import save_model
+from .data import _Batches, load_training_slices
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation settings (the card says what the model is; this says how it is trained)."""
+
+    steps: int = 3000
+    batch_size: int = 12
+    learning_rate: float = 3e-4
+    warmup_steps: int = 100
+    ema_decay: float = 0.998
+    crop_size: int | None = 64  # random square crops (px) of the slices; None: whole slices
+    condition_dropout: float = 0.15
+    generation_fraction: float = 0.5  # samples with the image fully voided (plain generation)
+    region_mm: tuple[float, float] = (5.0, 40.0)  # sizes of the random inpainting regions
+    # Copy-paste: the fraction of samples given one to three discs of tissue (image and labels
+    # together) from elsewhere in the data, and their diameters: label layouts no training slice had,
+    # with images that truly match them, so the labels rather than the place set the intensity.
+    paste_fraction: float = 0.5
+    paste_mm: tuple[float, float] = (6.0, 24.0)
+    checkpoint_every: int = 250
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+
+
+@dataclass
+class TrainingEvent:
+    step: int
+    total: int
+    loss: float
+    message: str = ""
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def _save_checkpoint(folder: Path, network, ema, optimizer, state: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()})
+    for index, values in optimizer.state_dict()["state"].items():
+        for name, value in values.items():
+            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tmp = folder / ".training_state.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(folder / "training_state.safetensors")
+    (folder / "training_state.json").write_text(json.dumps(state, indent=1))
+
+
+def _load_checkpoint(folder: Path, network, ema, optimizer) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "training_state.safetensors"))
+    state = json.loads((folder / "training_state.json").read_text())
+    network.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("network.")})
+    ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    ema.n_averaged.fill_(state["step"])
+    optimizer_state = optimizer.state_dict()
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            per_param.setdefault(int(index), {})[name] = value
+    optimizer_state["state"] = per_param
+    optimizer.load_state_dict(optimizer_state)
+    return state
+
+
+_TARGET_NAMES = {"epsilon": "noise", "v_prediction": "velocity v", "sample": "clean image"}
+
+
+def _loss_curve(losses: list[float], path: Path, target: str = "network") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.arange(1, len(losses) + 1)
+    window = max(1, len(losses) // 50)
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, losses, alpha=0.3, lw=0.8, label="loss")
+    ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"mean of {window}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"MSE of the predicted {_TARGET_NAMES.get(target, target)}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def train(
+    card: ModelCard,
+    pairs: list[tuple[Path, Path]],
+    out: str | Path,
+    config: TrainingConfig | None = None,
+    resume: bool = False,
+    data_description: str = "",
+    checkpoint_dir: str | Path | None = None,
+) -> Generator[TrainingEvent, None, Path]:
+    """Train `card`'s network on `pairs`; yields progress and returns the model folder `out`.
+
+    Checkpoints go to `checkpoint_dir` (default ``out/checkpoint``); keep them out of a model folder
+    that is shipped inside the package.
+    """
+    config = config or TrainingConfig()
+    out = Path(out)
+    if card.spatial_dims != 2 or card.network.class_name != "DiffusionModelUNet" or card.conditioning.label_map != "channels":
+        raise MedgenError(
+            "training supports 2-D DiffusionModelUNet models with the label map as input channels; "
+            f"the card asks for a {card.spatial_dims}-D {card.network.class_name} with label_map={card.conditioning.label_map!r}"
+        )
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    card = card.model_copy(deep=True)
+    card.conditioning.condition_dropout = config.condition_dropout
+    device = resolve_device(config.device)
+    data = load_training_slices(card, pairs)
+    # The card records the frame the network saw in training: inpainting never hands it a smaller one.
+    divisor = card.downsampling_factor
+    padded = [int(math.ceil(size / divisor) * divisor) for size in data.images.shape[1:]]
+    if config.crop_size is not None and config.crop_size < min(padded):
+        card.tile_size = [int(config.crop_size)] * 2
+    else:
+        card.tile_size = [padded[1], padded[0]]  # (x, y)
+    torch.manual_seed(config.seed)
+    network = build_networks(card)["network"].to(device)
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    schedule = NoiseSchedule(card.scheduler)
+    alphas = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)
+    checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else out / CHECKPOINT_DIR
+    start_step, losses, seconds = 0, [], 0.0
+    if resume:
+        if not (checkpoint / "training_state.json").exists():
+            raise MedgenError(f"{out}: no checkpoint to resume from; start without --resume")
+        state = _load_checkpoint(checkpoint, network, ema, optimizer)
+        start_step, losses, seconds = state["step"], state["losses"], state.get("seconds", 0.0)
+    batches = _Batches(card, data, config, seed=config.seed + start_step)
+    generator = torch.Generator().manual_seed(config.seed + start_step)
+
+    def learning_rate(step: int) -> float:
+        if step < config.warmup_steps:
+            return config.learning_rate * (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+    network.train()
+    started = time.perf_counter() - seconds
+    for step in range(start_step, config.steps):
+        clean, conditioning = batches.next()
+        clean, conditioning = clean.to(device), conditioning.to(device)
+        t = torch.randint(0, schedule.num_train_timesteps, (clean.shape[0],), generator=generator)
+        noise = torch.randn(clean.shape, generator=generator)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * clean + (1 - a).sqrt() * noise.to(device)
+        target = {"epsilon": noise, "sample": clean.cpu(), "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * clean.cpu()}[
+            card.scheduler.prediction_type
+        ].to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step)
+        prediction = network(torch.cat([noisy, conditioning], 1), t.to(device))
+        loss = torch.nn.functional.mse_loss(prediction.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+        optimizer.step()
+        ema.update_parameters(network)
+        losses.append(loss.item())
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            elapsed = time.perf_counter() - started
+            _save_checkpoint(checkpoint, network, ema, optimizer, {"step": done, "losses": losses, "seconds": elapsed, "config": asdict(config)})
+            # The curve so far goes beside the checkpoint: the model folder is written only at the end.
+            _loss_curve(losses, checkpoint / "loss_curve.png", card.scheduler.prediction_type)
+        yield TrainingEvent(done, config.steps, float(np.mean(losses[-25:])), f"loss {np.mean(losses[-25:]):.4f}")
+    elapsed = time.perf_counter() - started
+    card.provenance = {
+        **card.provenance,
+        "training_data": data_description or "image / label pairs",
+        "training_slices": data.description,
+        "trained": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "code_version": f"napari-medgen {__version__}",
+        "training": {
+            **{k: v for k, v in asdict(config).items() if k not in ("device", "threads")},
+            "device": str(device),
+            "seconds": round(elapsed, 1),
+            "final_loss": float(np.mean(losses[-100:])) if losses else None,
+        },
+    }
+    save_model(card, {"network": ema.module}, out)
+    _loss_curve(losses, out / "loss_curve.png", card.scheduler.prediction_type)
+    return out
