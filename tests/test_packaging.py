@@ -117,3 +117,23 @@ def test_npe2_validates_the_installed_manifest():
         env=env, timeout=120, check=False,
     )
     assert result.returncode == 0 and "valid" in result.stdout, result.stdout + result.stderr
+
+
+def test_package_manifest_is_the_top_level_manifest():
+    """napari.yaml lives at the repository's top level; the package holds a copy for editable installs and
+    npe2, which must never drift from it (a wheel is built from the top-level file)."""
+    root = Path(__file__).resolve().parents[1]
+    top, packaged = root / "napari.yaml", root / "napari_medgen" / "napari.yaml"
+    if not top.is_file():
+        pytest.skip("not a source checkout")
+    assert packaged.read_bytes() == top.read_bytes(), (
+        "napari_medgen/napari.yaml differs from the top-level napari.yaml: edit the top-level file and copy it "
+        "(cp napari.yaml napari_medgen/napari.yaml)"
+    )
+
+
+def test_wheel_manifest_is_the_top_level_manifest(wheel):
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "napari.yaml").is_file():
+        pytest.skip("not a source checkout")
+    assert wheel.read("napari_medgen/napari.yaml") == (root / "napari.yaml").read_bytes()
