@@ -122,6 +122,10 @@ def world(tmp_path_factory) -> dict[str, Path]:
         array[1, 5, 5] = bad
         w[name] = inputs / f"{name}.mha"
         sitk.WriteImage(sitk.GetImageFromArray(array), str(w[name]))
+        # ITK's NIfTI reader turns these voxels into 0 without a word: the NIfTI files must be refused too.
+        for ext in (".nii.gz", ".nii"):
+            w[name + ext] = inputs / f"{name}_nifti{ext}"
+            sitk.WriteImage(sitk.GetImageFromArray(array), str(w[name + ext]))
     w["zero_spacing"] = inputs / "flat_labels.mha"
     _write_mha_with_spacing(w["zero_spacing"], b"4 0 5")
     w["negative_spacing"] = inputs / "negative_labels.mha"
@@ -209,6 +213,8 @@ CATALOGUE = {
     "boolean mask as the scan": Case("inpaint", _inpaint(image="mask_as_image"), InvalidVolumeError, "only 0 and 1"),
     "NaN voxels": Case("inpaint", _inpaint(image="nan_image"), InvalidVolumeError, "NaN"),
     "Inf voxels": Case("inpaint", _inpaint(image="inf_image"), InvalidVolumeError, "infinite"),
+    "NaN voxels in NIfTI (.nii.gz)": Case("inpaint", _inpaint(image="nan_image.nii.gz"), InvalidVolumeError, "1 NaN"),
+    "Inf voxels in NIfTI (.nii)": Case("inpaint", _inpaint(image="inf_image.nii"), InvalidVolumeError, "1 NaN or infinite"),
     "zero spacing": Case("generate", _generate("zero_spacing"), InvalidVolumeError, "spacing"),
     "negative spacing": Case("generate", _generate("negative_spacing"), InvalidVolumeError, "spacing"),
     "header promising more than memory": Case("generate", _generate("huge_header"), InvalidVolumeError, "memory"),
@@ -401,3 +407,21 @@ def test_models_listing_survives_broken_model_folders(world, capsys, monkeypatch
     for name in ("bad-schema", "unknown-net", "unknown-sched", "nan-card", "bad-json"):
         assert name in captured.err  # listed as skipped, with the reason
     assert not world["marker"].exists()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_bad_voxels_set_after_reading_are_refused_by_the_engine(world, bad):
+    """A notebook can change an array in place after the Volume was made: generate and inpaint check again at
+    the start of a run, and name how many voxels are bad, before any work."""
+    from napari_medgen.engine.io import read_volume
+    from napari_medgen.engine.synthesis import generate, inpaint
+
+    image, region = read_volume(world["image"]), read_volume(world["region"])
+    image.array[1, 5, 5:7] = bad
+    with pytest.raises(InvalidVolumeError, match="2 NaN or infinite voxels"):
+        inpaint(str(world["model"]), image, region, steps=1)
+    float_labels = read_volume(world["labels"])
+    float_labels = float_labels.with_array(float_labels.array.astype(np.float32))
+    float_labels.array[0, 0, 0] = bad
+    with pytest.raises(InvalidVolumeError, match="1 NaN or infinite voxels"):
+        generate(str(world["model"]), float_labels, steps=1)

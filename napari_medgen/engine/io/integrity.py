@@ -174,17 +174,23 @@ def _check_spacing_info(path: Path, spacing: tuple[float, ...]) -> None:
         )
 
 
-def _nifti_expected_size(header: bytes) -> int | None:
-    """Bytes a single-file NIfTI-1/-2 must hold (header, extensions and voxels), from its header."""
+# NIfTI datatype codes of floating-point voxels (the only ones that can hold NaN or infinity).
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def _nifti_layout(header: bytes) -> tuple[int, int, str | None] | None:
+    """(voxel data offset, voxel bytes, numpy float dtype or None) of a single-file NIfTI-1/-2, from its header."""
     header_size = 0
     for endian in ("<", ">"):
         if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
             header_size = 352
             dims = struct.unpack(endian + "8h", header[40:56])
+            datatype = struct.unpack(endian + "h", header[70:72])[0]
             bitpix = struct.unpack(endian + "h", header[72:74])[0]
             offset = int(struct.unpack(endian + "f", header[108:112])[0])
             break
         if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            datatype = struct.unpack(endian + "h", header[12:14])[0]
             bitpix = struct.unpack(endian + "h", header[14:16])[0]
             dims = struct.unpack(endian + "8q", header[16:80])
             offset = struct.unpack(endian + "q", header[168:176])[0]
@@ -195,7 +201,46 @@ def _nifti_expected_size(header: bytes) -> int | None:
     ndim = dims[0]
     if not 1 <= ndim <= 7 or bitpix <= 0 or any(d <= 0 for d in dims[1 : ndim + 1]):
         return None
-    return max(offset, header_size) + int(np.prod(dims[1 : ndim + 1], dtype=np.int64)) * bitpix // 8
+    float_type = _NIFTI_FLOAT_TYPES.get(int(datatype))
+    voxel_bytes = int(np.prod(dims[1 : ndim + 1], dtype=np.int64)) * bitpix // 8
+    return max(offset, header_size), voxel_bytes, (endian + float_type) if float_type else None
+
+
+def _nifti_expected_size(header: bytes) -> int | None:
+    """Bytes a single-file NIfTI-1/-2 must hold (header, extensions and voxels), from its header."""
+    layout = _nifti_layout(header)
+    return None if layout is None else layout[0] + layout[1]
+
+
+def _check_nifti_finite(path: Path, ext: str, header: bytes) -> None:
+    """ITK's NIfTI reader turns NaN and infinite voxels into 0 without a word, so a scan with holes in it
+    would be synthesized around as if they were tissue: count them in the file and refuse it."""
+    layout = _nifti_layout(header)
+    if layout is None or layout[2] is None:
+        return
+    offset, size, dtype = layout
+    item = np.dtype(dtype).itemsize
+    bad = 0
+    opener = gzip.open if ext == ".nii.gz" else open
+    try:
+        with opener(path, "rb") as stream:
+            stream.seek(offset)
+            remaining, carry = size, b""
+            while remaining > 0:
+                chunk = carry + stream.read(min(remaining, 1 << 24))
+                if len(chunk) == len(carry):
+                    break  # a short file: the completeness check says so
+                remaining -= len(chunk) - len(carry)
+                whole = len(chunk) // item * item
+                bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk[:whole], dtype=dtype))))
+                carry = chunk[whole:]
+    except (OSError, EOFError, zlib.error):
+        return  # a damaged file: the completeness and stream checks say so
+    if bad:
+        raise InvalidVolumeError(
+            f"{path}: the image holds {bad:,} NaN or infinite voxels (ITK would read them as 0 without a word); "
+            "replace them (e.g. with the background value) and save it again"
+        )
 
 
 def _gzip_content_size(path: Path, expected: int) -> int:
@@ -244,6 +289,7 @@ def _check_nifti_complete(path: Path, ext: str) -> None:
             f"{path}: the file is truncated: it holds {actual} of the {expected} bytes its header "
             "promises (an interrupted copy or download?); copy it again"
         )
+    _check_nifti_finite(path, ext, header)
 
 
 def _drop_trailing_singleton(image: Any) -> Any:
