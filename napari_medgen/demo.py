@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .engine.model.registry import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    import napari
 
 PLUGIN = "napari-medgen"
 SAMPLE_KEY = "brain_t1_tissue"
 DOCKED_WIDGETS = ("Model", "Anatomy painter", "Generate", "Inpaint")
 
 
-def open_demo(viewer) -> dict:  # noqa: ANN001 - a napari.Viewer
+def open_demo(viewer: napari.Viewer) -> dict:
     """Load the sample brain, dock the plugin's widgets into `viewer`, load the demo model.
 
     Returns the docked widgets by name.
@@ -22,8 +26,7 @@ def open_demo(viewer) -> dict:  # noqa: ANN001 - a napari.Viewer
         # Generate and Inpaint share a tabbed dock: the window stays usable on a laptop screen.
         _, widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=i >= 3)
     panel = widgets["Model"]
-    if DEFAULT_MODEL in panel._model_choice.choices:
-        panel._model_choice.value = DEFAULT_MODEL
+    if panel.select(DEFAULT_MODEL):  # False when the shipped demo model is missing (a stripped install)
         panel.load()
     labels = viewer.layers["tissue labels"]
     viewer.layers.selection.active = labels

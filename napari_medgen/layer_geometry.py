@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine.errors import GeometryMismatchError, InvalidVolumeError
+from .engine.errors import GeometryMismatchError, InvalidVolumeError, MedgenError
 from .engine.orientation import canonical_axes, orient_array, to_canonical, unorient_array
 from .engine.volume import Volume
 
@@ -144,20 +144,23 @@ def layer_to_volume(
 
 
 def napari_layer_to_volume(layer: Any) -> Volume:
-    """`layer_to_volume` for a napari layer object (Image or Labels)."""
+    """`layer_to_volume` for a napari layer object (Image or Labels); an error names the layer."""
     if getattr(layer, "rgb", False):
         raise InvalidVolumeError(
             f"layer {layer.name!r} is an RGB colour picture, not a scan; open the scan itself, or convert the "
             "layer to one grey-scale channel first"
         )
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data  # full resolution
-    return layer_to_volume(
-        np.asarray(data),
-        scale=layer.scale,
-        translate=layer.translate,
-        affine=layer.affine.affine_matrix,
-        metadata=layer.metadata,
-    )
+    try:
+        return layer_to_volume(
+            np.asarray(data),
+            scale=layer.scale,
+            translate=layer.translate,
+            affine=layer.affine.affine_matrix,
+            metadata=layer.metadata,
+        )
+    except MedgenError as error:  # say which layer (NaN voxels, a grid that does not fit, ...)
+        raise type(error)(f"layer {layer.name!r}: {error}") from None
 
 
 def layer_kwargs_like(layer: Any) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""napari reader and writer contributions: thin wrappers over the engine's `read_volume` /
-`write_volume` and the one geometry adapter in `layer_geometry`."""
+"""Volumes as napari layers and back: the reader and writer contributions, thin wrappers over the
+engine's `read_volume` / `write_volume` and the one geometry adapter in `layer_geometry`, and
+`volume_to_layer`, the one recipe every part of the plugin uses to show a volume (geometry plus display)."""
 
 from __future__ import annotations
 
@@ -54,11 +55,23 @@ def read_layers(path: str | list[str]) -> list[tuple]:
         volume = read_volume(item)
         name = _layer_name(item)
         layer_type = "labels" if is_segmentation(item, volume) else "image"
-        data, kwargs, layer_type = volume_to_layer_data(volume, layer_type, name)
-        if layer_type == "image":
-            kwargs.update(image_display_kwargs(volume))
-        layers.append((data, kwargs, layer_type))
+        layers.append(volume_to_layer(volume, layer_type, name))
     return layers
+
+
+def volume_to_layer(
+    volume: Volume, layer_type: str | None = None, name: str | None = None, contrast_limits: Any = None
+) -> tuple:
+    """A napari LayerDataTuple ``(data, kwargs, layer_type)`` that shows `volume`: in physical space
+    (`volume_to_layer_data`) and, for an image, with contrast limits that suit it (`image_display_kwargs`)
+    unless `contrast_limits` are given."""
+    data, kwargs, layer_type = volume_to_layer_data(volume, layer_type, name)
+    if layer_type == "image":
+        if contrast_limits is not None:
+            kwargs["contrast_limits"] = [float(v) for v in contrast_limits]
+        else:
+            kwargs.update(image_display_kwargs(volume))
+    return data, kwargs, layer_type
 
 
 def image_display_kwargs(volume: Volume) -> dict[str, Any]:

@@ -31,13 +31,13 @@ def main() -> None:
     import napari
 
     from napari_medgen.demo import open_demo
-    from napari_medgen.widgets.model_panel import current_model
+    from napari_medgen.widgets.session import ModelSession
 
     viewer = napari.Viewer(title="napari-medgen demo: paint anatomy, then generate")
     viewer.window._qt_window.resize(1500, 950)
     widgets = open_demo(viewer)
     process_events(1.0)
-    if current_model() is None:
+    if ModelSession.of(viewer).model is None:
         sys.exit("the demo model is not installed; train it first (see README)")
     DOCS.mkdir(exist_ok=True)
     viewer.screenshot(str(DOCS / "demo.png"), canvas_only=False)

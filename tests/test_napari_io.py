@@ -11,8 +11,14 @@ from geometry_cases import DIRECTIONS, listing, make_volume
 from napari_medgen.engine.errors import MedgenError, VolumeReadError
 from napari_medgen.engine.io import read_volume, write_volume
 from napari_medgen.engine.volume import Volume
-from napari_medgen.layer_geometry import GEOMETRY_KEY, layer_kwargs_like
-from napari_medgen.napari_io import image_display_kwargs, is_segmentation, napari_get_reader, read_layers
+from napari_medgen.layer_geometry import GEOMETRY_KEY, layer_kwargs_like, volume_to_layer_data
+from napari_medgen.napari_io import (
+    image_display_kwargs,
+    is_segmentation,
+    napari_get_reader,
+    read_layers,
+    volume_to_layer,
+)
 
 PLUGIN = "napari-medgen"
 
@@ -166,6 +172,21 @@ def test_display_range_of_intensity_images():
     flat = Volume(np.zeros((2, 3, 4), np.float32), (1, 1, 1), (0, 0, 0), np.eye(3).ravel())
     low, high = image_display_kwargs(flat)["contrast_limits"]
     assert low < high
+
+
+def test_volume_to_layer_is_geometry_plus_display():
+    """The one recipe for showing a volume: the geometry adapter's tuple, with contrast limits for an image."""
+    volume = make_volume(DIRECTIONS["oblique_1"])
+    data, kwargs, layer_type = volume_to_layer(volume, "image", "scan")
+    geometry_data, geometry_kwargs, _ = volume_to_layer_data(volume, "image", "scan")
+    np.testing.assert_array_equal(data, geometry_data)
+    assert layer_type == "image" and kwargs["contrast_limits"] == image_display_kwargs(volume)["contrast_limits"]
+    assert {k: v for k, v in kwargs.items() if k != "contrast_limits"}.keys() == geometry_kwargs.keys()
+    np.testing.assert_allclose(kwargs["affine"], geometry_kwargs["affine"])
+    assert volume_to_layer(volume, "image", contrast_limits=(0, 1000))[1]["contrast_limits"] == [0.0, 1000.0]
+    labels = Volume(np.ones((2, 3, 4), np.uint8), (1, 1, 1), (0, 0, 0), np.eye(3).ravel(), {"label_map": True})
+    _, label_kwargs, label_type = volume_to_layer(labels)
+    assert label_type == "labels" and "contrast_limits" not in label_kwargs
 
 
 # -- writing ------------------------------------------------------------------------------------

@@ -55,13 +55,13 @@ def _one_thread():
 
 
 @pytest.fixture
-def tiny_model(tmp_path, monkeypatch):
-    from napari_medgen.widgets import model_panel
+def tiny_model(scan, tmp_path, monkeypatch):
+    from napari_medgen.widgets.session import ModelSession
 
     make_tiny_model(tmp_path / "models" / "tiny", name="tiny-2d")
     monkeypatch.setenv("NAPARI_MEDGEN_MODELS", str(tmp_path / "models"))
     model = load_model(tmp_path / "models" / "tiny", device="cpu")
-    monkeypatch.setitem(model_panel._CURRENT, "model", model)
+    ModelSession.of(scan[0]).set_model(model)
     yield model
     release_model(model)
 
@@ -86,14 +86,9 @@ def scan(make_napari_viewer):
 def notices(monkeypatch):
     """Every notification the plugin shows: (kind, message)."""
     shown: list[tuple[str, str]] = []
-    from napari_medgen.widgets import common, generate_widget, inpaint_widget, model_panel, painter, runner
+    from napari_medgen.widgets import messages
 
-    for module in (common, generate_widget, inpaint_widget, painter):
-        monkeypatch.setattr(module, "warn", lambda message: shown.append(("warning", message)))
-    monkeypatch.setattr(runner, "show_error", lambda message: shown.append(("error", message)))
-    monkeypatch.setattr(runner, "show_info", lambda message: shown.append(("info", message)))
-    monkeypatch.setattr(runner, "show_warning", lambda message: shown.append(("warning", message)))
-    monkeypatch.setattr(model_panel.ModelPanel, "_notify", lambda self, message: shown.append(("warning", message)))
+    monkeypatch.setattr(messages, "notify", lambda level, message: shown.append((level, message)))
     return shown
 
 
@@ -230,12 +225,38 @@ def test_inpaint_refuses_bad_layers_and_changes_nothing(scan, tiny_model, notice
         assert_layers_unchanged(viewer, before)
 
 
+def test_inpaint_shows_the_nan_voxel_error_and_changes_no_layer(scan, tiny_model):
+    """An image holding NaN: napari shows the error (how many voxels, what to do), as a new layer or in place,
+    and every layer stays as it was (no new layer, the NaN data untouched)."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    viewer, image_layer, _ = scan
+    nan = np.array(image_layer.data, np.float32)
+    nan[1, 5, 5] = nan[2, 6, 6] = np.nan
+    nan_layer = viewer.add_image(nan, name="nan scan", **_like(image_layer))
+    region = np.zeros(image_layer.data.shape, np.uint8)
+    region[1:3, 4:10, 4:10] = 1
+    region_layer = viewer.add_labels(region, name="region", **_like(image_layer))
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Inpaint")
+    widget.image.value, widget.region.value = nan_layer, region_layer
+    before = layer_state(viewer)
+    for in_place in (False, True):
+        widget.in_place.value = in_place
+        start = len(notification_manager.records)
+        assert widget.start() is None
+        shown = notification_manager.records[start:]
+        assert len(shown) == 1 and shown[0].severity == NotificationSeverity.WARNING
+        message = shown[0].message
+        assert "nan scan" in message and "2 NaN or infinite voxels" in message and "replace them" in message, message
+        assert_layers_unchanged(viewer, before)
+        assert np.isnan(nan_layer.data[1, 5, 5]) and np.isnan(nan_layer.data[2, 6, 6])
+        assert widget.current_run is None and not widget.undo_button.enabled
+
+
 def test_model_panel_with_broken_model_folders(make_napari_viewer, tmp_path, monkeypatch, notices):
     """Broken folders are reported, loading one says why and keeps the model that was loaded, and no code
     hidden in a weights file runs."""
     import pickle
-
-    from napari_medgen.widgets.model_panel import current_model
 
     root = tmp_path / "models"
     make_tiny_model(root / "good", name="good")
@@ -262,12 +283,12 @@ def test_model_panel_with_broken_model_folders(make_napari_viewer, tmp_path, mon
     panel._device.value = "cpu"
     panel._model_choice.value = "good"
     good = panel.load()
-    assert good is not None and current_model() is good
+    assert good is not None and panel.session.model is good
     for name, expected in (("no-weights", "missing"), ("other-arch", "do not fit"), ("pickled", "never loads pickled")):
         panel._model_choice.value = name
         assert panel.load() is None
         assert expected in notices[-1][1], (name, notices[-1])
-        assert current_model() is good  # the model that was loaded stays loaded
+        assert panel.session.model is good  # the model that was loaded stays loaded
     assert not marker.exists()
     panel.release()
 
@@ -364,11 +385,11 @@ def test_exception_inside_the_network_fails_the_run_and_the_next_works(scan, tin
 
 
 def test_out_of_gpu_memory_falls_back_to_the_cpu_and_says_so(scan, tiny_model, qtbot, notices, monkeypatch):
-    from napari_medgen.widgets import model_panel
+    from napari_medgen.widgets.session import ModelSession
 
     viewer, _, labels_layer = scan
     gpu = on_fake_accelerator(tiny_model)
-    monkeypatch.setitem(model_panel._CURRENT, "model", gpu)
+    ModelSession.of(viewer).set_model(gpu)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
     widget.label_layer.value = labels_layer
     widget.scope.value = "whole volume"

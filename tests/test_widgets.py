@@ -23,14 +23,14 @@ FLIP = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # RAS-stored, like the s
 
 
 @pytest.fixture
-def tiny_model(tmp_path, monkeypatch):
-    """A tiny random-weight model, loaded as if chosen in the Model panel."""
-    from napari_medgen.widgets import model_panel
+def tiny_model(scan, tmp_path, monkeypatch):
+    """A tiny random-weight model, loaded in the scan viewer's session as if chosen in the Model panel."""
+    from napari_medgen.widgets.session import ModelSession
 
     make_tiny_model(tmp_path / "models" / "tiny", name="tiny-2d")
     monkeypatch.setenv("NAPARI_MEDGEN_MODELS", str(tmp_path / "models"))
     model = load_model(tmp_path / "models" / "tiny", device="cpu")
-    monkeypatch.setitem(model_panel._CURRENT, "model", model)
+    ModelSession.of(scan[0]).set_model(model)
     yield model
     release_model(model)
 
@@ -65,12 +65,11 @@ def _wait(qtbot, widget, timeout=60000) -> None:
 
 @pytest.fixture
 def warnings(monkeypatch):
-    """Notifications the widgets show, captured."""
+    """Warnings the widgets show, captured."""
     shown: list[str] = []
-    from napari_medgen.widgets import common, generate_widget, inpaint_widget, painter
+    from napari_medgen.widgets import messages
 
-    for module in (common, generate_widget, inpaint_widget, painter):
-        monkeypatch.setattr(module, "warn", shown.append)
+    monkeypatch.setattr(messages, "notify", lambda level, message: shown.append(message) if level == "warning" else None)
     return shown
 
 
@@ -79,17 +78,16 @@ def test_model_panel_lists_loads_and_releases(make_napari_viewer, tmp_path, monk
     monkeypatch.setenv("NAPARI_MEDGEN_MODELS", str(tmp_path / "models"))
     viewer = make_napari_viewer()
     _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")
-    from napari_medgen.widgets.model_panel import current_model
 
     assert "tiny-2d" in panel._model_choice.choices
     panel._model_choice.value = "tiny-2d"
     assert "label map" in panel._details.value and "environment" in panel._details.value
     panel._device.value = "cpu"
     model = panel.load()
-    assert model is not None and current_model() is model
+    assert model is not None and panel.session.model is model
     assert "loaded tiny-2d on cpu" in panel._status.value
     panel.release()
-    assert current_model() is None
+    assert panel.session.model is None
 
 
 def test_demo_opens_sample_brain_with_widgets(make_napari_viewer):
@@ -242,7 +240,7 @@ def test_event_loop_stays_responsive_during_a_run(scan, tiny_model, qtbot):
 
 
 def test_user_errors_notify_and_change_nothing(scan, tiny_model, qtbot, warnings, monkeypatch, tmp_path):
-    from napari_medgen.widgets import model_panel
+    from napari_medgen.widgets.session import ModelSession
 
     viewer, image_layer, labels_layer = scan
     _, generate = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
@@ -259,11 +257,11 @@ def test_user_errors_notify_and_change_nothing(scan, tiny_model, qtbot, warnings
     assert inpaint.start() is None and "empty" in warnings[-1]
     # A model that does not inpaint.
     make_tiny_model(tmp_path / "gen-only", name="gen-only", known_image=False, tasks=("generate",))
-    monkeypatch.setitem(model_panel._CURRENT, "model", load_model(tmp_path / "gen-only", device="cpu"))
+    ModelSession.of(viewer).set_model(load_model(tmp_path / "gen-only", device="cpu"))
     inpaint.region.value = labels_layer
     assert inpaint.start() is None and "does not inpaint" in warnings[-1]
     # No model loaded.
-    monkeypatch.setitem(model_panel._CURRENT, "model", None)
+    ModelSession.of(viewer).set_model(None)
     generate.label_layer.value = labels_layer
     assert generate.start() is None and "no model loaded" in warnings[-1]
     viewer.layers.remove(small)

@@ -5,15 +5,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import ComboBox, Container, RadioButtons
+from napari.layers import Labels
 
 from ..engine.errors import MedgenError
 from ..engine.synthesis import generate, output_template
 from ..layer_geometry import napari_layer_to_volume
-from .common import Labels, RunButtons, SamplingControls, add_result_layer, current_slice, layer_choices, warn
-from .model_panel import current_model
+from . import messages
+from .layers import add_result_layer, current_slice, layer_choices
+from .run_buttons import RunButtons
+from .sampling_controls import SamplingControls
+from .session import ModelSession
 
 if TYPE_CHECKING:
     import napari
+
+    from .runner import EngineRun
 
 
 class GenerateWidget(RunButtons, Container):
@@ -21,9 +27,10 @@ class GenerateWidget(RunButtons, Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
+        self.session = ModelSession.of(viewer)
         self.label_layer = ComboBox(label="label map", choices=layer_choices(viewer, Labels))
         self.scope = RadioButtons(label="extent", choices=["current slice", "whole volume"], value="current slice")
-        self.sampling = SamplingControls()
+        self.sampling = SamplingControls(self.session)
         self._init_run_buttons(viewer, "Generate")
         Container.__init__(
             self,
@@ -31,14 +38,17 @@ class GenerateWidget(RunButtons, Container):
         )
         self.run_button.changed.connect(self.start)
 
-    def start(self):  # noqa: ANN201 - an EngineRun, or None when the inputs are wrong
-        model = current_model()
+    def start(self) -> EngineRun | None:
+        """Start generating from the chosen label map; a wrong input is a notification and changes nothing."""
+        model = self.session.model
         layer = self.label_layer.value
         if model is None:
-            warn("Generate: no model loaded; choose one in the Model panel and press Load")
+            messages.notify("warning", "Generate: no model loaded; choose one in the Model panel and press Load")
             return None
         if layer is None:
-            warn("Generate: no label map; paint one in a Labels layer (the Anatomy painter makes one)")
+            messages.notify(
+                "warning", "Generate: no label map; paint one in a Labels layer (the Anatomy painter makes one)"
+            )
             return None
         try:
             label_map = napari_layer_to_volume(layer)
@@ -50,7 +60,7 @@ class GenerateWidget(RunButtons, Container):
             options = self.sampling.options()
             run = generate(model, label_map, options, slice_range=slice_range)
         except MedgenError as error:
-            warn(f"Generate: {error}")
+            messages.notify("warning", f"Generate: {error}")
             return None
         source, seed = layer.name, options.seed
 

@@ -6,9 +6,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton
+from napari.layers import Image, Labels, Shapes
 
 from ..engine.errors import MedgenError, RegionError
 from ..engine.synthesis import inpaint
+from ..engine.synthesis.options import SamplingOptions
 from ..layer_geometry import (
     layer_data_for_volume,
     napari_layer_to_volume,
@@ -16,22 +18,16 @@ from ..layer_geometry import (
     volume_for_image_layer,
     volume_like_layer,
 )
-from .common import (
-    Image,
-    Labels,
-    RunButtons,
-    SamplingControls,
-    Shapes,
-    add_result_layer,
-    current_slice,
-    layer_choices,
-    optional_layer_choices,
-    warn,
-)
-from .model_panel import current_model
+from . import messages
+from .layers import add_result_layer, current_slice, layer_choices, optional_layer_choices
+from .run_buttons import RunButtons
+from .sampling_controls import SamplingControls
+from .session import ModelSession
 
 if TYPE_CHECKING:
     import napari
+
+    from .runner import EngineRun
 
 
 class InpaintWidget(RunButtons, Container):
@@ -39,13 +35,15 @@ class InpaintWidget(RunButtons, Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
+        self.session = ModelSession.of(viewer)
+        defaults = SamplingOptions()
         self.image = ComboBox(label="image", choices=layer_choices(viewer, Image))
         self.region = ComboBox(label="region", choices=layer_choices(viewer, Labels, Shapes))
         self.anatomy = ComboBox(label="anatomy (optional)", choices=optional_layer_choices(viewer, Labels))
-        self.context_mm = FloatSpinBox(label="context (mm)", value=16.0, min=0.0, max=200.0)
-        self.feather_mm = FloatSpinBox(label="seam feather (mm)", value=2.0, min=0.0, max=50.0)
+        self.context_mm = FloatSpinBox(label="context (mm)", value=defaults.context_mm, min=0.0, max=200.0)
+        self.feather_mm = FloatSpinBox(label="seam feather (mm)", value=defaults.feather_mm, min=0.0, max=50.0)
         self.in_place = CheckBox(text="replace the image in place (undoable)", value=False)
-        self.sampling = SamplingControls(variants=False)
+        self.sampling = SamplingControls(self.session, variants=False)
         self._init_run_buttons(viewer, "Inpaint")
         self.undo_button = PushButton(text="Undo in-place inpaint", enabled=False)
         Container.__init__(
@@ -74,17 +72,18 @@ class InpaintWidget(RunButtons, Container):
             labels = volume_for_image_layer(anatomy_layer, image_layer, resample_allowed=False)
         return image_layer, image, region, labels
 
-    def start(self):  # noqa: ANN201 - an EngineRun, or None when the inputs are wrong
-        model = current_model()
+    def start(self) -> EngineRun | None:
+        """Start inpainting the chosen region; a wrong input is a notification and changes nothing."""
+        model = self.session.model
         if model is None:
-            warn("Inpaint: no model loaded; choose one in the Model panel and press Load")
+            messages.notify("warning", "Inpaint: no model loaded; choose one in the Model panel and press Load")
             return None
         try:
             image_layer, image, region, labels = self._inputs()
-            options = self.sampling.options()
-            run = inpaint(model, image, region, labels, options, context_mm=self.context_mm.value, feather_mm=self.feather_mm.value)
+            options = self.sampling.options(context_mm=self.context_mm.value, feather_mm=self.feather_mm.value)
+            run = inpaint(model, image, region, labels, options)
         except MedgenError as error:
-            warn(f"Inpaint: {error}")
+            messages.notify("warning", f"Inpaint: {error}")
             return None
         in_place = self.in_place.value
 
@@ -103,7 +102,10 @@ class InpaintWidget(RunButtons, Container):
                 self.undo_button.enabled = True
             else:
                 if in_place:
-                    warn(f"Inpaint: {image_layer.name} was closed or changed during the run; the result is a new layer")
+                    messages.notify(
+                        "warning",
+                        f"Inpaint: {image_layer.name} was closed or changed during the run; the result is a new layer",
+                    )
                 name = f"{image_layer.name} inpainted | {model.name} | seed {options.seed}"
                 add_result_layer(self._viewer, volume, name)
 

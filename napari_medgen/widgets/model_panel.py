@@ -1,6 +1,6 @@
 """The Model panel: pick a model from the registry, a device and a precision; load and release it.
 
-The loaded model is shared with the other widgets through `current_model()`.
+The loaded model belongs to the viewer's `ModelSession`, where the other widgets find it.
 """
 
 from __future__ import annotations
@@ -11,44 +11,14 @@ import torch
 from magicgui.widgets import ComboBox, Container, Label, PushButton, TextEdit
 
 from ..engine.errors import MedgenError
-from ..engine.model.loading import LoadedModel, load_model, release_model
+from ..engine.model.device import PRECISION_NAMES, available_devices
+from ..engine.model.loading import LoadedModel
 from ..engine.model.registry import list_models
+from . import messages
+from .session import ModelSession
 
 if TYPE_CHECKING:
     import napari
-
-_CURRENT: dict[str, LoadedModel | None] = {"model": None}
-
-
-_LISTENERS: list = []
-
-
-def current_model() -> LoadedModel | None:
-    """The model loaded in the Model panel (None if none is loaded)."""
-    return _CURRENT["model"]
-
-
-def on_model_change(callback) -> None:  # noqa: ANN001 - a no-argument callable
-    """Call `callback()` whenever the Model panel loads or releases a model."""
-    _LISTENERS.append(callback)
-
-
-def _set_current(model: LoadedModel | None) -> None:
-    _CURRENT["model"] = model
-    for callback in list(_LISTENERS):
-        try:
-            callback()
-        except RuntimeError:  # a widget that has been closed
-            _LISTENERS.remove(callback)
-
-
-def available_devices() -> list[str]:
-    devices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.append("mps")
-    return devices
 
 
 class ModelPanel(Container):
@@ -56,13 +26,14 @@ class ModelPanel(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
+        self.session = ModelSession.of(viewer)
         self._entries = {}
         self._problems: list[str] = []
         # Choices as a callable: napari resets widget choices on layer events, and a callable keeps
         # the registry's listing instead of the (empty) choices the widget was built with.
         self._model_choice = ComboBox(label="model", choices=self._model_names)
         self._device = ComboBox(label="device", choices=available_devices(), value="auto")
-        self._precision = ComboBox(label="precision", choices=["fp32", "fp16", "bf16"], value="fp32")
+        self._precision = ComboBox(label="precision", choices=list(PRECISION_NAMES), value=PRECISION_NAMES[0])
         self._details = TextEdit(label="card", value="")
         self._details.read_only = True
         self._load = PushButton(text="Load")
@@ -74,7 +45,9 @@ class ModelPanel(Container):
         self._model_choice.changed.connect(self._show_card)
         self._load.changed.connect(self.load)
         self._release.changed.connect(self.release)
+        self.session.changed.connect(self._update_status)  # held weakly: a closed panel is not kept alive
         self.refresh()
+        self._update_status()
 
     def _model_names(self, _widget: object = None) -> list[str]:
         entries, self._problems = list_models()
@@ -85,8 +58,15 @@ class ModelPanel(Container):
         """Re-read the model folders (after installing or training a model)."""
         self._model_choice.reset_choices()
         for problem in self._problems:
-            self._notify(f"skipped a model folder: {problem}")
+            messages.notify("warning", f"skipped a model folder: {problem}")
         self._show_card()
+
+    def select(self, name: str) -> bool:
+        """Choose the model called `name` in the list; False (and nothing changes) if it is not installed."""
+        if name not in self._model_choice.choices:
+            return False
+        self._model_choice.value = name
+        return True
 
     def _show_card(self) -> None:
         entry = self._entries.get(self._model_choice.value)
@@ -108,37 +88,34 @@ class ModelPanel(Container):
         self._details.value = "\n".join(line for line in lines if line)
 
     def load(self) -> LoadedModel | None:
+        """Load the chosen model on the chosen device and precision into the viewer's session.
+
+        On an error the user is told why and the model loaded before stays loaded.
+        """
         name = self._model_choice.value
         if name is None:
-            self._notify("no model to load: install one or set NAPARI_MEDGEN_MODELS")
+            messages.notify("warning", "no model to load: install one or set NAPARI_MEDGEN_MODELS")
             return None
         try:
-            model = load_model(self._entries[name].folder, device=self._device.value, precision=self._precision.value)
+            return self.session.load(self._entries[name].folder, device=self._device.value, precision=self._precision.value)
         except MedgenError as error:
-            self._notify(str(error))
+            messages.notify("warning", str(error))
             return None
-        _set_current(model)
-        self._update_status()
-        return model
 
     def release(self) -> None:
-        model = _CURRENT["model"]
-        if model is not None:
-            release_model(model)
-        _set_current(None)
-        self._update_status()
+        """Free the loaded model; the widgets then have none."""
+        self.session.release()
 
-    def _update_status(self) -> None:
-        model = _CURRENT["model"]
+    def _update_status(self, *_: object) -> None:
+        model = self.session.model
         if model is None:
-            self._status.value = "no model loaded"
-            return
-        memory = f"weights {model.parameter_bytes() / 2**20:.1f} MiB"
-        if model.device.type == "cuda":
-            memory += f", GPU memory in use {torch.cuda.memory_allocated(model.device) / 2**20:.0f} MiB"
-        self._status.value = f"loaded {model.name} on {model.device} ({str(model.dtype).replace('torch.', '')}); {memory}"
-
-    def _notify(self, message: str) -> None:
-        from napari.utils.notifications import show_warning
-
-        show_warning(message)
+            status = "no model loaded"
+        else:
+            memory = f"weights {model.parameter_bytes() / 2**20:.1f} MiB"
+            if model.device.type == "cuda":
+                memory += f", GPU memory in use {torch.cuda.memory_allocated(model.device) / 2**20:.0f} MiB"
+            status = f"loaded {model.name} on {model.device} ({str(model.dtype).replace('torch.', '')}); {memory}"
+        try:
+            self._status.value = status
+        except RuntimeError:  # the panel was closed and its Qt half deleted: stop listening
+            self.session.changed.disconnect(self._update_status)

@@ -6,13 +6,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
+from napari.layers import Image, Labels
 
 from ..engine.errors import MedgenError
 from ..engine.label_tools import interpolate_between_slices, parse_mapping, remap_labels
 from ..engine.model.labels import TISSUE_SCHEMA, LabelSchema
+from ..engine.model.loading import LoadedModel
 from ..layer_geometry import layer_kwargs_like
-from .common import Image, Labels, layer_choices, warn
-from .model_panel import current_model
+from . import messages
+from .layers import layer_choices
+from .session import ModelSession
 
 if TYPE_CHECKING:
     import napari
@@ -20,15 +23,15 @@ if TYPE_CHECKING:
 SCHEMA_KEY = "label_schema"
 
 
-def schema_in_use() -> LabelSchema:
+def schema_in_use(model: LoadedModel | None) -> LabelSchema:
     """The loaded model's label schema, or the sample brain's tissues when none is loaded."""
-    model = current_model()
     return model.card.label_schema if model is not None else TISSUE_SCHEMA
 
 
-def schema_of(layer: Any) -> LabelSchema:
+def schema_of(layer: Any, model: LoadedModel | None) -> LabelSchema:
+    """The schema a layer was made with (in its metadata), else the one in use."""
     raw = layer.metadata.get(SCHEMA_KEY)
-    return LabelSchema(classes=raw) if raw else schema_in_use()
+    return LabelSchema(classes=raw) if raw else schema_in_use(model)
 
 
 class AnatomyPainter(Container):
@@ -36,6 +39,7 @@ class AnatomyPainter(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
+        self.session = ModelSession.of(viewer)
         self.image = ComboBox(label="image", choices=layer_choices(viewer, Image))
         self.create_button = PushButton(text="Create anatomy layer")
         self.anatomy = ComboBox(label="anatomy layer", choices=layer_choices(viewer, Labels))
@@ -65,20 +69,24 @@ class AnatomyPainter(Container):
 
     def _class_names(self, _widget: Any = None) -> list[tuple[str, int]]:
         layer = getattr(self, "anatomy", None)
-        schema = schema_of(layer.value) if layer is not None and layer.value is not None else schema_in_use()
+        model = self.session.model
+        schema = schema_of(layer.value, model) if layer is not None and layer.value is not None else schema_in_use(model)
         return [(f"{c.index}: {c.name}", c.index) for c in schema.classes]
 
     def create_layer(self) -> Labels | None:
         """A Labels layer with the image's shape, scale, translate, affine and reference geometry."""
         image = self.image.value
         if image is None:
-            warn("Anatomy painter: open an image first")
+            messages.notify("warning", "Anatomy painter: open an image first")
             return None
         if getattr(image, "rgb", False) or getattr(image, "multiscale", False) or image.data.ndim not in (2, 3):
-            warn(f"Anatomy painter: {image.name} is not a single-channel 2-D or 3-D scan (an RGB picture, a "
-                 "pyramid or a time series); open the scan itself")
+            messages.notify(
+                "warning",
+                f"Anatomy painter: {image.name} is not a single-channel 2-D or 3-D scan (an RGB picture, a pyramid "
+                "or a time series); open the scan itself",
+            )
             return None
-        schema = schema_in_use()
+        schema = schema_in_use(self.session.model)
         kwargs = layer_kwargs_like(image)
         metadata = dict(kwargs.pop("metadata", {}))
         metadata[SCHEMA_KEY] = schema.to_json()
@@ -107,20 +115,20 @@ class AnatomyPainter(Container):
         if value is None:
             self.under_cursor.value = ""
             return
-        name = schema_of(layer).name_of(int(value))
+        name = schema_of(layer, self.session.model).name_of(int(value))
         self.under_cursor.value = f"under cursor: {name or f'unknown label {int(value)}'}"
 
     def import_segmentation(self) -> Labels | None:
         """A new anatomy layer with the source's labels remapped onto the schema (others to 0)."""
         source = self.source.value
         if source is None:
-            warn("Anatomy painter: open a segmentation (File > Open) to import")
+            messages.notify("warning", "Anatomy painter: open a segmentation (File > Open) to import")
             return None
-        schema = schema_in_use()
+        schema = schema_in_use(self.session.model)
         try:
             remapped = remap_labels(np.asarray(source.data), parse_mapping(self.mapping.value), schema)
         except MedgenError as error:
-            warn(f"Anatomy painter: {error}")
+            messages.notify("warning", f"Anatomy painter: {error}")
             return None
         metadata = {k: v for k, v in source.metadata.items()}
         metadata[SCHEMA_KEY] = schema.to_json()
@@ -136,13 +144,15 @@ class AnatomyPainter(Container):
         """Interpolate the selected class between the slices it is painted on (one undoable step)."""
         layer = self.anatomy.value
         if layer is None or layer.data.ndim != 3:
-            warn("Anatomy painter: fill needs a 3-D anatomy layer")
+            messages.notify("warning", "Anatomy painter: fill needs a 3-D anatomy layer")
             return 0
         label = int(layer.selected_label)
         fill = interpolate_between_slices(np.asarray(layer.data), label, tuple(float(s) for s in layer.scale[1:]))
         count = int(fill.sum())
         if count == 0:
-            warn(f"Anatomy painter: paint class {label} on at least two slices with a gap between them first")
+            messages.notify(
+                "warning", f"Anatomy painter: paint class {label} on at least two slices with a gap between them first"
+            )
             return 0
         # data_setitem records the change in napari's undo history, as a brush stroke does.
         layer.data_setitem(np.nonzero(fill), label)

@@ -12,9 +12,9 @@ from typing import Any
 
 from napari.qt.threading import GeneratorWorker
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..engine.errors import MedgenError
+from . import messages
 
 
 class _RunFailed(Exception):
@@ -87,7 +87,7 @@ class EngineRun:
         notice = getattr(event, "notice", "")
         if notice:  # the run ran out of memory and goes on with smaller batches or on the CPU
             self._progress.set_description(f"{self._description} ({notice})")
-            show_warning(f"{self._description}: {notice}")
+            messages.notify("warning", f"{self._description}: {notice}")
         if event.preview is not None and self._on_preview is not None:
             self._on_preview(event.preview)
 
@@ -105,13 +105,16 @@ class EngineRun:
         if isinstance(error, _RunFailed):
             error = error.error
         if isinstance(error, MedgenError):
-            show_error(f"{self._description}: {error}")
+            messages.notify("error", f"{self._description}: {error}")
         else:
-            show_error(f"{self._description} failed unexpectedly ({type(error).__name__}: {error}); nothing was changed")
+            messages.notify(
+                "error",
+                f"{self._description} failed unexpectedly ({type(error).__name__}: {error}); nothing was changed",
+            )
 
     def _aborted(self) -> None:
         self._outcome = "cancelled"
-        show_info(f"{self._description} cancelled; nothing was changed")
+        messages.notify("info", f"{self._description} cancelled; nothing was changed")
 
     def _finished(self) -> None:
         self._run.close()  # frees the engine's tensors if it was stopped midway

@@ -1,0 +1,58 @@
+"""Sampling controls: steps, sampler, seed (with a dice), guidance and variants, defaults from the engine."""
+
+from __future__ import annotations
+
+import random
+
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, SpinBox
+
+from ..engine.diffusion.methods import SAMPLERS
+from ..engine.model.loading import LoadedModel
+from ..engine.synthesis.options import SamplingOptions
+from .session import ModelSession
+
+
+def guidance_for(model: LoadedModel | None) -> float:
+    """The model's recommended guidance (1 = none when no model is loaded or it was not trained for guidance)."""
+    if model is None or not model.card.supports_guidance:
+        return 1.0
+    return model.card.conditioning.default_guidance
+
+
+class SamplingControls(Container):
+    """The sampling options of a run; the guidance follows the session's model."""
+
+    def __init__(self, session: ModelSession, variants: bool = True) -> None:
+        defaults = SamplingOptions()
+        self.steps = SpinBox(label="steps", value=defaults.steps, min=1, max=1000)
+        self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value=defaults.sampler)
+        self.seed = SpinBox(label="seed", value=defaults.seed, min=0, max=2**31 - 1)
+        self.dice = PushButton(text="new seed")
+        self.guidance = FloatSpinBox(label="guidance", value=guidance_for(session.model), min=0.0, max=20.0, step=0.5)
+        self.variants = SpinBox(label="variants", value=defaults.variants, min=1, max=16, visible=variants)
+        super().__init__(widgets=[self.steps, self.sampler, self.seed, self.dice, self.guidance, self.variants], labels=True)
+        self.dice.changed.connect(self.roll)
+        self._session = session
+        session.changed.connect(self._model_changed)  # held weakly: a closed widget is not kept alive
+
+    def roll(self) -> int:
+        """A fresh random seed."""
+        self.seed.value = random.randrange(2**31 - 1)
+        return self.seed.value
+
+    def options(self, **overrides: object) -> SamplingOptions:
+        """The options as set, with `overrides` (such as an inpainting widget's context and feather)."""
+        return SamplingOptions(
+            sampler=self.sampler.value,
+            steps=self.steps.value,
+            seed=self.seed.value,
+            guidance=self.guidance.value,
+            variants=self.variants.value,
+            **overrides,
+        )
+
+    def _model_changed(self, model: LoadedModel | None) -> None:
+        try:
+            self.guidance.value = guidance_for(model)
+        except RuntimeError:  # the widget was closed and its Qt half deleted: stop listening
+            self._session.changed.disconnect(self._model_changed)
