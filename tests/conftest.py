@@ -30,6 +30,15 @@ def oblique_volume() -> Volume:
     return make_volume(DIRECTIONS["oblique_1"], metadata={"modality": "MR", "description": "test scan"})
 
 
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    """A model folder (``model.json`` + ``weights.safetensors``) of the tiny 2-D model ``tiny-2d``:
+    `tiny_models.make_tiny_model` with its defaults, random weights, built fresh for each test."""
+    from tiny_models import make_tiny_model
+
+    return make_tiny_model(tmp_path / "tiny-2d")
+
+
 @pytest.fixture(scope="session")
 def pydicom_files() -> Path:
     """pydicom's shipped test DICOM files."""

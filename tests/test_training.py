@@ -1,25 +1,27 @@
-"""Training: a few steps of the real loop on a tiny model, resume, the card and files it writes."""
+"""Training: a few steps of the real loop on a tiny model, resume, the card and files it writes;
+the diffusion maths it shares with the samplers, its learning-rate schedule, its checkpoints."""
 
 from __future__ import annotations
 
 import json
-import sys
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_models import tiny_card
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_models import tiny_card  # noqa: E402
-
-from napari_medgen._paths import sample_dir  # noqa: E402
-from napari_medgen.engine.errors import MedgenError  # noqa: E402
-from napari_medgen.engine.io import read_volume, write_volume  # noqa: E402
-from napari_medgen.engine.model.loading import load_model  # noqa: E402
-from napari_medgen.engine.synthesis import generate  # noqa: E402
-from napari_medgen.engine.training import TrainingConfig, find_training_pairs, train  # noqa: E402
-from napari_medgen.engine.volume import Volume  # noqa: E402
+from napari_medgen._paths import sample_dir
+from napari_medgen.engine.diffusion.schedule import NoiseSchedule
+from napari_medgen.engine.errors import MedgenError
+from napari_medgen.engine.io import read_volume, write_volume
+from napari_medgen.engine.model.loading import load_model
+from napari_medgen.engine.model.presets import preset_card
+from napari_medgen.engine.synthesis import generate
+from napari_medgen.engine.training import TrainingConfig, find_training_pairs, train
+from napari_medgen.engine.volume import Volume
 
 
 def _drive(run):
@@ -49,7 +51,7 @@ def _config(steps: int) -> TrainingConfig:
     return TrainingConfig(steps=steps, batch_size=2, crop_size=16, checkpoint_every=2, warmup_steps=2, device="cpu")
 
 
-def test_train_writes_loadable_model_card_and_curve(flat_dataset, tmp_path):
+def test_train_writes_loadable_model_card_and_curve(flat_dataset, tmp_path, tiny_model):
     out = tmp_path / "model"
     card = tiny_card(name="tiny-trained")
     folder, events = _drive(train(card, find_training_pairs(flat_dataset), out, _config(3), data_description="two slabs"))
@@ -64,9 +66,57 @@ def test_train_writes_loadable_model_card_and_curve(flat_dataset, tmp_path):
     label_map = read_volume(flat_dataset / "a_label.nii.gz")
     result, _ = _drive(generate(model, label_map, steps=2))
     assert result[0].same_grid(label_map)
+    # The trained folder is a model folder like one built directly from the same architecture.
+    built = json.loads((tiny_model / "model.json").read_text())
+    assert saved["network"] == built["network"] and saved["scheduler"] == built["scheduler"]
+    trained_weights, built_weights = load_file(out / "weights.safetensors"), load_file(tiny_model / "weights.safetensors")
+    assert {k: v.shape for k, v in trained_weights.items()} == {k: v.shape for k, v in built_weights.items()}
 
 
-def test_resume_continues_from_checkpoint(flat_dataset, tmp_path):
+def _checkpoint(out: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    folder = out / "checkpoint"
+    return load_file(folder / "training_state.safetensors"), json.loads((folder / "training_state.json").read_text())
+
+
+def _same(a, b) -> bool:
+    """Deep equality of state dicts: same types, same values, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    return type(a) is type(b) and a == b
+
+
+def test_resumed_run_is_the_same_run(flat_dataset, tmp_path):
+    """Stopped after 2 of 4 steps and resumed, a run ends with the weights, EMA, optimiser moments and
+    step counts, learning-rate schedule, random generators and losses of the run made in one go."""
+    pairs = find_training_pairs(flat_dataset)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _drive(train(tiny_card(), pairs, straight, _config(4)))
+    run = train(tiny_card(), pairs, resumed, _config(4))
+    next(run), next(run)
+    run.close()  # stopped (as by cancelling) just after the checkpoint of step 2
+    tensors, state = _checkpoint(resumed)
+    assert state["step"] == 2 and state["lr_schedule"]["last_epoch"] == 2
+    steps = [v for k, v in tensors.items() if k.startswith("optimizer.state.") and k.endswith(".step")]
+    assert steps and all(float(v) == 2 for v in steps)
+    assert not (resumed / "model.json").exists()
+
+    _, events = _drive(train(tiny_card(), pairs, resumed, _config(4), resume=True))
+    assert [e.step for e in events] == [3, 4]
+    (straight_tensors, straight_state), (resumed_tensors, resumed_state) = _checkpoint(straight), _checkpoint(resumed)
+    assert {k.split(".")[0] for k in straight_tensors} == {"network", "ema", "optimizer", "rng"}
+    assert straight_tensors.keys() == resumed_tensors.keys()
+    different = [k for k in straight_tensors if not torch.equal(straight_tensors[k], resumed_tensors[k])]
+    assert not different  # raw and EMA weights, Adam's moments and step counts, the torch generator
+    for key in ("step", "losses", "optimizer", "lr_schedule", "rng"):
+        assert resumed_state[key] == straight_state[key], key
+    assert _same(load_file(straight / "weights.safetensors"), load_file(resumed / "weights.safetensors"))
+
+
+def test_resume_with_more_steps_follows_the_longer_schedule(flat_dataset, tmp_path):
     out = tmp_path / "model"
     pairs = find_training_pairs(flat_dataset)
     _drive(train(tiny_card(), pairs, out, _config(2)))
@@ -74,8 +124,110 @@ def test_resume_continues_from_checkpoint(flat_dataset, tmp_path):
     assert state["step"] == 2
     _, events = _drive(train(tiny_card(), pairs, out, _config(4), resume=True))
     assert [e.step for e in events] == [3, 4]
-    state = json.loads((out / "checkpoint" / "training_state.json").read_text())
+    tensors, state = _checkpoint(out)
     assert state["step"] == 4 and len(state["losses"]) == 4
+    assert all(float(v) == 4 for k, v in tensors.items() if k.startswith("optimizer.state.") and k.endswith(".step"))
+    # The 4-step schedule's cosine (2 steps after a 2-step warm-up), not the finished 2-step one's.
+    assert state["lr_schedule"]["last_epoch"] == 4 and state["lr_schedule"]["_schedulers"][1]["T_max"] == 2
+
+
+def test_checkpoint_restores_optimiser_schedule_and_generators_exactly(tmp_path):
+    from dataclasses import asdict
+
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from napari_medgen.engine.training.checkpoint import load_checkpoint, save_checkpoint
+    from napari_medgen.engine.training.optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule
+
+    config = _config(6)
+
+    def fresh(seed: int):
+        torch.manual_seed(seed)
+        network = torch.nn.Linear(3, 2)
+        optimizer = build_optimizer(network, config)
+        ema = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+        return network, ema, optimizer, build_lr_schedule(optimizer, config)
+
+    def step(network, ema, optimizer, schedule):
+        network(torch.ones(4, 3)).square().mean().backward()
+        optimizer.step()
+        schedule.step()
+        ema.update_parameters(network)
+        optimizer.zero_grad()
+
+    network, ema, optimizer, schedule = fresh(0)
+    for _ in range(3):
+        step(network, ema, optimizer, schedule)
+    generator, rng = torch.Generator().manual_seed(5), np.random.default_rng(7)
+    torch.rand(3, generator=generator), rng.random()
+    states = {"optimizer": optimizer.state_dict(), "lr_schedule": schedule.state_dict(), "rng": {"numpy": rng.bit_generator.state, "torch": generator.get_state()}}
+    save_checkpoint(tmp_path, network, ema, states, {"step": 3, "losses": [1.0, 0.5, 0.25], "config": asdict(config)})
+
+    network2, ema2, optimizer2, schedule2 = fresh(1)
+    record = load_checkpoint(tmp_path, network2, ema2, optimizer2, ("lr_schedule", "rng"))
+    schedule2 = resume_lr_schedule(schedule2, optimizer2, config, record, 3)
+    assert _same(network2.state_dict(), network.state_dict()) and _same(ema2.state_dict(), ema.state_dict())
+    assert _same(optimizer2.state_dict(), optimizer.state_dict())  # moments, step counts, rates, betas (a tuple)
+    assert _same(schedule2.state_dict(), schedule.state_dict())
+    assert _same(record["rng"], states["rng"])
+    step(network, ema, optimizer, schedule)
+    step(network2, ema2, optimizer2, schedule2)
+    assert _same(network2.state_dict(), network.state_dict()) and _same(optimizer2.state_dict(), optimizer.state_dict())
+
+
+@pytest.mark.parametrize(("warmup", "steps"), [(3, 10), (0, 5), (1, 4), (6, 4)])
+def test_learning_rate_warms_up_linearly_then_decays_along_a_cosine(warmup, steps):
+    from napari_medgen.engine.training.optimizer import build_lr_schedule, build_optimizer
+
+    config = TrainingConfig(steps=steps, warmup_steps=warmup, learning_rate=1e-3, final_lr_fraction=0.1)
+    optimizer = build_optimizer(torch.nn.Linear(2, 1), config)
+    schedule = build_lr_schedule(optimizer, config)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    cosine = lambda s: 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
+    expected = [1e-3 * (s + 1) / warmup if s < warmup else cosine(s) for s in range(steps)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-12)
+    for start in range(steps):  # a schedule set to a later step (a resumed run whose settings changed)
+        later = build_optimizer(torch.nn.Linear(2, 1), config)
+        build_lr_schedule(later, config, start_step=start)
+        assert later.param_groups[0]["lr"] == pytest.approx(rates[start], rel=1e-12)
+
+
+def test_training_target_is_monais_for_a_v_prediction_card():
+    """The noisy input and the velocity target are MONAI's `add_noise` / `get_velocity` of the card's schedule."""
+    from monai.networks.schedulers import DDPMScheduler
+
+    card = preset_card("brain-t1-demo")
+    assert card.scheduler.prediction_type == "v_prediction"
+    monai = DDPMScheduler(num_train_timesteps=1000, schedule="linear_beta", beta_start=1e-4, beta_end=0.02, prediction_type="v_prediction")
+    schedule = NoiseSchedule(card.scheduler)
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand((4, 1, 8, 8), generator=generator) * 2 - 1
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.tensor([0, 17, 500, 999])
+    torch.testing.assert_close(schedule.training_input(x0, noise, t), monai.add_noise(x0, noise, t), rtol=0, atol=0)
+    torch.testing.assert_close(schedule.training_target(x0, noise, t), monai.get_velocity(x0, noise, t), rtol=0, atol=0)
+    a = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(schedule.training_target(x0, noise, t), a.sqrt() * noise - (1 - a).sqrt() * x0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_the_samplers_read_the_training_target_back(prediction_type):
+    """`NoiseSchedule.split` (the samplers' reading of a network output) inverts the training target."""
+    spec = tiny_card().scheduler.model_copy(update={"prediction_type": prediction_type})
+    schedule = NoiseSchedule(spec)
+    generator = torch.Generator().manual_seed(1)
+    x0 = torch.rand((2, 1, 6, 6), generator=generator) * 1.8 - 0.9
+    noise = torch.randn(x0.shape, generator=generator)
+    for t in (5, 50, schedule.num_train_timesteps - 1):
+        timesteps = torch.full((2,), t)
+        x_t = schedule.training_input(x0, noise, timesteps)
+        x0_read, noise_read = schedule.split(schedule.training_target(x0, noise, timesteps), x_t, t, clip=False)
+        torch.testing.assert_close(x0_read, x0, rtol=0, atol=1e-4)
+        torch.testing.assert_close(noise_read, noise, rtol=0, atol=1e-4)
 
 
 def test_checkpoints_outside_the_model_folder_leave_it_unwritten_until_the_end(flat_dataset, tmp_path):
@@ -134,3 +286,23 @@ def test_pasted_tissue_keeps_image_and_labels_paired():
     moved = pasted_image != image
     assert np.array_equal(pasted_image[moved], pasted_label[moved] * 10.0 + 0.5)
     assert moved.sum() <= np.pi * 5.5**2 and label.max() == 3 and image.max() == 99.0  # inputs untouched
+
+
+def test_a_checkpoint_of_the_earlier_format_resumes(flat_dataset, tmp_path):
+    """Checkpoints written before the optimiser's settings, the schedule and the generators were kept
+    (only ``optimizer.<index>.<name>`` tensors) resume with their weights and Adam's moments."""
+    from safetensors.torch import save_file
+
+    out, pairs = tmp_path / "model", find_training_pairs(flat_dataset)
+    _drive(train(tiny_card(), pairs, out, _config(2)))
+    tensors, state = _checkpoint(out)
+    earlier = {k: v for k, v in tensors.items() if k.startswith(("network.", "ema."))}
+    earlier.update({k.replace("optimizer.state.", "optimizer."): v for k, v in tensors.items() if k.startswith("optimizer.state.")})
+    save_file(earlier, str(out / "checkpoint" / "training_state.safetensors"))
+    state = {k: state[k] for k in ("step", "losses", "seconds", "config")}
+    (out / "checkpoint" / "training_state.json").write_text(json.dumps(state))
+    _, events = _drive(train(tiny_card(), pairs, out, _config(3), resume=True))
+    assert [e.step for e in events] == [3]
+    tensors, state = _checkpoint(out)
+    assert all(float(v) == 3 for k, v in tensors.items() if k.startswith("optimizer.state.") and k.endswith(".step"))
+    assert state["lr_schedule"]["last_epoch"] == 3

@@ -68,3 +68,19 @@ class NoiseSchedule:
         """Forward diffusion from timestep s up to t > s (RePaint's jump back)."""
         ratio = self.alpha_bar(t) / self.alpha_bar(s)
         return ratio**0.5 * x_s + (1 - ratio) ** 0.5 * noise
+
+    # -- training: one timestep per sample, MONAI's own maths ---------------------------------------
+    def training_input(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The noisy batch x_t the network sees in training, one timestep per sample (MONAI's `add_noise`)."""
+        return self.scheduler.add_noise(x0, noise.to(x0), timesteps)
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the network learns to predict at `timesteps`: the noise, the velocity v (MONAI's
+        `get_velocity`) or the clean image, by the card's prediction type; `split` inverts it."""
+        if self.prediction_type == "epsilon":
+            return noise.to(x0)
+        if self.prediction_type == "v_prediction":
+            return self.scheduler.get_velocity(x0, noise.to(x0), timesteps)
+        if self.prediction_type == "sample":
+            return x0
+        raise ValueError(f"unknown prediction type {self.prediction_type!r}")

@@ -114,7 +114,7 @@ def load_training_slices(card: ModelCard, pairs: list[tuple[Path, Path]]) -> Tra
         shapes.append(labels_w.shape)
     height = max(a.shape[0] for a in images)
     width = max(a.shape[1] for a in images)
-    pad = lambda a, value: np.pad(a, ((0, height - a.shape[0]), (0, width - a.shape[1])), constant_values=value)  # noqa: E731
+    pad = lambda a, value: np.pad(a, ((0, height - a.shape[0]), (0, width - a.shape[1])), constant_values=value)
     return TrainingSlices(
         images=np.stack([pad(a, -1.0) for a in images]).astype(np.float32),
         labels=np.stack([pad(a, 0) for a in labels]),
@@ -129,8 +129,9 @@ def load_training_slices(card: ModelCard, pairs: list[tuple[Path, Path]]) -> Tra
 
 
 # -- augmentation and masks -----------------------------------------------------------------------
-def _augmentation(seed: int):
-    """Geometric augmentation of image and labels together, then a mild intensity jitter (MONAI)."""
+def _augmentation():
+    """Geometric augmentation of image and labels together, then a mild intensity jitter (MONAI);
+    seeded by `TrainingBatches` before each batch."""
     from monai.transforms import Compose, Rand2DElasticd, RandAdjustContrastd, RandFlipd, RandScaleIntensityd
 
     transforms = Compose(
@@ -152,7 +153,6 @@ def _augmentation(seed: int):
             RandAdjustContrastd(keys=["image"], gamma=(0.9, 1.1), prob=0.3),
         ]
     )
-    transforms.set_random_state(seed=seed)
     return transforms
 
 
@@ -195,13 +195,17 @@ def paste_tissue(
     return image, label
 
 
-class _Batches:
-    """Random batches of augmented slices with their conditioning, as network input stacks."""
+class TrainingBatches:
+    """Random batches of augmented slices with their conditioning, as network input stacks.
+
+    All their randomness comes from one numpy generator (MONAI's transforms are reseeded from it before
+    each batch), so `state` / `restore` (JSON-able) make a resumed run draw the batches it would have.
+    """
 
     def __init__(self, card: ModelCard, data: TrainingSlices, config: TrainingConfig, seed: int) -> None:
         self.card, self.data, self.config = card, data, config
         self.rng = np.random.default_rng(seed)
-        self.augment = _augmentation(seed)
+        self.augment = _augmentation()
         divisor = card.downsampling_factor
         height, width = data.images.shape[1:]
         self.padded = (int(math.ceil(height / divisor) * divisor), int(math.ceil(width / divisor) * divisor))
@@ -210,6 +214,7 @@ class _Batches:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(clean images (B, 1, H, W), conditioning (B, C, H, W))."""
         cfg = self.config
+        self.augment.set_random_state(seed=int(self.rng.integers(2**32)))
         images, labels, regions, positions = [], [], [], []
         for _ in range(cfg.batch_size):
             i = int(self.rng.integers(len(self.data.images)))
@@ -245,6 +250,13 @@ class _Batches:
             )
             stacks.append(stack)
         return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.concatenate(stacks))
+
+    def state(self) -> dict[str, Any]:
+        """The random generator's state, as JSON-able data."""
+        return {"numpy": self.rng.bit_generator.state}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["numpy"]
 
     def _pad_and_crop(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         height, width = self.padded

@@ -9,19 +9,18 @@ and the labels together, and a mild intensity jitter. Weights are averaged (EMA)
 are what the model folder gets.
 
 `train` is a generator like the samplers: it yields `TrainingEvent`s and returns the model folder.
-Checkpoints (safetensors + JSON, no pickle) let a run resume where it stopped.
+Checkpoints (safetensors + JSON, no pickle; see `checkpoint`) hold the weights, the optimiser, the
+learning-rate schedule and the random generators, so a resumed run continues the very same run.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +32,9 @@ from ..model.card import ModelCard
 from ..model.device import resolve_device
 from ..model.networks import build_networks
 from ..model.weights import save_model
-from .data import _Batches, load_training_slices
+from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .data import TrainingBatches, load_training_slices
+from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -45,7 +46,8 @@ class TrainingConfig:
     steps: int = 3000
     batch_size: int = 12
     learning_rate: float = 3e-4
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # linear warm-up from learning_rate / warmup_steps, then a cosine decay
+    final_lr_fraction: float = 0.1  # ... down to this fraction of learning_rate at the last step
     ema_decay: float = 0.998
     crop_size: int | None = 64  # random square crops (px) of the slices; None: whole slices
     condition_dropout: float = 0.15
@@ -68,41 +70,6 @@ class TrainingEvent:
     total: int
     loss: float
     message: str = ""
-
-
-# -- checkpoints ----------------------------------------------------------------------------------
-def _save_checkpoint(folder: Path, network, ema, optimizer, state: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()})
-    for index, values in optimizer.state_dict()["state"].items():
-        for name, value in values.items():
-            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tmp = folder / ".training_state.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / "training_state.safetensors")
-    (folder / "training_state.json").write_text(json.dumps(state, indent=1))
-
-
-def _load_checkpoint(folder: Path, network, ema, optimizer) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(folder / "training_state.safetensors"))
-    state = json.loads((folder / "training_state.json").read_text())
-    network.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("network.")})
-    ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    ema.n_averaged.fill_(state["step"])
-    optimizer_state = optimizer.state_dict()
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            per_param.setdefault(int(index), {})[name] = value
-    optimizer_state["state"] = per_param
-    optimizer.load_state_dict(optimizer_state)
-    return state
 
 
 _TARGET_NAMES = {"epsilon": "noise", "v_prediction": "velocity v", "sample": "clean image"}
@@ -169,24 +136,25 @@ def train(
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     ema = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    optimizer = build_optimizer(network, config)
+    lr_schedule = build_lr_schedule(optimizer, config)
     schedule = NoiseSchedule(card.scheduler)
-    alphas = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)
     checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else out / CHECKPOINT_DIR
+    batches = TrainingBatches(card, data, config, seed=config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
     start_step, losses, seconds = 0, [], 0.0
     if resume:
-        if not (checkpoint / "training_state.json").exists():
+        if not has_checkpoint(checkpoint):
             raise MedgenError(f"{out}: no checkpoint to resume from; start without --resume")
-        state = _load_checkpoint(checkpoint, network, ema, optimizer)
-        start_step, losses, seconds = state["step"], state["losses"], state.get("seconds", 0.0)
-    batches = _Batches(card, data, config, seed=config.seed + start_step)
-    generator = torch.Generator().manual_seed(config.seed + start_step)
-
-    def learning_rate(step: int) -> float:
-        if step < config.warmup_steps:
-            return config.learning_rate * (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+        record = load_checkpoint(checkpoint, network, ema, optimizer, ("lr_schedule", "rng"))
+        start_step, losses, seconds = record["step"], record["losses"], record.get("seconds", 0.0)
+        lr_schedule = resume_lr_schedule(lr_schedule, optimizer, config, record, start_step)
+        if "rng" in record:
+            batches.restore(record["rng"]["batches"])
+            generator.set_state(record["rng"]["torch"])
+        else:  # a checkpoint of an earlier version: fresh generators, seeded as it did
+            batches = TrainingBatches(card, data, config, seed=config.seed + start_step)
+            generator.manual_seed(config.seed + start_step)
 
     network.train()
     started = time.perf_counter() - seconds
@@ -194,26 +162,28 @@ def train(
         clean, conditioning = batches.next()
         clean, conditioning = clean.to(device), conditioning.to(device)
         t = torch.randint(0, schedule.num_train_timesteps, (clean.shape[0],), generator=generator)
-        noise = torch.randn(clean.shape, generator=generator)
-        a = alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * clean + (1 - a).sqrt() * noise.to(device)
-        target = {"epsilon": noise, "sample": clean.cpu(), "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * clean.cpu()}[
-            card.scheduler.prediction_type
-        ].to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step)
+        noise = torch.randn(clean.shape, generator=generator).to(device)
+        noisy = schedule.training_input(clean, noise, t)
+        target = schedule.training_target(clean, noise, t)
         prediction = network(torch.cat([noisy, conditioning], 1), t.to(device))
         loss = torch.nn.functional.mse_loss(prediction.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
         optimizer.step()
+        lr_schedule.step()
         ema.update_parameters(network)
         losses.append(loss.item())
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
             elapsed = time.perf_counter() - started
-            _save_checkpoint(checkpoint, network, ema, optimizer, {"step": done, "losses": losses, "seconds": elapsed, "config": asdict(config)})
+            states = {
+                "optimizer": optimizer.state_dict(),
+                "lr_schedule": lr_schedule.state_dict(),
+                "rng": {"batches": batches.state(), "torch": generator.get_state()},
+            }
+            record = {"step": done, "losses": losses, "seconds": elapsed, "config": asdict(config)}
+            save_checkpoint(checkpoint, network, ema, states, record)
             # The curve so far goes beside the checkpoint: the model folder is written only at the end.
             _loss_curve(losses, checkpoint / "loss_curve.png", card.scheduler.prediction_type)
         yield TrainingEvent(done, config.steps, float(np.mean(losses[-25:])), f"loss {np.mean(losses[-25:]):.4f}")
@@ -222,7 +192,7 @@ def train(
         **card.provenance,
         "training_data": data_description or "image / label pairs",
         "training_slices": data.description,
-        "trained": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "trained": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "code_version": f"napari-medgen {__version__}",
         "training": {
             **{k: v for k, v in asdict(config).items() if k not in ("device", "threads")},
