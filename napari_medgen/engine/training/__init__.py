@@ -1,5 +1,6 @@
 """Training a slice-wise anatomy-conditioned diffusion model: `data` (pairs, slices, augmentation,
-batches) and `loop` (the generator `train`, checkpoints, loss curve). Names are imported when first used."""
+batches), `optimizer` (AdamW and its warm-up + cosine learning-rate schedule), `checkpoint` (resumable
+state as safetensors + JSON) and `loop` (the generator `train`, loss curve). Names are imported when first used."""
 
 from __future__ import annotations
 
