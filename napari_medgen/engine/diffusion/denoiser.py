@@ -19,6 +19,7 @@ import torch
 
 from ..model.card import ModelCard
 from ..model.loading import LoadedModel
+from ..model.networks import monai_module
 
 
 def one_hot(label_map: np.ndarray, channels: int) -> np.ndarray:
@@ -175,7 +176,7 @@ class Denoiser:
         t_batch = torch.full((stack.shape[0],), t, device=stack.device, dtype=torch.long)
         if self.card.spatial_dims == 2 or all(s <= w for s, w in zip(spatial, self.tile, strict=True)):
             return self._network(stack, t_batch, class_labels)
-        from monai.inferers import sliding_window_inference
+        sliding_window_inference = monai_module("monai.inferers").sliding_window_inference
 
         def predictor(window: torch.Tensor) -> torch.Tensor:
             n = window.shape[0]

@@ -6,13 +6,14 @@ import numpy as np
 import torch
 
 from ..model.card import SchedulerSpec
+from ..model.networks import monai_module
 
 
 class NoiseSchedule:
     """The training noise schedule of a model (from MONAI's scheduler) and the maths on it."""
 
     def __init__(self, spec: SchedulerSpec) -> None:
-        from monai.networks import schedulers
+        schedulers = monai_module("monai.networks.schedulers")  # MONAI's lean import where the process asked for it
 
         args = {} if spec.schedule == "cosine" else {"beta_start": spec.beta_start, "beta_end": spec.beta_end}
         scheduler = getattr(schedulers, spec.class_name)(
