@@ -6,11 +6,18 @@
     napari-medgen inpaint --image I --region R [--labels L] --out O [sampling options]
     napari-medgen train --out MODEL_DIR [--data DIR] [--preset brain-t1-demo] [--steps --batch-size --device --resume]
     napari-medgen import-weights --checkpoint C --card CARD.json --out MODEL_DIR
+    napari-medgen serve [--preload MODEL]   a long-lived worker: generate / inpaint requests as JSON lines on stdin
 
 Progress goes to stderr as a bar on a terminal and nowhere in a pipe; ``--progress jsonl`` prints one
 JSON object per line on stdout for every progress event and a last line with the result paths or the
 error, so another program (a 3D Slicer module, a notebook) can follow and cancel by ending the
-process. Errors are one line on stderr and a non-zero exit status; nothing is written on failure.
+process. `serve` speaks the same events for many requests in one process (napari_medgen/serve.py);
+docs/protocol.md documents every event and field. Errors are one line on stderr and a non-zero exit
+status; nothing is written on failure.
+
+Start-up: a command imports only what it needs when it needs it. `--help`, every command's `--help`
+and `models` import neither torch nor MONAI; generate / inpaint / serve import MONAI's network modules
+without the rest of MONAI (`engine.model.networks.monai_module`).
 """
 
 from __future__ import annotations
@@ -19,12 +26,28 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
 EXIT_ERROR = 1
 EXIT_CANCELLED = 130
+PROTOCOL_VERSION = 1  # of the JSON-lines events (docs/protocol.md); raised when a field changes meaning or goes
+
+
+class UsageError(Exception):
+    """A command line (or a serve request's arguments) that the parser refuses, when it may not exit."""
+
+
+class RunCancelled(Exception):
+    """A run stopped on request (a serve `cancel`): before its next network call, nothing written."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that raises UsageError instead of printing usage and exiting (serve requests)."""
+
+    def error(self, message: str) -> Any:
+        raise UsageError(message)
 
 
 def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,26 +71,24 @@ def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .engine.synthesis.options import SamplingOptions
-
-    default = SamplingOptions()
-    parser = argparse.ArgumentParser(prog="napari-medgen", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", action="version", version=f"napari-medgen {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    demo = commands.add_parser("demo", help="open napari with the sample brain, ready to paint and generate")
+def _demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--screenshot", type=Path, default=None, help="save a screenshot of the window here and exit")
 
-    commands.add_parser("models", help="list the models found and where they came from")
 
-    gen = commands.add_parser("generate", help="synthesize an image from an anatomy label map")
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--labels", required=True, type=Path, help="label map file or DICOM folder")
     gen.add_argument("--out", required=True, type=Path, help="output file (.nii.gz, .mha, .nrrd)")
     _sampling_arguments(gen)
 
-    inp = commands.add_parser("inpaint", help="regenerate a region of a scan, keeping everything outside it")
+
+def _inpaint_arguments(inp: argparse.ArgumentParser) -> None:
+    from .engine.synthesis.options import SamplingOptions
+
+    default = SamplingOptions()
     inp.add_argument("--image", required=True, type=Path, help="the scan")
     inp.add_argument("--region", required=True, type=Path, help="mask of the region to regenerate (non-zero voxels)")
     inp.add_argument("--labels", type=Path, default=None, help="optional anatomy label map to follow inside the region")
@@ -78,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--jump-count", type=int, default=default.jump_count, help="RePaint resampling count")
     _sampling_arguments(inp)
 
-    tr = commands.add_parser("train", help="train a slice-wise model on image / label-map pairs")
+
+def _train_arguments(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--data", type=Path, default=None,
                     help="folder (imagesTr/labelsTr, or <case>_image / <case>_label files) or JSON manifest; "
                          "default with --preset brain-t1-demo: the shipped sample brain")
@@ -95,30 +117,90 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint-dir", type=Path, default=None, help="where checkpoints go (default: OUT/checkpoint)")
     tr.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
 
-    imp = commands.add_parser("import-weights", help="convert a PyTorch state dict into a safe model folder")
+
+def _import_weights_arguments(imp: argparse.ArgumentParser) -> None:
     imp.add_argument("--checkpoint", required=True, type=Path)
     imp.add_argument("--card", required=True, type=Path, help="model.json describing the network")
     imp.add_argument("--out", required=True, type=Path, help="model folder to create")
+
+
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--preload", default=None, metavar="MODEL",
+                       help="load this model (name or folder, device auto, fp32) before the first request")
+
+
+# name -> (help, what adds its arguments): a command's arguments are built only when it is the one run
+# (or for build_parser() with no command), so --help imports nothing of the engine's defaults.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "demo": ("open napari with the sample brain, ready to paint and generate", _demo_arguments),
+    "models": ("list the models found and where they came from", _no_arguments),
+    "generate": ("synthesize an image from an anatomy label map", _generate_arguments),
+    "inpaint": ("regenerate a region of a scan, keeping everything outside it", _inpaint_arguments),
+    "train": ("train a slice-wise model on image / label-map pairs", _train_arguments),
+    "import-weights": ("convert a PyTorch state dict into a safe model folder", _import_weights_arguments),
+    "serve": ("a long-lived worker: generate / inpaint requests as JSON lines on stdin, the model kept loaded "
+              "(docs/protocol.md)", _serve_arguments),
+}
+
+
+def build_parser(command: str | None = None, exit_on_error: bool = True) -> argparse.ArgumentParser:
+    """The command line's parser: every command's arguments, or only `command`'s ('' for none: the
+    top-level --help and --version). With exit_on_error=False, a refused command line raises UsageError."""
+    from . import __version__
+
+    parser_class = argparse.ArgumentParser if exit_on_error else _Parser
+    parser = parser_class(prog="napari-medgen", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"napari-medgen {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text, allow_abbrev=exit_on_error)
+        if command is None or command == name:
+            add_arguments(sub)
     return parser
 
 
-class Reporter:
-    """Progress as a bar (terminal), JSON lines (machines) or nothing (pipes)."""
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """Parse a command line, building only its command's arguments."""
+    return build_parser(argv[0] if argv and argv[0] in COMMANDS else "").parse_args(argv)
 
-    def __init__(self, mode: str) -> None:
+
+class Reporter:
+    """Progress as a bar (terminal), JSON lines (machines) or nothing (pipes).
+
+    In jsonl mode every event is one JSON object on one line (docs/protocol.md): `event`, the
+    `protocol` version, the request's `id` when the reporter has one (serve), then the event's fields.
+    `write` takes one line of text (default: print to stdout, flushed)."""
+
+    def __init__(self, mode: str, request_id: Any = None, write: Callable[[str], None] | None = None) -> None:
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "none"
         self.mode = mode
+        self.request_id = request_id
+        self._write = write
         self.bar: Any = None
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Write one JSON-lines event (in jsonl mode only)."""
+        if self.mode != "jsonl":
+            return
+        record: dict[str, Any] = {"event": kind, "protocol": PROTOCOL_VERSION}
+        if self.request_id is not None:
+            record["id"] = self.request_id
+        record.update(fields)
+        line = json.dumps(record)
+        if self._write is not None:
+            self._write(line)
+        else:
+            print(line, flush=True)
+
+    def check(self) -> None:
+        """Called before every network call of a run: a serve request raises RunCancelled here when cancelled."""
 
     def progress(self, step: int, total: int, message: str = "", notice: str = "") -> None:
         """One progress event; `notice` (a retry after running out of memory, a fall back to the CPU)
         is also said once on stderr, whatever the mode."""
         if self.mode == "jsonl":
-            event = {"event": "progress", "step": step, "total": total, "message": message}
-            if notice:
-                event["notice"] = notice
-            print(json.dumps(event), flush=True)
+            self.event("progress", step=step, total=total, message=message, **({"notice": notice} if notice else {}))
         elif self.mode == "bar":
             if self.bar is None:
                 from tqdm import tqdm
@@ -141,22 +223,23 @@ class Reporter:
     def result(self, paths: list[str]) -> None:
         self.close()
         if self.mode == "jsonl":
-            print(json.dumps({"event": "result", "paths": paths}), flush=True)
+            self.event("result", paths=paths)
         else:
             for path in paths:
                 print(path)
 
     def error(self, message: str, cancelled: bool = False) -> None:
         self.close()
-        if self.mode == "jsonl":
-            print(json.dumps({"event": "cancelled" if cancelled else "error", "message": message}), flush=True)
-        print(f"napari-medgen: {'cancelled' if cancelled else 'error'}: {message}", file=sys.stderr)
+        self.event("cancelled" if cancelled else "error", message=message)
+        print(f"napari-medgen: {'cancelled' if cancelled else 'error'}: {message}", file=sys.stderr, flush=True)
 
 
 def _drive(run: Generator, reporter: Reporter) -> Any:
-    """Run an engine generator to the end, reporting its progress; returns its result."""
+    """Run an engine generator to the end, reporting its progress; returns its result. The reporter is
+    asked before each network call whether to go on (closing the generator stops the run there)."""
     try:
         while True:
+            reporter.check()
             event = next(run)
             reporter.progress(event.step, event.total, event.message, getattr(event, "notice", ""))
     except StopIteration as stop:
@@ -203,11 +286,9 @@ def _write_results(results: list, paths: list[Path]) -> list[str]:
 
 
 def cmd_generate(args: argparse.Namespace, reporter: Reporter) -> list[str]:
-    from .engine.io import read_volume
+    from .engine.io import check_writable_output, read_volume
     from .engine.model.loading import load_model
     from .engine.synthesis import generate
-
-    from .engine.io import check_writable_output
 
     paths = _output_paths(args.out, args.variants, args.seed)
     check_writable_output(paths)
@@ -220,11 +301,9 @@ def cmd_generate(args: argparse.Namespace, reporter: Reporter) -> list[str]:
 
 
 def cmd_inpaint(args: argparse.Namespace, reporter: Reporter) -> list[str]:
-    from .engine.io import read_volume
+    from .engine.io import check_writable_output, read_volume
     from .engine.model.loading import load_model
     from .engine.synthesis import inpaint
-
-    from .engine.io import check_writable_output
 
     paths = _output_paths(args.out, args.variants, args.seed)
     check_writable_output(paths)
@@ -314,12 +393,11 @@ def cmd_import_weights(args: argparse.Namespace) -> list[str]:
     return [str(import_state_dict(args.checkpoint, card, args.out))]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def execute(args: argparse.Namespace, reporter: Reporter) -> int:
+    """Run one parsed command, reporting its result or error; returns the exit status. Every failure
+    is one line (and, in jsonl mode, a last event); nothing is written on failure."""
     from .engine.errors import MedgenError
 
-    reporter = Reporter(getattr(args, "progress", "none"))
-    previous_handler = _handle_terminate() if args.command != "demo" else None
     try:
         if args.command == "demo":
             cmd_demo(args)
@@ -327,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             cmd_models()
             return 0
+        if args.command == "serve":
+            from .serve import serve
+
+            return serve(preload=args.preload)
         handler = {"generate": cmd_generate, "inpaint": cmd_inpaint, "train": cmd_train}.get(args.command)
         paths = handler(args, reporter) if handler else cmd_import_weights(args)
         reporter.result(paths)
@@ -334,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     except MedgenError as error:
         reporter.error(str(error))
         return EXIT_ERROR
+    except RunCancelled as cancelled:
+        reporter.error(str(cancelled) or "cancelled; nothing was written", cancelled=True)
+        return EXIT_CANCELLED
     except KeyboardInterrupt:
         reporter.error("stopped by the user; nothing was written", cancelled=True)
         return EXIT_CANCELLED
@@ -347,6 +432,21 @@ def main(argv: list[str] | None = None) -> int:
             "napari-medgen: please report it with the command line (NAPARI_MEDGEN_DEBUG=1 shows the traceback)"
         )
         return EXIT_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_arguments(argv)
+    if args.command in ("generate", "inpaint", "serve"):
+        # Processes that only run networks import MONAI's network modules, not all of MONAI (seconds).
+        from .engine.model.networks import use_lean_monai_import
+
+        use_lean_monai_import()
+    reporter = Reporter(getattr(args, "progress", "none"))
+    # serve handles its own signals (a SIGTERM cancels its running request, then it exits).
+    previous_handler = _handle_terminate() if args.command not in ("demo", "serve") else None
+    try:
+        return execute(args, reporter)
     finally:
         _restore_terminate(previous_handler)
 

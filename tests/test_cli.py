@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import make_tiny_model  # noqa: E402
 
 from napari_medgen._paths import sample_dir  # noqa: E402
-from napari_medgen.cli import main  # noqa: E402
+from napari_medgen.cli import PROTOCOL_VERSION, main  # noqa: E402
 from napari_medgen.engine.io import read_volume, write_volume  # noqa: E402
 from napari_medgen.engine.volume import Volume  # noqa: E402
 
@@ -53,7 +53,7 @@ def test_generate_writes_result_in_label_geometry_with_jsonl_progress(brain_file
     events = _events(capsys.readouterr().out)
     progress = [e for e in events if e["event"] == "progress"]
     assert progress and progress[-1]["step"] == progress[-1]["total"]
-    assert events[-1] == {"event": "result", "paths": [str(out)]}
+    assert events[-1] == {"event": "result", "protocol": PROTOCOL_VERSION, "paths": [str(out)]}
     result = read_volume(out)
     labels = read_volume(brain_files["labels"])
     assert result.same_grid(labels)
