@@ -1,12 +1,20 @@
-"""Shared pieces of the performance benchmarks: the model, the inputs, the machine, timing, results.
+"""Shared pieces of the benchmarks: the command line, the model, the inputs, the machine, timing, results.
 
-The model is the shipped demo model (`brain-t1-demo`) when its weights exist, else the demo
-ARCHITECTURE with random weights (speed does not depend on the weights; quality does, and the
-quality benchmarks say which they used). Every result file records the machine it came from.
+Every benchmark takes `--threads N` and `--smoke` (see `parse`). The model is the shipped demo model
+(`brain-t1-demo`) when its weights exist, else the demo ARCHITECTURE with random weights (speed does
+not depend on the weights; quality does, and the quality benchmarks say which they used); under
+`--smoke`, a tiny random-weight network on the demo card. Every result file records the machine it
+came from. Results go to benchmarks/results/, or to the folder named by $MEDGEN_BENCHMARK_RESULTS
+(a smoke run makes a temporary one): only results in benchmarks/results/ update README.md.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import functools
+import importlib
+import io
 import json
 import os
 import platform
@@ -25,6 +33,41 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"
 DEMO = "brain-t1-demo"
+RESULTS_ENV = "MEDGEN_BENCHMARK_RESULTS"
+
+# What this process was asked on its command line (`parse`): probes in fresh processes get the same.
+_SETTINGS: dict[str, Any] = {"smoke": False, "threads": None}
+
+
+# -- the command line ------------------------------------------------------------------------------
+def parse(parser: argparse.ArgumentParser, smoke: dict[str, Any], argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse a benchmark's command line with the options every benchmark has, and set up the run.
+
+    `--threads N`: torch's intra-op threads (default: one per core). `--smoke`: `smoke`'s values become
+    the defaults (options given on the command line still win), one thread unless told, the model is a
+    tiny random-weight one, and results go to a temporary folder unless $MEDGEN_BENCHMARK_RESULTS names
+    one: a check that the script runs, in seconds, on a busy machine too; its figures mean nothing.
+    """
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and model, results to a temporary folder")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**{"threads": 1, **smoke})
+        args = parser.parse_args(argv)
+        if not os.environ.get(RESULTS_ENV):
+            os.environ[RESULTS_ENV] = tempfile.mkdtemp(prefix="medgen-bench-smoke-")
+    _SETTINGS.update(smoke=args.smoke, threads=args.threads)
+    set_threads(args.threads)
+    return args
+
+
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's parser, described by the first paragraph of its docstring."""
+    return argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+
+
+def smoke() -> bool:
+    return bool(_SETTINGS["smoke"])
 
 
 # -- the machine -----------------------------------------------------------------------------------
@@ -73,7 +116,7 @@ _NOTE_AT_START: list[str | None] = []
 
 def note_start() -> None:
     """Look for other busy processes now (the start of a benchmark); `machine()` reports both looks."""
-    _NOTE_AT_START.append(other_load())
+    _NOTE_AT_START.append(None if smoke() else other_load())
 
 
 def machine() -> dict[str, Any]:
@@ -87,6 +130,9 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
+    if smoke():
+        info["note"] = "smoke run: figures mean nothing"
+        return info
     notes = [n for n in (_NOTE_AT_START[:1] + [other_load()]) if n]
     info["note"] = " / ".join(dict.fromkeys(notes)) or "no other busy process at start or end"
     return info
@@ -116,42 +162,59 @@ def trained_demo_available() -> bool:
     return (entry.folder / entry.card.weights).is_file()
 
 
-_RANDOM_FOLDER: Path | None = None
-
-
-def demo_model(trained: bool | None = None, precision: str = "fp32"):
-    """(LoadedModel, 'trained' | 'random weights'): the demo model, or its architecture with random weights.
-
-    trained=None takes the trained model when it exists.
-    """
-    global _RANDOM_FOLDER
-    from napari_medgen.engine.model.loading import load_model
-    from napari_medgen.engine.model.networks import build_networks
+def tiny_demo_card():
+    """The demo card (conditioning, schema, spacing, schedule) with a tiny network, as the tests build them."""
     from napari_medgen.engine.model.presets import brain_t1_demo_card
+
+    card = brain_t1_demo_card().model_copy(deep=True, update={"name": "brain-t1-demo-tiny"})
+    # Attention at the coarsest of three levels, as in the demo (at 64x64 tokens MONAI's explicit attention is slow).
+    card.network.kwargs.update(channels=[8, 8, 16], attention_levels=[False, False, True], num_res_blocks=1,
+                               norm_num_groups=8, num_head_channels=8)
+    return card
+
+
+_RANDOM_FOLDERS: dict[str, Path] = {}
+
+
+def random_weights_folder(card) -> Path:
+    """A model folder (made once per process) holding `card` with random weights."""
+    from napari_medgen.engine.model.networks import build_networks
     from napari_medgen.engine.model.weights import save_model
 
-    if trained is None:
-        trained = trained_demo_available()
-    if trained:
-        return load_model(DEMO, device="cpu", precision=precision), "trained"
-    if _RANDOM_FOLDER is None:
-        _RANDOM_FOLDER = Path(tempfile.mkdtemp(prefix="medgen-bench-")) / "brain-t1-demo-random"
-        card = brain_t1_demo_card().model_copy(update={"name": "brain-t1-demo-random"})
+    if card.name not in _RANDOM_FOLDERS:
+        folder = Path(tempfile.mkdtemp(prefix="medgen-bench-")) / card.name
         torch.manual_seed(0)
         networks = build_networks(card)
         for network in networks.values():
             randomize_zero_layers(network)
-        save_model(card, networks, _RANDOM_FOLDER)
-    return load_model(_RANDOM_FOLDER, device="cpu", precision=precision), "random weights"
+        save_model(card, networks, folder)
+        _RANDOM_FOLDERS[card.name] = folder
+    return _RANDOM_FOLDERS[card.name]
 
 
-def model_folder(model) -> str:
-    return str(model.folder)
+def benchmark_model(trained: bool | None = None, precision: str = "fp32"):
+    """(LoadedModel, what it is): under --smoke a tiny random-weight model of the demo card, else the demo
+    model, trained when its weights are there (trained=None) or its architecture with random weights.
+
+    Speed does not depend on the weights; quality does, and the quality figures say which they used.
+    """
+    from napari_medgen.engine.model.loading import load_model
+    from napari_medgen.engine.model.presets import brain_t1_demo_card
+
+    if _SETTINGS["smoke"]:
+        return load_model(random_weights_folder(tiny_demo_card()), device="cpu", precision=precision), "tiny random weights"
+    if trained is None:
+        trained = trained_demo_available()
+    if trained:
+        return load_model(DEMO, device="cpu", precision=precision), "trained"
+    card = brain_t1_demo_card().model_copy(update={"name": "brain-t1-demo-random"})
+    return load_model(random_weights_folder(card), device="cpu", precision=precision), "random weights"
 
 
 # -- inputs ----------------------------------------------------------------------------------------
+@functools.cache
 def sample_brain():
-    """The shipped sample brain (T1 and tissue labels), canonical orientation, contiguous arrays."""
+    """The shipped sample brain (T1 and tissue labels), canonical orientation, contiguous arrays (shared: read only)."""
     from napari_medgen._paths import sample_dir
     from napari_medgen.engine.io import read_volume
     from napari_medgen.engine.orientation import to_canonical
@@ -179,11 +242,13 @@ def brain_label_slices(count: int, size: int = 128, first: int | None = None):
 
 
 # -- timing ----------------------------------------------------------------------------------------
-def drive(run):
-    """Run a progress generator to its end; returns its result."""
+def drive(run, on_event: Callable[[Any], None] | None = None):
+    """Run a progress generator to its end, handing each event to `on_event`; returns its result."""
     try:
         while True:
-            next(run)
+            event = next(run)
+            if on_event is not None:
+                on_event(event)
     except StopIteration as stop:
         return stop.value
 
@@ -242,18 +307,47 @@ def reset_peak_rss() -> bool:
 
 
 def run_in_subprocess(module: str, args: list[str], timeout: float = 1800) -> dict[str, Any]:
-    """Run `python benchmarks/<module>.py <args>` in a fresh process; it prints one JSON line last."""
+    """Run `python benchmarks/<module>.py <args>` in a fresh process (with this process's --threads and
+    --smoke); it prints one JSON line last, which is returned.
+
+    Under --smoke the same command line runs in this process instead (`<module>.main(args)`): a fresh
+    process would cost seconds of imports to check what a smoke run checks, and smoke figures (the
+    per-process memory ones included) mean nothing anyway.
+    """
     script = Path(__file__).resolve().parent / f"{module}.py"
-    env = dict(os.environ)
-    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, env=env)
+    args = list(args)
+    if _SETTINGS["threads"]:
+        args += ["--threads", str(_SETTINGS["threads"])]
+    if smoke():
+        args.append("--smoke")
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            importlib.import_module(module).main(args)
+        return json.loads(printed.getvalue().strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # -- results ---------------------------------------------------------------------------------------
+def results_dir() -> Path:
+    """Where results go: benchmarks/results/, or the folder $MEDGEN_BENCHMARK_RESULTS names."""
+    return Path(os.environ.get(RESULTS_ENV) or RESULTS)
+
+
+def official_results() -> bool:
+    """Whether results go to benchmarks/results/ (only those may update README.md)."""
+    return results_dir().resolve() == RESULTS.resolve()
+
+
 def update_readme(block: str, text: str) -> bool:
-    """Put `text` between README.md's `<!-- block:start -->` and `<!-- block:end -->` markers."""
+    """Put `text` between README.md's `<!-- block:start -->` and `<!-- block:end -->` markers.
+
+    Only for results in benchmarks/results/: a smoke run (or one writing elsewhere) leaves README alone.
+    """
+    if not official_results():
+        return False
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
     readme = README.read_text() if README.is_file() else ""
     if start not in readme or end not in readme:
@@ -264,9 +358,15 @@ def update_readme(block: str, text: str) -> bool:
     return True
 
 
+def result_path(name: str) -> Path:
+    """A file in the results folder (made when missing)."""
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = result_path(f"{name}.json")
     path.write_text(json.dumps(payload, indent=2, default=_plain) + "\n")
     return path
 
@@ -277,6 +377,16 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(type(value))
+
+
+def load_result(name: str) -> dict[str, Any] | None:
+    path = results_dir() / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def met(value: bool | None) -> str:
+    """A table's "Met" cell."""
+    return "n/a" if value is None else ("yes" if value else "**no**")
 
 
 def set_threads(threads: int | None) -> int:

@@ -1,6 +1,6 @@
 """Quality of a brain model (default: the shipped brain-t1-demo): mask fidelity, inpainting, diversity.
 
-    python benchmarks/quality.py [--model brain-t1-demo] [--checkpoint DIR] [--slices 16] [--update-card]
+    python benchmarks/quality.py [--model brain-t1-demo] [--checkpoint DIR] [--slices 16] [--update-card] [--smoke]
 
 - Mask fidelity: images generated from held-out label maps (the sample's labels flipped left-right,
   shifted, elastically deformed, and with a hand-painted grey-matter blob inside white matter; none of
@@ -12,12 +12,13 @@
   on the same regions; seam: mean gradient magnitude on the region's border over the mean inside the brain.
 - Diversity: pixel-wise standard deviation between variants with different seeds, inside the brain.
 
-Writes benchmarks/results/quality.json and PNG panels (labels, result, real) in benchmarks/results/.
+Writes benchmarks/results/quality.json and PNG panels (labels, result, real) in benchmarks/results/, and
+the README's quality table. `--smoke`: a tiny random-weight model, 2 slices, 2 steps, one inpainting case,
+results in a temporary folder (a check that the script runs; README and card untouched).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -27,11 +28,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from napari_medgen._paths import sample_dir
-from napari_medgen.engine.io import read_volume
 from napari_medgen.engine.model.card import save_card
 from napari_medgen.engine.model.loading import LoadedModel, load_model
-from napari_medgen.engine.orientation import to_canonical
 from napari_medgen.engine.synthesis import generate, inpaint
 from napari_medgen.engine.volume import Volume
 
@@ -39,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import drive  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 TISSUES = {1: "CSF", 2: "GM", 3: "WM"}
+SMOKE = {"slices": 2, "steps": 2, "inpaint_cases": 1}
+NEEDS_TRAINED_MODEL = True  # run_all skips this benchmark without it (its figures would mean nothing)
 
 
 def kmeans_tissues(image: np.ndarray, brain: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -148,7 +147,7 @@ def mask_fidelity(
         mid = conditioning.shape[0] // 2
         panels.append((name, conditioning[mid], synthetic.array[mid], t1.array[slices][mid]))
     if panel_path:
-        panel(panels, RESULTS / f"quality_generate_{sampler}_{steps}.png" if panel_path is True else Path(panel_path))
+        panel(panels, common.result_path(f"quality_generate_{sampler}_{steps}.png") if panel_path is True else Path(panel_path))
     mean = float(np.mean([r["mean"] for r in results.values()]))
     return {"ceiling_real_t1": {**ceiling, "mean": float(np.mean(list(ceiling.values())))}, "held_out": results, "mean_dice": mean}
 
@@ -198,7 +197,7 @@ def inpainting(model: LoadedModel, t1: Volume, labels: Volume, cases: int, steps
         if case < 3:
             mid = int(centre[0])
             panels.append((f"inpainted {diameter_mm:.0f} mm", np.where(region[mid], 4, labels.array[mid]), result.array[mid], image[mid]))
-    panel(panels, RESULTS / "quality_inpaint.png")
+    panel(panels, common.result_path("quality_inpaint.png"))
     summary = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "biharmonic_psnr", "biharmonic_ssim", "seam_ratio")}
     return {"cases": rows, "mean": summary}
 
@@ -252,8 +251,8 @@ def summary_table(report: dict) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--model", default="brain-t1-demo")
     parser.add_argument("--checkpoint", type=Path, default=None, help="evaluate a training checkpoint's EMA weights")
     parser.add_argument("--slices", type=int, default=16, help="axial slices around the middle to generate")
@@ -261,13 +260,11 @@ def main() -> None:
     parser.add_argument("--inpaint-cases", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--update-card", action="store_true", help="write the figures into the model card")
-    args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    model = load_for_benchmark(args.model, args.checkpoint)
-    t1 = to_canonical(read_volume(sample_dir() / "mni152_t1_2mm.nii.gz"))
-    labels = to_canonical(read_volume(sample_dir() / "mni152_tissue_labels_2mm.nii.gz"))
-    t1 = Volume(np.ascontiguousarray(t1.array), t1.spacing, t1.origin, t1.direction)
-    labels = Volume(np.ascontiguousarray(labels.array), labels.spacing, labels.origin, labels.direction)
+    args = common.parse(parser, SMOKE, argv)
+    if args.smoke and (args.update_card or args.checkpoint):
+        parser.error("--smoke measures a tiny random-weight model: no --update-card or --checkpoint")
+    model = common.benchmark_model()[0] if args.smoke else load_for_benchmark(args.model, args.checkpoint)
+    t1, labels = common.sample_brain()
     middle = labels.shape[0] // 2 + 4
     slices = slice(middle - args.slices // 2, middle + args.slices // 2)
     started = time.perf_counter()
@@ -284,7 +281,7 @@ def main() -> None:
         "diversity": diversity(model, labels, slice(middle - 2, middle + 2), args.steps, args.seed),
     }
     report["seconds"] = round(time.perf_counter() - started, 1)
-    out = RESULTS / ("quality.json" if args.checkpoint is None else "quality_checkpoint.json")
+    out = common.result_path("quality.json" if args.checkpoint is None else "quality_checkpoint.json")
     out.write_text(json.dumps(report, indent=2) + "\n")
     fid = report["mask_fidelity_dpm++2m_20"]
     print(f"mask fidelity: mean Dice {fid['mean_dice']:.3f} (ceiling on real T1 {fid['ceiling_real_t1']['mean']:.3f})")

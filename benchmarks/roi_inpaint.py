@@ -1,6 +1,6 @@
 """ROI inpainting (issue 6, item 3): a small region costs what the region needs, not what the image has.
 
-    python benchmarks/roi_inpaint.py [--steps 20] [--repeats 3] [--cases 3] [--sweep-steps 5]
+    python benchmarks/roi_inpaint.py [--steps 20] [--repeats 3] [--cases 3] [--sweep-steps 5] [--threads N] [--smoke]
 
 `inpaint` processes only a box around the region plus a context margin (16 mm); the comparison is the
 same call with a margin that covers the whole frame (`context_mm=10000`: every in-plane voxel of the
@@ -17,7 +17,6 @@ region's slices, what a whole-frame inpainting does). Both with the tissue label
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import common  # noqa: E402
 
 FULL_FRAME_MM = 10000.0
 TARGET_SPEEDUP = 5.0
+SMOKE = {"steps": 1, "repeats": 1, "cases": 1, "sweep_steps": 1, "image_sizes": [128], "region_sizes": [10]}
 
 
 def slice_at_1mm(size: int):
@@ -115,16 +115,16 @@ def compare(model, image, labels, regions: list[np.ndarray], steps: int, repeats
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cases", type=int, default=3)
     parser.add_argument("--sweep-steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    common.set_threads(args.threads)
-    model, kind = common.demo_model()
+    parser.add_argument("--image-sizes", type=int, nargs="+", default=[128, 256, 512], help="the image-size sweep's slices")
+    parser.add_argument("--region-sizes", type=int, nargs="+", default=[10, 20, 40, 80], help="the region-size sweep's mm")
+    args = common.parse(parser, SMOKE, argv)
+    model, kind = common.benchmark_model()
 
     # A 256x256 slice at 1 mm, a 20 mm disk.
     image, labels = slice_at_1mm(256)
@@ -144,7 +144,7 @@ def main() -> None:
 
     # Sweeps: image size at a fixed region, region size at a fixed image.
     by_image = {}
-    for size in (128, 256, 512):
+    for size in args.image_sizes:
         im, lab = slice_at_1mm(size)
         centre = np.array([size // 2, size // 2 - 20])
         region = im.with_array(ball(im.shape, np.array([1.0, 1.0]), centre, 20.0).astype(np.uint8), metadata={})
@@ -153,7 +153,7 @@ def main() -> None:
         by_image[f"{size}x{size}"] = {"roi_s": round(roi, 3), "full_frame_s": round(full, 3)}
     by_region = {}
     centre = np.array([128, 108])
-    for diameter in (10, 20, 40, 80):
+    for diameter in args.region_sizes:
         region = image.with_array(ball(image.shape, np.array([1.0, 1.0]), centre, diameter).astype(np.uint8), metadata={})
         by_region[f"{diameter} mm"] = {"roi_s": round(common.timed(lambda: run_inpaint(model, image, region, labels, args.sweep_steps, 0, 16.0))[0], 3)}
 
@@ -173,6 +173,24 @@ def main() -> None:
     }
     path = common.write_result("roi_inpaint", report)
     print(f"image-size sweep {by_image}; region-size sweep {by_region}; wrote {path}")
+
+
+def table_row(r: dict) -> tuple[str, str, str, str]:
+    """The README performance table's row: what, figure, target, met."""
+    s, v = r["slice_256_at_1mm_20mm_disk"], r["volume_91x109x91_at_2mm_20mm_ball"]
+    qs, qv = s["quality_inside_region_mean"], v["quality_inside_region_mean"]
+    sweep = ", ".join(f"{k} {x['roi_s']:.2f}/{x['full_frame_s']:.2f} s" for k, x in r["sweep_image_size_20mm_disk"].items())
+    regions = ", ".join(f"{k} {x['roi_s']:.2f} s" for k, x in r["sweep_region_size_256_slice"].items())
+    return (
+        f"Inpainting a 20 mm region, ROI box vs whole frame, {r['steps']} steps, {r['model']}",
+        f"256x256 slice: **{s['speedup']}x** ({s['seconds']['roi']} vs {s['seconds']['full_frame']} s), PSNR/SSIM in region "
+        f"{qs['roi']['psnr']:.1f}/{qs['roi']['ssim']:.2f} vs {qs['full_frame']['psnr']:.1f}/{qs['full_frame']['ssim']:.2f}; "
+        f"volume: **{v['speedup']}x** ({v['seconds']['roi']} vs {v['seconds']['full_frame']} s), "
+        f"{qv['roi']['psnr']:.1f}/{qv['roi']['ssim']:.2f} vs {qv['full_frame']['psnr']:.1f}/{qv['full_frame']['ssim']:.2f}; "
+        f"ROI/whole by image size ({r['sweep_steps']} steps): {sweep}; ROI by region size: {regions}",
+        f">= {TARGET_SPEEDUP:g}x, same quality in region",
+        common.met(r["met"]),
+    )
 
 
 if __name__ == "__main__":

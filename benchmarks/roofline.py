@@ -1,6 +1,6 @@
 """The limit (issue 6, item 6): achieved FLOP/s of a network call against a large fp32 matmul.
 
-    python benchmarks/roofline.py [--repeats 7] [--threads N]
+    python benchmarks/roofline.py [--repeats 7] [--matmul-size 4096] [--threads N] [--smoke]
 
 FLOPs of one call of the demo network (torch.utils.flop_counter; attention counted on MONAI's
 explicit path, which does the same multiply-adds as the fused kernel the engine uses, since the
@@ -11,7 +11,6 @@ the same threads. The profile says where the rest of the time goes.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -22,6 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+
+SMOKE = {"repeats": 1, "matmul_size": 256}
 
 
 def network_flops(model, batch: int, size: int) -> tuple[int, dict[str, int]]:
@@ -37,11 +38,29 @@ def network_flops(model, batch: int, size: int) -> tuple[int, dict[str, int]]:
     return int(counter.get_total_flops()), by_op
 
 
-def matmul_flops_per_second(repeats: int, n: int = 4096) -> float:
+def matmul_flops_per_second(repeats: int, n: int) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     with torch.inference_mode():
         times = common.side_by_side({"mm": lambda: torch.mm(a, b)}, repeats)["mm"]
     return 2 * n**3 / common.median(times)
+
+
+def denoiser_and_input(model, batch: int, size: int):
+    """The engine's network call (`Denoiser`, zero conditioning) and an x_t for it: batch x size x size."""
+    from napari_medgen.engine.diffusion.denoiser import Denoiser
+
+    conditioning = torch.zeros(batch, model.card.input_channels - 1, size, size)
+    return Denoiser(model, conditioning), torch.randn(batch, 1, size, size)
+
+
+def seconds_per_call(denoiser, x: torch.Tensor, repeats: int) -> float:
+    """Median time of one network call (after a warm-up call)."""
+
+    def call():
+        with torch.inference_mode():
+            denoiser(x, 500)
+
+    return common.median(common.side_by_side({"call": call}, repeats)["call"])
 
 
 def profile_shares(denoiser, x: torch.Tensor) -> dict[str, float]:
@@ -73,28 +92,18 @@ def profile_shares(denoiser, x: torch.Tensor) -> dict[str, float]:
     return {k: round(v / max(all_time, 1e-9), 3) for k, v in totals.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    common.set_threads(args.threads)
-    from napari_medgen.engine.diffusion.denoiser import Denoiser
-
-    model, kind = common.demo_model()
-    peak = matmul_flops_per_second(args.repeats)
+    parser.add_argument("--matmul-size", type=int, default=4096, help="the reference matmul's n (n x n times n x n)")
+    args = common.parse(parser, SMOKE, argv)
+    model, kind = common.benchmark_model()
+    peak = matmul_flops_per_second(args.repeats, args.matmul_size)
     rows = {}
     for batch, size in ((1, 128), (4, 128), (1, 32)):
         flops, by_op = network_flops(model, batch, size)
-        conditioning = torch.zeros(batch, model.card.input_channels - 1, size, size)
-        denoiser = Denoiser(model, conditioning)
-        x = torch.randn(batch, 1, size, size)
-
-        def call(denoiser=denoiser, x=x):
-            with torch.inference_mode():
-                denoiser(x, 500)
-
-        seconds = common.median(common.side_by_side({"call": call}, args.repeats)["call"])
+        denoiser, x = denoiser_and_input(model, batch, size)
+        seconds = seconds_per_call(denoiser, x, args.repeats)
         achieved = flops / seconds
         rows[f"{batch}x{size}x{size}"] = {
             "gflop_per_call": round(flops / 1e9, 3),
@@ -108,20 +117,15 @@ def main() -> None:
               f"({achieved / peak:.0%} of matmul)", flush=True)
     # Thread settings: the same call with 1 .. all cores' threads.
     threads_now = torch.get_num_threads()
-    conditioning = torch.zeros(1, model.card.input_channels - 1, 128, 128)
-    denoiser, x = Denoiser(model, conditioning), torch.randn(1, 1, 128, 128)
+    denoiser, x = denoiser_and_input(model, 1, 128)
     by_threads = {}
     for threads in sorted({1, os.cpu_count() or 1}):
         torch.set_num_threads(threads)
-
-        def call():
-            with torch.inference_mode():
-                denoiser(x, 500)
-
-        by_threads[str(threads)] = round(common.median(common.side_by_side({"call": call}, args.repeats)["call"]), 4)
+        by_threads[str(threads)] = round(seconds_per_call(denoiser, x, args.repeats), 4)
     torch.set_num_threads(threads_now)
     report = {
-        "what": "FLOPs per network call / time per call, against a 4096x4096 fp32 matmul in the same run",
+        "what": f"FLOPs per network call / time per call, against a {args.matmul_size}x{args.matmul_size} fp32 matmul in the same run",
+        "matmul_size": args.matmul_size,
         "machine": common.machine(),
         "model": f"{model.card.name} ({kind})",
         "matmul_gflops": round(peak / 1e9, 1),
@@ -136,6 +140,17 @@ def main() -> None:
     }
     path = common.write_result("roofline", report)
     print(f"matmul {peak / 1e9:.0f} GFLOP/s; wrote {path}")
+
+
+def table_row(r: dict) -> tuple[str, str, str, str]:
+    """The README performance table's row: what, figure, target, met."""
+    cells = ", ".join(
+        f"{k}: {x['gflop_per_call']} GFLOP in {x['seconds_per_call'] * 1000:.0f} ms = {x['achieved_gflops']} GFLOP/s "
+        f"({x['fraction_of_matmul']:.0%})" for k, x in r["calls"].items()
+    )
+    n = r.get("matmul_size", 4096)
+    return (f"Achieved FLOP/s per network call vs a {n}² fp32 matmul ({r['matmul_gflops']} GFLOP/s)", cells,
+            "report; why below 1/2", "see note")
 
 
 if __name__ == "__main__":

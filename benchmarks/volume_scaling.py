@@ -1,9 +1,9 @@
 """3-D scaling (issue 6, item 4): time per slice and peak memory for 32 ... 256 slices.
 
-    python benchmarks/volume_scaling.py [--sizes 32 64 128 256] [--steps 5] [--threads N]
+    python benchmarks/volume_scaling.py [--sizes 32 64 128 256] [--steps 5] [--threads N] [--smoke]
 
 A label volume of N axial 128x128 slices (the sample brain's slices, repeated) generated with the
-demo model (DPM-Solver++ 2M, `--steps`, previews every 5 steps as in the Generate panel, the slice
+demo model (the default sampler, `--steps`, previews every 5 steps as in the Generate panel, the slice
 batch chosen by `auto_slice_batch` from the memory available). Each size runs in a fresh process:
 time per slice, and the peak resident memory of the run over the resident memory before it (model
 loaded and warmed up), set against the output array itself (N x 128 x 128 float32).
@@ -22,6 +22,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+
+from napari_medgen.engine.diffusion.methods import DEFAULT_SAMPLER  # noqa: E402
+
+SMOKE = {"sizes": [2, 4], "steps": 1, "preview_every": 1}
 
 
 def label_volume(slices: int, size: int = 128):
@@ -43,42 +47,33 @@ def probe(args) -> dict:
     from napari_medgen.engine.synthesis import generate
     from napari_medgen.engine.synthesis.run import auto_slice_batch
 
-    common.set_threads(args.threads)
-    model, kind = common.demo_model()
+    model, kind = common.benchmark_model()
     common.drive(generate(model, label_volume(2), steps=2, seed=0, preview_every=1))  # warm-up
     label_map = label_volume(args.probe)
     batch = auto_slice_batch(model, 128, 128)
     common.reset_peak_rss()
     before = common.rss_bytes()
     start = time.perf_counter()
-    previews = 0
+    previews = []
     run = generate(model, label_map, steps=args.steps, seed=0, preview_every=args.preview_every)
-    try:
-        while True:
-            previews += next(run).preview is not None
-    except StopIteration as stop:
-        result = stop.value
+    result = common.drive(run, lambda event: previews.append(event.preview is not None))
     seconds = time.perf_counter() - start
     peak = common.peak_rss_bytes() - before
-    return {"slices": args.probe, "seconds": seconds, "batch": batch, "previews": previews,
+    return {"slices": args.probe, "seconds": seconds, "batch": batch, "previews": sum(previews),
             "peak_over_baseline_bytes": peak, "output_bytes": int(result[0].array.nbytes), "model": kind}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--preview-every", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--probe", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = common.parse(parser, SMOKE, argv)
     if args.probe:
         print(json.dumps(probe(args)))
         return
-    common.note_start()
     extra = ["--steps", str(args.steps), "--preview-every", str(args.preview_every)]
-    if args.threads:
-        extra += ["--threads", str(args.threads)]
     rows = {}
     for n in args.sizes:
         r = common.run_in_subprocess("volume_scaling", extra + ["--probe", str(n)])
@@ -101,7 +96,7 @@ def main() -> None:
         "what": "generate N slices of 128x128: time per slice and peak resident memory (fresh process per size)",
         "machine": common.machine(),
         "model": f"brain-t1-demo ({kind})",
-        "settings": {"sampler": "dpm++2m", "steps": args.steps, "preview_every": args.preview_every},
+        "settings": {"sampler": DEFAULT_SAMPLER, "steps": args.steps, "preview_every": args.preview_every},
         "sizes": rows,
         "time_per_slice_spread": round(max(per_slice) / min(per_slice), 2),
         "peak_memory_growth_per_output_byte": round(growth, 2),
@@ -110,6 +105,22 @@ def main() -> None:
     path = common.write_result("volume_scaling", report)
     print(f"time per slice spread {report['time_per_slice_spread']}x; memory grows {report['peak_memory_growth_per_output_byte']} "
           f"bytes per output byte; wrote {path}")
+
+
+def table_row(r: dict) -> tuple[str, str, str, str]:
+    """The README performance table's row: what, figure, target, met."""
+    cells = ", ".join(
+        f"{n}: {x['seconds_per_slice']:.3f} s/slice, peak +{x['peak_over_baseline_mb']:.0f} MB (output {x['output_array_mb']:.0f} MB)"
+        for n, x in r["sizes"].items()
+    )
+    batch = "/".join(map(str, sorted({x["slice_batch"] for x in r["sizes"].values()})))
+    return (
+        f"Volumes of N 128x128 slices, {r['settings']['steps']} steps, slice batch {batch} (from memory)",
+        f"{cells}; time/slice spread {r['time_per_slice_spread']}x; memory grows {r['peak_memory_growth_per_output_byte']} "
+        "bytes per output byte",
+        "flat time, memory bounded by the batch + output",
+        "see note",
+    )
 
 
 if __name__ == "__main__":
