@@ -22,8 +22,6 @@ import torch
 from .methods import DEFAULT_SAMPLER, SAMPLERS, TIMESTEP_SPACING  # noqa: F401 (re-exported)
 from .schedule import NoiseSchedule
 
-
-
 DenoiseFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 

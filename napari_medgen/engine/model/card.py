@@ -62,6 +62,12 @@ class IntensityNormalization(_Strict):
     output_min: float = 0.0
     output_max: float = 1000.0
     background: float = Field(0.0, description="intensity of voxels outside the body / brain")
+    background_label: int | None = Field(
+        None,
+        ge=0,
+        description="label whose voxels are exactly `background` in a generated image (the scans it learned from "
+        "are exactly that there, e.g. a skull-stripped brain); None: left as generated",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> IntensityNormalization:

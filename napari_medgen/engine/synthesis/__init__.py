@@ -8,8 +8,7 @@ SamplingOptions` (a command line's defaults) costs no torch import.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..._lazy import lazy_attributes
 
 _WHERE = {
     "generate": "api",
@@ -21,8 +20,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import InvalidVolumeError, LabelSchemaError, MedgenError, TaskNotSupportedError
 from ..intensity import intensity_map_for
+from ..model.card import ModelCard
 from ..model.loading import LoadedModel, load_model
 from ..orientation import to_canonical
 from ..volume import Volume
@@ -51,12 +52,8 @@ def generate(
     `slice_range` (canonical axial slices, as napari shows them) limits a 3-D run to those slices,
     and the results then cover just those slices.
     """
-    options = resolve_options(options, option_overrides)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    loaded, options = _model_for("generate", model, options, option_overrides)
     card = loaded.card
-    options = resolve_options(options, {}, card)  # the card's default guidance where none was asked for
-    if "generate" not in card.tasks:
-        raise TaskNotSupportedError(f"model {card.name} does not generate images (it does: {', '.join(card.tasks)})")
     label_map.require_finite("label map")
     _check_label_map(loaded, label_map)
     canonical = to_canonical(as_3d(label_map))
@@ -77,6 +74,7 @@ def generate(
         inputs_sha256={"label_map": label_map.content_hash()},
         label_map=label_map,
         whole_volume=slice_range is None,
+        background=_background(card),
     )
     return run_task(loaded, task, options)
 
@@ -95,12 +93,8 @@ def inpaint(
     box around the region plus `options.context_mm` is processed; the seam is feathered over
     `options.feather_mm` inside the region.
     """
-    options = resolve_options(options, option_overrides)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    loaded, options = _model_for("inpaint", model, options, option_overrides)
     card = loaded.card
-    options = resolve_options(options, {}, card)  # the card's default guidance where none was asked for
-    if "inpaint" not in card.tasks:
-        raise TaskNotSupportedError(f"model {card.name} does not inpaint (it does: {', '.join(card.tasks)})")
     if image.is_label_map and image.metadata.get("label_map"):
         raise InvalidVolumeError("the image to inpaint is a label map; give the scan (intensities) instead")
     if image.is_label_map and image.array.min() >= 0 and image.array.max() <= 1:
@@ -156,6 +150,24 @@ def output_template(source: Volume, slice_range: tuple[int, int] | None = None) 
     part = crop(canonical, (slice(start, stop), slice(None), slice(None)))
     part = part.with_array(np.zeros(part.shape, np.float32), metadata={})
     return part if source.ndim == 3 else as_2d(part)
+
+
+def _model_for(
+    task: str, model: LoadedModel | str | None, options: SamplingOptions | None, overrides: dict[str, Any]
+) -> tuple[LoadedModel, SamplingOptions]:
+    """The loaded model and the checked options (the card's guidance where none was asked for) for `task`."""
+    options = resolve_options(options, overrides)  # a bad option fails before a model is loaded
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    if task not in loaded.card.tasks:
+        raise TaskNotSupportedError(
+            f"model {loaded.card.name} does not {task} (it does: {', '.join(loaded.card.tasks)})"
+        )
+    return loaded, resolve_options(options, {}, loaded.card)
+
+
+def _background(card: ModelCard) -> tuple[int, float] | None:
+    norm = card.normalization
+    return None if norm.background_label is None else (norm.background_label, float(norm.background))
 
 
 def _check_label_map(loaded: LoadedModel, label_map: Volume) -> None:

@@ -10,6 +10,8 @@ from ..diffusion.methods import DEFAULT_SAMPLER, SAMPLERS
 from ..errors import MedgenError
 from ..volume import Volume
 
+SLICE_NOISE = ("independent", "shared")
+
 
 @dataclass
 class ProgressEvent:
@@ -44,6 +46,10 @@ class SamplingOptions:
     batch_size: int | None = None
     preview_every: int = 5
     class_index: int | None = None
+    # 2-D models: "independent" draws each slice's noise from its own generator (keyed by seed and slice);
+    # "shared" gives every slice the same noise (keyed by seed), so neighbouring slices with nearly the same
+    # anatomy come out nearly the same instead of each with its own texture (stripes in sagittal views).
+    slice_noise: str = "independent"
     # Inpainting: the context processed around the region, and the width of the seam blend inside it.
     context_mm: float = 16.0
     feather_mm: float = 2.0
@@ -62,6 +68,8 @@ class SamplingOptions:
             raise MedgenError(f"variants must be at least 1, got {self.variants}")
         if not 0.0 <= self.eta <= 1.0:
             raise MedgenError(f"eta must be between 0 and 1, got {self.eta}")
+        if self.slice_noise not in SLICE_NOISE:
+            raise MedgenError(f"slice_noise must be one of {', '.join(SLICE_NOISE)}, got {self.slice_noise!r}")
         if self.context_mm < 0 or self.feather_mm < 0:
             raise MedgenError(
                 f"context and feather widths must be 0 mm or more, got {self.context_mm} and {self.feather_mm}"

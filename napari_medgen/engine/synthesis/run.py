@@ -236,7 +236,8 @@ def _prepare_unit(loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, op
         known = problem.known[unit] if problem.known is not None else None
         region = problem.region[unit].astype(np.float32) if problem.region is not None else None
         positions = problem.positions[unit[0]] if problem.positions is not None else None
-        keys = [seed * 100003 + problem.slice_offset + int(k) for k in z]
+        shared = options.slice_noise == "shared"
+        keys = [seed * 100003 + (0 if shared else problem.slice_offset + int(k)) for k in z]
     else:
         labels = problem.labels[None] if problem.labels is not None else None
         known = problem.known[None] if problem.known is not None else None

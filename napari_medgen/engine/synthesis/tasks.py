@@ -31,8 +31,14 @@ class GenerateTask(SynthesisTask):
 
     label_map: Volume
     whole_volume: bool
+    # (label, intensity): where the label map says `label`, the output is exactly `intensity` (the card's
+    # background), not the network's near-background values that show as a grey box around the anatomy.
+    background: tuple[int, float] | None = None
 
     def output_from_crop(self, on_crop: Volume) -> Volume:
+        if self.background is not None:
+            label, value = self.background
+            on_crop = on_crop.with_array(np.where(self.input_crop.array == label, np.float32(value), on_crop.array))
         if self.whole_volume:
             return back_to_source(on_crop, self.label_map)
         return on_crop if self.label_map.ndim == 3 else as_2d(on_crop)
