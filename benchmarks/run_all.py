@@ -16,9 +16,12 @@ failed ones with --only, then --table-only) and exits with status 1.
 model, results in a temporary folder (or $MEDGEN_BENCHMARK_RESULTS): a check that the scripts run, in a
 minute or two; its figures are not for quoting, and benchmarks/results/ and README.md are left alone.
 
-A benchmark is a script benchmarks/<name>.py that takes `--smoke` and `--threads N` (common.parse), writes
-its results with common.write_result(name, ...) and may define `table_row(result) -> (what, figure,
-target, met)`; adding one is adding its name to BENCHMARKS.
+A benchmark is a script benchmarks/<name>.py whose `main(argv=None)` parses its command line with
+`common.parse` (so it takes `--smoke` and `--threads N`), gets its model from `common.benchmark_model()`
+(or, for a model folder, `common.random_weights_folder(common.tiny_demo_card())` under --smoke), writes
+`common.write_result(name, ...)`, and may define `table_row(result) -> (what, figure, target, met)` and
+`NEEDS_TRAINED_MODEL`. Adding one is adding its name to BENCHMARKS; tests/test_benchmarks_smoke.py then
+runs its `main(["--smoke"])` too.
 """
 
 from __future__ import annotations

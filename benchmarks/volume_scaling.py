@@ -44,8 +44,7 @@ def label_volume(slices: int, size: int = 128):
 
 def probe(args) -> dict:
     """In a fresh process: one generation of `args.probe` slices."""
-    from napari_medgen.engine.synthesis import generate
-    from napari_medgen.engine.synthesis.run import auto_slice_batch
+    from napari_medgen.engine.synthesis import auto_slice_batch, generate
 
     model, kind = common.benchmark_model()
     common.drive(generate(model, label_volume(2), steps=2, seed=0, preview_every=1))  # warm-up
