@@ -245,7 +245,7 @@ def summary_table(report: dict) -> str:
         f"| Diversity: std between 3 seeds inside the brain | {div['mean_std_inside_brain']:.1f} ({100 * div['relative_to_wm_gm_contrast']:.0f} % "
         "of the GM-WM contrast) | 0 would mean the seed is ignored |",
         "",
-        f"Measured by `python benchmarks/quality.py --update-card` on {report['machine']} in {report['seconds']:.0f} s "
+        f"Measured by `python benchmarks/quality.py` on {report['machine']} in {report['seconds']:.0f} s "
         f"(weights sha256 {report['weights_sha256'][:12]}).",
     ]
     return "\n".join(rows)

@@ -27,7 +27,8 @@ puts each on the other's terms through public interfaces only:
 - ours: the engine's own sampling loop (`diffusion.samplers.sample`) with the engine's `Denoiser` and
   `generate`'s noise, given a schedule that does not clip x0 (`UnclippedSchedule`, a subclass passed to
   the loop as its `schedule` argument; nothing in the engine is patched). A third run, the same loop on the
-  engine's own schedule, must reproduce `generate`'s output: the directly driven loop is `generate`'s.
+  engine's own schedule (and the card's background label set to its background intensity, as `generate`
+  finishes an image), must reproduce `generate`'s output: the directly driven loop is `generate`'s.
 These outputs must match to float rounding.
 
 Where the time goes: one network call on the same batch, MONAI's network as built (under no_grad)
@@ -163,6 +164,14 @@ class Pair:
                                   conditioning=conditioning, mode="concat", verbose=False)
         return self.intensity.inverse(out[:, 0].numpy())  # same intensity mapping as ours
 
+    def finished(self, intensities: np.ndarray) -> np.ndarray:
+        """What `generate` makes of a sampled image: the card's background label exactly at its background
+        intensity (card.normalization.background_label), so a raw loop output compares with `generate`'s."""
+        norm = self.card.normalization
+        if norm.background_label is None:
+            return intensities
+        return np.where(self.labels == norm.background_label, np.float32(norm.background), intensities)
+
     def normalised(self, intensities: np.ndarray) -> np.ndarray:
         return self.intensity.forward(intensities)
 
@@ -274,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     medians = {k: common.median(v) for k, v in times.items()}
     ours_default, monai_default = outputs["ours"], outputs["monai"]
     matched = difference(pair.ours_loop(UnclippedSchedule(pair.card.scheduler)), pair.monai(clip=False, follow_ours=True), pair)
-    loop_is_generate = difference(pair.ours_loop(NoiseSchedule(pair.card.scheduler)), ours_default, pair)
+    loop_is_generate = difference(pair.finished(pair.ours_loop(NoiseSchedule(pair.card.scheduler))), ours_default, pair)
 
     extra = ["--slices", str(args.slices), "--size", str(args.size), "--steps", str(args.steps), "--seed", str(args.seed)]
     memory = {w: common.run_in_subprocess("vs_monai", extra + ["--memory-probe", w]) for w in ("ours", "monai")}
@@ -299,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
                                          "how": "MONAI clip_sample=False stepping to our next timestep; our DDIM loop "
                                          "with x0 unclipped"},
             "engine_loop_vs_generate": {**loop_is_generate, "ok": loop_is_generate["max_relative"] < TOLERANCE},
-            "default_settings": {**difference(ours_default, monai_default, pair),
+            "default_settings": {**difference(ours_default, pair.finished(monai_default), pair),
                                  "why": "MONAI's DDIM steps to t - T//steps and keeps the unclipped noise estimate"},
         },
         "network_call": ablation,
