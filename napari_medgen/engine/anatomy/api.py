@@ -1,0 +1,270 @@
+"""`labels_from_scan`: a label map in a model's schema, on a scan's exact grid, from the model's atlas.
+
+Inputs are checked at once (the project's errors, before any thread or progress bar exists); the work is a
+generator of `ProgressEvent`s (step of 100, a message naming the stage) that returns the label map. Closing
+it cancels within one registration iteration or one mixture-model iteration, and nothing is returned.
+
+Stages: the scan at the working spacing and its head mask; the atlas placed in the head (see `placement`);
+similarity then affine registration (Mattes mutual information); a first mixture-model fit on the working
+grid with the affine-warped atlas as prior; demons from the atlas to the scan's pseudo-atlas image (its tissue
+posteriors painted with the atlas's intensities), or a B-spline; the atlas priors warped onto a box of the
+scan's own grid around the brain; the final mixture fit there; the most probable class per voxel, keeping
+the largest connected brain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import time
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidVolumeError
+from ..model.card import ModelCard
+from ..synthesis.options import ProgressEvent
+from ..volume import Volume
+from . import registration
+from .atlas import Atlas, atlas_for
+from .errors import AnatomyError
+from .mixture import fit_mixture
+from .options import AnatomyOptions
+from .placement import head_mask, working_image
+from .warp import box_around, grid_image, one_hot_priors, warp_labels, warp_priors
+
+TOTAL = 100
+# Step at which each stage starts (of TOTAL).
+STEPS = {
+    "prepare": 0,
+    "place": 2,
+    "affine": 12,
+    "first mixture": 40,
+    "deformable": 48,
+    "warp": 78,
+    "mixture": 82,
+    "done": 100,
+}
+MAX_MIXTURE_CLASSES = 6  # more brain classes than tissues: the atlas's warped labels are kept as they are
+BOX_MARGIN_MM = 6.0
+
+
+def labels_from_scan(
+    scan: Volume,
+    model: str | ModelCard | Any | None = None,
+    options: AnatomyOptions | None = None,
+    **option_overrides: Any,
+) -> Generator[ProgressEvent, None, Volume]:
+    """Labels of `scan` in `model`'s schema (a model name, card, loaded model, or None for the default model).
+
+    Raises at once: InvalidVolumeError (not a 3-D intensity scan), NoAtlasError (the model names no atlas),
+    AnatomyError (bad options or atlas files), ModelNotFoundError. Later, from the generator: AnatomyError
+    when registration fails.
+    """
+    options = dataclasses.replace(options or AnatomyOptions(), **option_overrides)
+    options.check()
+    _check_scan(scan)
+    card, folder = _resolve_model(model)
+    atlas = atlas_for(card, folder)
+    atlas_image, atlas_labels = atlas.load(card)
+    return _run(scan, card, atlas, atlas_image, atlas_labels, options)
+
+
+def _check_scan(scan: Volume) -> None:
+    if scan.ndim != 3 or min(scan.shape) < 4:
+        raise InvalidVolumeError(
+            f"labels from a scan need a 3-D volume of at least 4 voxels a side, got shape {scan.shape}"
+        )
+    if scan.is_label_map and scan.metadata.get("label_map"):
+        raise InvalidVolumeError("the volume is a label map; give the scan (intensities) to make labels from")
+    scan.require_finite("scan")
+
+
+def _resolve_model(model: Any) -> tuple[ModelCard, Any]:
+    if isinstance(model, ModelCard):
+        return model, None
+    if hasattr(model, "card") and isinstance(model.card, ModelCard):  # a LoadedModel or a registry entry
+        return model.card, getattr(model, "folder", None)
+    from ..model.registry import find_model
+
+    entry = find_model(model)
+    return entry.card, entry.folder
+
+
+def _run(
+    scan: Volume, card: ModelCard, atlas: Atlas, atlas_image: Volume, atlas_labels: Volume, options: AnatomyOptions
+) -> Generator[ProgressEvent, None, Volume]:
+    import SimpleITK as sitk
+
+    started, seconds = time.perf_counter(), {}
+    clock = [started]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        seconds[name] = round(now - clock[0], 2)
+        clock[0] = now
+
+    yield ProgressEvent(STEPS["prepare"], TOTAL, message="preparing the scan")
+    classes = sorted(int(v) for v in np.unique(atlas_labels.array) if v != 0)
+    mixture = options.mixture and len(classes) <= MAX_MIXTURE_CLASSES
+    labels_image = atlas_labels.to_sitk()
+    brain_image = sitk.Cast(labels_image > 0, sitk.sitkUInt8)
+    # The atlas image with its background at 0 (what the scan's pseudo-atlas image has outside the brain).
+    atlas_float = atlas_image.with_array(
+        np.where(atlas_labels.array > 0, atlas_image.array, 0).astype(np.float32)
+    ).to_sitk()
+    means = np.array([float(atlas_image.array[atlas_labels.array == c].mean()) for c in classes])
+    priors_atlas = one_hot_priors(labels_image, classes, options.prior_sigma_mm)
+    fixed = working_image(scan, options.working_spacing_mm)
+    head = head_mask(fixed)
+    lap("prepare")
+
+    start, placement = yield from registration.place(
+        fixed, head, atlas_float, brain_image, options, STEPS["place"], STEPS["affine"] - STEPS["place"], TOTAL
+    )
+    lap("placement")
+    transform = yield from registration.similarity_then_affine(
+        fixed, atlas_float, start, options, STEPS["affine"], STEPS["first mixture"] - STEPS["affine"], TOTAL
+    )
+    lap("similarity and affine")
+
+    if options.deformable == "demons":
+        region = registration.brain_region(fixed, brain_image, transform)
+        fixed_crop, _region_crop = registration.crop_to_mask(fixed, region)
+        yield ProgressEvent(STEPS["first mixture"], TOTAL, message="tissue model on the affine-registered atlas")
+        priors = warp_priors(priors_atlas, transform, fixed_crop, options.prior_floor)
+        fit = yield from _mixture(
+            sitk.GetArrayFromImage(fixed_crop), priors, fixed_crop.GetSpacing()[::-1], options, "first mixture"
+        )
+        pseudo = np.tensordot(means, fit.posteriors[1:], axes=1).astype(np.float32)
+        pseudo_image = sitk.GetImageFromArray(pseudo)
+        pseudo_image.CopyInformation(fixed_crop)
+        lap("first mixture")
+        transform = yield from registration.demons(
+            pseudo_image,
+            atlas_float,
+            transform,
+            options,
+            STEPS["deformable"],
+            STEPS["warp"] - STEPS["deformable"],
+            TOTAL,
+        )
+        lap("deformable")
+    elif options.deformable == "bspline":
+        transform = yield from registration.bspline(
+            fixed,
+            atlas_float,
+            brain_image,
+            transform,
+            options,
+            STEPS["deformable"],
+            STEPS["warp"] - STEPS["deformable"],
+            TOTAL,
+        )
+        lap("deformable")
+
+    yield ProgressEvent(STEPS["warp"], TOTAL, message="warping the atlas onto the scan")
+    region = registration.brain_region(fixed, brain_image, transform, margin_mm=BOX_MARGIN_MM)
+    box, grid = box_around(scan, region, BOX_MARGIN_MM)
+    reference = grid_image(grid)
+    warped = warp_labels(labels_image, transform, reference)
+    if mixture:
+        priors = warp_priors(priors_atlas, transform, reference, options.prior_floor)
+        lap("warp")
+        intensity = np.asarray(scan.array[box], np.float32)
+        fit = yield from _mixture(intensity, priors, scan.spacing[::-1], options, "mixture")
+        best = np.argmax(fit.posteriors, axis=0)
+        lookup = np.array([0, *classes])
+        crop_labels = np.where(fit.posteriors.sum(axis=0) > 0, lookup[best], warped)
+        lap("mixture")
+    else:
+        crop_labels = warped
+        lap("warp")
+    crop_labels = _largest_brain(crop_labels)
+    dtype = card.label_schema.label_dtype
+    label_array = np.zeros(scan.shape, dtype)
+    label_array[box] = crop_labels.astype(dtype)
+    if not np.any(label_array):
+        raise AnatomyError("no brain was found in the scan; is it a head or brain MR volume?")
+    seconds["total"] = round(time.perf_counter() - started, 2)
+    yield ProgressEvent(STEPS["done"], TOTAL, message="labels ready")
+    return scan.with_array(label_array, metadata=_metadata(scan, card, atlas, options, placement, mixture, seconds))
+
+
+def _mixture(
+    intensity: np.ndarray, priors: np.ndarray, spacing_zyx: tuple[float, ...], options: AnatomyOptions, stage: str
+) -> Generator[ProgressEvent, None, Any]:
+    region = priors[0] < 1 - 1e-6
+    high = float(np.percentile(intensity[region], 99.9)) if region.any() else 1.0
+    fitting = fit_mixture(
+        np.clip(intensity, 0, high),
+        priors,
+        region,
+        spacing_zyx,
+        options.em_iterations,
+        options.bias_sigma_mm,
+        options.mrf_strength if stage == "mixture" else 0.0,
+        options.likelihood_weight,
+    )
+    first, span = (
+        (STEPS["first mixture"], STEPS["deformable"] - STEPS["first mixture"])
+        if stage == "first mixture"
+        else (STEPS["mixture"], STEPS["done"] - STEPS["mixture"] - 1)
+    )
+    try:
+        while True:
+            iteration = next(fitting)
+            yield ProgressEvent(
+                first + iteration * span // max(1, options.em_iterations),
+                TOTAL,
+                message=f"{stage}: iteration {iteration + 1}/{options.em_iterations}",
+            )
+    except StopIteration as stop:
+        return stop.value
+
+
+def _largest_brain(labels: np.ndarray) -> np.ndarray:
+    """Labels with every brain voxel outside the largest connected brain set to background (islands in the scalp)."""
+    from scipy import ndimage
+
+    parts, count = ndimage.label(labels > 0)
+    if count <= 1:
+        return labels
+    sizes = np.bincount(parts.ravel())
+    sizes[0] = 0
+    return np.where(parts == np.argmax(sizes), labels, 0)
+
+
+def _metadata(
+    scan: Volume,
+    card: ModelCard,
+    atlas: Atlas,
+    options: AnatomyOptions,
+    placement: str,
+    mixture: bool,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    from ... import __version__
+
+    return {
+        "label_map": True,
+        "label_names": {str(c.index): c.name for c in card.label_schema.classes},
+        "anatomy": {
+            "method": "atlas registration (Mattes MI: similarity, affine; "
+            + {"demons": "demons on a pseudo-atlas image", "bspline": "B-spline", "none": "no deformable"}[
+                options.deformable
+            ]
+            + ")"
+            + (" + Gaussian mixture with atlas priors and bias field" if mixture else ""),
+            "generator": f"napari-medgen {__version__}",
+            "model": card.name,
+            "model_version": card.version,
+            "atlas": {"image": atlas.image.name, "labels": atlas.labels.name, "named_by": atlas.source},
+            "placement": placement,
+            "options": dataclasses.asdict(options),
+            "seconds": seconds,
+            "scan_sha256": scan.content_hash(),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+    }
