@@ -1,6 +1,6 @@
 """The limit (issue 6, item 6): achieved FLOP/s of a network call against a large fp32 matmul.
 
-    python benchmarks/roofline.py [--repeats 7] [--matmul-size 4096] [--threads N] [--smoke]
+    python benchmarks/roofline.py [--repeats 7] [--calls 1x128 4x128 1x32] [--matmul-size 4096] [--threads N] [--smoke]
 
 FLOPs of one call of the demo network (torch.utils.flop_counter; attention counted on MONAI's
 explicit path, which does the same multiply-adds as the fused kernel the engine uses, since the
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-SMOKE = {"repeats": 1, "matmul_size": 256}
+SMOKE = {"repeats": 1, "calls": ["1x64", "1x32"], "matmul_size": 256}
 
 
 def network_flops(model, batch: int, size: int) -> tuple[int, dict[str, int]]:
@@ -95,12 +95,15 @@ def profile_shares(denoiser, x: torch.Tensor) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = common.argument_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--calls", nargs="+", default=["1x128", "4x128", "1x32"],
+                        help="network calls to measure, batch x size (the first is profiled and timed by threads)")
     parser.add_argument("--matmul-size", type=int, default=4096, help="the reference matmul's n (n x n times n x n)")
     args = common.parse(parser, SMOKE, argv)
     model, kind = common.benchmark_model()
     peak = matmul_flops_per_second(args.repeats, args.matmul_size)
+    calls = [tuple(int(v) for v in call.split("x")) for call in args.calls]
     rows = {}
-    for batch, size in ((1, 128), (4, 128), (1, 32)):
+    for batch, size in calls:
         flops, by_op = network_flops(model, batch, size)
         denoiser, x = denoiser_and_input(model, batch, size)
         seconds = seconds_per_call(denoiser, x, args.repeats)
@@ -111,13 +114,13 @@ def main(argv: list[str] | None = None) -> None:
             "achieved_gflops": round(achieved / 1e9, 1),
             "fraction_of_matmul": round(achieved / peak, 3),
             "gflop_by_op": {k: round(v / 1e9, 3) for k, v in by_op.items()},
-            "time_share": profile_shares(denoiser, x) if (batch, size) == (1, 128) else None,
+            "time_share": profile_shares(denoiser, x) if (batch, size) == calls[0] else None,
         }
         print(f"{batch}x{size}x{size}: {flops / 1e9:.2f} GFLOP in {seconds * 1000:.0f} ms = {achieved / 1e9:.1f} GFLOP/s "
               f"({achieved / peak:.0%} of matmul)", flush=True)
     # Thread settings: the same call with 1 .. all cores' threads.
     threads_now = torch.get_num_threads()
-    denoiser, x = denoiser_and_input(model, 1, 128)
+    denoiser, x = denoiser_and_input(model, *calls[0])
     by_threads = {}
     for threads in sorted({1, os.cpu_count() or 1}):
         torch.set_num_threads(threads)
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": f"{model.card.name} ({kind})",
         "matmul_gflops": round(peak / 1e9, 1),
         "calls": rows,
-        "seconds_per_call_1x128x128_by_threads": by_threads,
+        "seconds_per_call_by_threads": {"call": f"{calls[0][0]}x{calls[0][1]}x{calls[0][1]}", "seconds": by_threads},
         "why_below_half": (
             "The demo UNet is narrow (16-64 channels): a 3x3 convolution over 16 channels does ~9 multiply-adds per "
             "byte moved, so oneDNN runs it far below the matmul's rate; GroupNorm, SiLU, residual adds, concatenations "
