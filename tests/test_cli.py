@@ -117,3 +117,31 @@ def test_models_lists_environment_models(brain_files, monkeypatch, capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "tiny-2d" in out and "environment" in out
+
+
+def test_jsonl_events_match_the_documented_protocol(brain_files, tmp_path, capsys):
+    """The one-shot events (progress, result, error) have exactly the fields docs/protocol.md lists, and no id."""
+    from test_serve import check_events
+
+    out = tmp_path / "documented.nii.gz"
+    assert main(["generate", "--labels", str(brain_files["labels"]), "--out", str(out), "--model", str(brain_files["model"]),
+                 "--steps", "2", "--progress", "jsonl"]) == 0
+    assert main(["generate", "--labels", str(tmp_path / "missing.nii.gz"), "--out", str(out), "--model",
+                 str(brain_files["model"]), "--progress", "jsonl"]) == 1
+    events = _events(capsys.readouterr().out)
+    assert [e["event"] for e in events] == ["progress", "progress", "result", "error"]
+    check_events(events, serve=False)
+
+
+def test_help_lists_every_command_and_builds_only_the_asked_one(capsys):
+    from napari_medgen.cli import COMMANDS, build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in COMMANDS)
+    only = build_parser("models")
+    with pytest.raises(SystemExit):  # generate's arguments were not built: its required options are unknown
+        only.parse_args(["models", "--labels", "x"])
+    capsys.readouterr()
