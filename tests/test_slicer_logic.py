@@ -214,6 +214,15 @@ def test_a_command_line_error_becomes_one_message(executable, files, tmp_path):
     assert not (tmp_path / "out.nrrd").exists()
 
 
+def test_an_option_the_command_line_does_not_know_is_reported_as_refused(executable, tmp_path):
+    """A module newer than its napari-medgen: argparse exits 2 with usage on stderr and no event."""
+    args = cli_runner.generate_arguments("l.nrrd", str(tmp_path / "o.nrrd"), no_such_option=1)
+    run = cli_runner.start_run(executable, "generate", args)
+    events = cli_runner.run_to_end(run, 60)
+    assert [e["event"] for e in events] == ["error"] and run.exit_code == 2
+    assert "refused the command line" in run.error and "--no-such-option" in run.error
+
+
 # -- processes that break the protocol ----------------------------------------------------------
 
 

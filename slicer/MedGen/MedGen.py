@@ -48,6 +48,16 @@ def waitCursor():
         slicer.app.restoreOverrideCursor()
 
 
+def addHiddenNode(className, name):
+    """A node in the scene that node selectors do not list (the module's temporary nodes)."""
+    node = slicer.mrmlScene.CreateNodeByClass(className)
+    node.SetName(name)
+    node.SetHideFromEditors(True)
+    slicer.mrmlScene.AddNode(node)
+    node.UnRegister(None)
+    return node
+
+
 #
 # MedGen
 #
@@ -226,6 +236,9 @@ class MedGenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
         if self.job is not None:
             self.job.run.cancel()
+            self.job.run.wait(2.0)  # stopped within its grace period: nothing of it is written
+            self.job.folder.remove()
+            self.job = None
         if self.logic is not None:
             self.logic.stopWorker()
             self.logic.removeTemporaryNodes()
@@ -266,7 +279,11 @@ class MedGenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- anatomy and the segment table ------------------------------------------------------------
     def onAnatomyChanged(self, node=None):
         self.removeObservers(self.onSegmentsChanged)
-        segmentation = self.logic.segmentationFor(self.anatomySelector.currentNode())
+        try:
+            segmentation = self.logic.segmentationFor(self.anatomySelector.currentNode())
+        except ValueError as error:
+            slicer.util.errorDisplay(f"The anatomy cannot be used:\n{error}")
+            segmentation = None
         if segmentation is not None and segmentation.IsA("vtkMRMLSegmentationNode"):
             for event in (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
                           slicer.vtkSegmentation.SegmentModified):
@@ -276,10 +293,14 @@ class MedGenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegmentsChanged(self, caller=None, event=None):
         self.fillSegmentTable()
+        self.updateButtons()
 
     def fillSegmentTable(self):
         """One row per segment: its name and a class of the model, preset by name."""
-        names = self.logic.segmentNames(self.anatomySelector.currentNode())
+        try:
+            names = self.logic.segmentNames(self.anatomySelector.currentNode())
+        except ValueError:  # a label map that cannot be read as segments: said when it was picked
+            names = []
         model = self.currentModel()
         classes = model.classes if model is not None else []
         matched, _ = label_names.match_segments(names, classes)
@@ -462,8 +483,7 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
             return cached[1]
         if cached is not None and slicer.mrmlScene.IsNodePresent(cached[1]):
             slicer.mrmlScene.RemoveNode(cached[1])
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{anatomyNode.GetName()} (MedGen)")
-        segmentation.SetHideFromEditors(True)
+        segmentation = addHiddenNode("vtkMRMLSegmentationNode", f"{anatomyNode.GetName()} (MedGen)")
         segmentation.SetSaveWithScene(False)
         if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(anatomyNode, segmentation):
             slicer.mrmlScene.RemoveNode(segmentation)
@@ -491,6 +511,13 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
         return [segments.GetNthSegmentID(i) for i in range(segments.GetNumberOfSegments())
                 if segments.GetNthSegment(i).GetName() == name]
 
+    def segmentMask(self, segmentation, segmentId, scanNode):
+        """A segment's voxels on the scan's grid (k, j, i) as a boolean array; all False for an empty segment."""
+        try:
+            return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, scanNode) > 0
+        except RuntimeError:  # some Slicer versions refuse to export an empty segment
+            return np.zeros(tuple(reversed(scanNode.GetImageData().GetDimensions())), bool)
+
     def labelArray(self, segmentation, assignment, scanNode):
         """The segments painted into one label map on the scan's voxel grid (k, j, i), by class index."""
         shape = tuple(reversed(scanNode.GetImageData().GetDimensions()))
@@ -498,13 +525,12 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
         array = np.zeros(shape, np.uint8 if largest < 256 else np.uint16)
         for name, index in label_names.paint_order(assignment):
             for segmentId in self._segmentIds(segmentation, name):
-                mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, scanNode)
-                array[mask > 0] = index
+                array[self.segmentMask(segmentation, segmentId, scanNode)] = index
         return array
 
     def writeArray(self, array, scanNode, path, name):
         """A label map node with `array` in the scan's geometry, written to `path` and removed again."""
-        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+        node = addHiddenNode("vtkMRMLLabelMapVolumeNode", name)
         try:
             node.CopyOrientation(scanNode)  # origin, spacing, directions
             slicer.util.updateVolumeFromArray(node, array)
@@ -556,7 +582,7 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
                     raise ValueError("pick the segment to inpaint (the region)")
                 region = np.zeros(tuple(reversed(scanNode.GetImageData().GetDimensions())), np.uint8)
                 for segmentId in ids:
-                    region[slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, scanNode) > 0] = 1
+                    region[self.segmentMask(segmentation, segmentId, scanNode)] = 1
                 if not region.any():
                     raise ValueError(f"the region segment {regionSegment!r} is empty inside the scan")
                 regionPath, imagePath = folder.file("region.nrrd"), folder.file("image.nrrd")

@@ -39,6 +39,7 @@ DEFAULT_GRACE_S = 3.0  # after SIGTERM, how long a run may take to stop cleanly 
 # gets this long to exit by itself, then its process group is killed, so results arrive without that wait.
 LINGER_S = 0.5
 IS_WINDOWS = os.name == "nt"
+EXIT_USAGE = 2  # argparse's status for a command line it refuses (no event is written)
 
 
 class MedGenRunError(Exception):
@@ -223,11 +224,17 @@ def parse_event(line: str) -> dict[str, Any] | None:
 
 
 def protocol_problem(event: dict[str, Any]) -> str | None:
+    """Why this client cannot follow an event's protocol version (docs/protocol.md: a front end refuses
+    to go on with a version it was not written for); None when it can. Events without one are accepted."""
     version = event.get("protocol")
+    if version is None or version == SUPPORTED_PROTOCOL:
+        return None
     if isinstance(version, int) and not isinstance(version, bool) and version > SUPPORTED_PROTOCOL:
-        return (f"napari-medgen speaks protocol version {version}, this Slicer module understands version "
-                f"{SUPPORTED_PROTOCOL}; update the MedGen module (or use an older napari-medgen)")
-    return None
+        advice = "update the MedGen module (or use an older napari-medgen)"
+    else:
+        advice = "update napari-medgen in its environment"
+    return (f"napari-medgen speaks protocol version {version}, this Slicer module understands version "
+            f"{SUPPORTED_PROTOCOL}; {advice}")
 
 
 # -- a run --------------------------------------------------------------------------------------
@@ -419,6 +426,9 @@ class CliRun(Run):
         tail = stderr_tail_text(self.stderr_tail)
         if code == 0:
             message = "napari-medgen ended without reporting a result (exit code 0)"
+        elif code == EXIT_USAGE:
+            message = ("napari-medgen refused the command line (exit code 2); it may be older than this module: "
+                       "update napari-medgen")
         else:
             message = f"napari-medgen stopped unexpectedly ({how})"
         return {"event": "error", **base, "message": message + (f":\n{tail}" if tail else "")}
