@@ -205,3 +205,10 @@ def test_the_labels_feed_generate(model_with_atlas, small_atlas):
     _, labels = drive(labels_from_scan(scan, str(model_with_atlas), **{**FAST, "deformable": "none"}))
     _, images = drive(generate(str(model_with_atlas), labels, steps=2, slice_range=(5, 7)))
     assert len(images) == 1 and images[0].shape[0] == 2 and np.isfinite(images[0].array).all()
+
+
+def test_an_implausible_brain_size_is_said():
+    from napari_medgen.engine.anatomy.result import plausibility
+
+    assert plausibility(1.1) == ""
+    assert "2.5 times the atlas" in plausibility(2.5) and "check the labels" in plausibility(0.3)

@@ -1,7 +1,45 @@
 """Labels from a scan: the model's atlas registered to the scan (SimpleITK), refined by a mixture model.
 
-Front ends call `labels_from_scan(scan, model)` (a generator of progress events returning the label map);
-`atlas_for(card)` says which atlas a model uses.
+Front ends call ``labels_from_scan(scan, model)``, a generator of progress events (step of 100) that
+returns the label map on the scan's exact grid, and close it to cancel. ``atlas_for(card)`` says which
+atlas a model uses.
+
+How (defaults in `AnatomyOptions`):
+
+1. The scan on a working grid no finer than 2 mm, intensities clipped to its 0.5-99.5th percentiles; its
+   head mask (Otsu, largest part, closed, holes filled).
+2. Placement: the atlas brain's centre tried at three places in the head (the head mask's centre; under
+   the top of the head by the atlas's centre-to-vertex distance; 12 mm further down for skull and scalp),
+   each refined by a short similarity registration at 8 mm; the best metric wins.
+3. Similarity (8, 4 mm) then affine (4, 2 mm) registration, Mattes mutual information on a seeded random
+   15 % of the voxels, regular-step gradient descent.
+4. A first mixture fit (below) on the working grid with the affine-warped atlas as prior; the scan's
+   tissue posteriors painted with the atlas's mean tissue intensities make a pseudo-atlas image with the
+   non-brain at 0, like the atlas; symmetric-forces demons (4 then 2 mm, field smoothed by 1.5 voxels)
+   register the atlas to it. Comparing the pseudo-image, not the scan, makes demons work for any contrast
+   and ignore skull, scalp and bias. (A B-spline on mutual information is the alternative: minutes.)
+5. The atlas's one-hot labels warped (linear: partial-volume priors) onto a box of the scan's own grid
+   around the brain; EM for a Gaussian mixture on the log-intensities with those priors, a bias field
+   (smoothed residual, 30 mm) and the likelihood weighted 0.5 against the prior; the most probable class
+   per voxel; brain islands outside the largest connected brain removed.
+
+Brain extraction: there is no separate skull-stripping step. The brain mask is the warped atlas brain,
+whose border the mixture model may move by a few millimetres where the scan's intensities say so; the
+non-brain class is a three-Gaussian mixture (dark skull and air, mid-grey muscle and dura, bright fat),
+so skull, scalp and neck are not forced into a tissue class. On a synthetic head (the template with a
+dark CSF/dura layer, skull, bright scalp and a neck, 20 % bias) the brain-mask Dice was 0.987.
+Where it fails:
+
+- a wrong orientation header (the placement takes +z as superior): the atlas is placed upside down or
+  sideways and registration does not recover;
+- a scan holding only part of the brain (a slab, a cropped field of view): the whole-brain atlas is
+  pulled into it; the result's metadata and last event then say the brain is implausibly large or small;
+- very coarse scans (5 mm and more) and the nibabel/dipy test volumes: the atlas's cortex is wider than
+  what the scan shows; expect labels good to a voxel or two at best;
+- anatomy the atlas lacks (large lesions, resection cavities, big ventricles of hydrocephalus): labelled
+  as the nearest atlas tissue; the painter is there to correct them;
+- thin dark structures next to dark skull (outer CSF against bone in T1): intensities cannot tell them
+  apart, so the atlas's border decides.
 """
 
 from .api import labels_from_scan

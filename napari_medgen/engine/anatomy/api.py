@@ -15,7 +15,6 @@ the largest connected brain.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import time
 from collections.abc import Generator
 from typing import Any
@@ -32,6 +31,7 @@ from .errors import AnatomyError
 from .mixture import fit_mixture
 from .options import AnatomyOptions
 from .placement import head_mask, working_image
+from .result import brain_ml, largest_brain, metadata_of, plausibility
 from .warp import box_around, grid_image, one_hot_priors, warp_labels, warp_priors
 
 TOTAL = 100
@@ -181,15 +181,21 @@ def _run(
     else:
         crop_labels = warped
         lap("warp")
-    crop_labels = _largest_brain(crop_labels)
+    crop_labels = largest_brain(crop_labels)
     dtype = card.label_schema.label_dtype
     label_array = np.zeros(scan.shape, dtype)
     label_array[box] = crop_labels.astype(dtype)
     if not np.any(label_array):
         raise AnatomyError("no brain was found in the scan; is it a head or brain MR volume?")
     seconds["total"] = round(time.perf_counter() - started, 2)
-    yield ProgressEvent(STEPS["done"], TOTAL, message="labels ready")
-    return scan.with_array(label_array, metadata=_metadata(scan, card, atlas, options, placement, mixture, seconds))
+    ratio = float(np.count_nonzero(label_array) * np.prod(scan.spacing)) / brain_ml(atlas_labels) / 1000
+    check = plausibility(ratio)
+    yield ProgressEvent(STEPS["done"], TOTAL, message="labels ready", notice=check)
+    metadata = metadata_of(scan, card, atlas, options, placement, mixture, seconds)
+    metadata["anatomy"]["brain_volume_vs_atlas"] = round(ratio, 3)
+    if check:
+        metadata["anatomy"]["warning"] = check
+    return scan.with_array(label_array, metadata=metadata)
 
 
 def _mixture(
@@ -222,49 +228,3 @@ def _mixture(
             )
     except StopIteration as stop:
         return stop.value
-
-
-def _largest_brain(labels: np.ndarray) -> np.ndarray:
-    """Labels with every brain voxel outside the largest connected brain set to background (islands in the scalp)."""
-    from scipy import ndimage
-
-    parts, count = ndimage.label(labels > 0)
-    if count <= 1:
-        return labels
-    sizes = np.bincount(parts.ravel())
-    sizes[0] = 0
-    return np.where(parts == np.argmax(sizes), labels, 0)
-
-
-def _metadata(
-    scan: Volume,
-    card: ModelCard,
-    atlas: Atlas,
-    options: AnatomyOptions,
-    placement: str,
-    mixture: bool,
-    seconds: dict[str, float],
-) -> dict[str, Any]:
-    from ... import __version__
-
-    return {
-        "label_map": True,
-        "label_names": {str(c.index): c.name for c in card.label_schema.classes},
-        "anatomy": {
-            "method": "atlas registration (Mattes MI: similarity, affine; "
-            + {"demons": "demons on a pseudo-atlas image", "bspline": "B-spline", "none": "no deformable"}[
-                options.deformable
-            ]
-            + ")"
-            + (" + Gaussian mixture with atlas priors and bias field" if mixture else ""),
-            "generator": f"napari-medgen {__version__}",
-            "model": card.name,
-            "model_version": card.version,
-            "atlas": {"image": atlas.image.name, "labels": atlas.labels.name, "named_by": atlas.source},
-            "placement": placement,
-            "options": dataclasses.asdict(options),
-            "seconds": seconds,
-            "scan_sha256": scan.content_hash(),
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        },
-    }
