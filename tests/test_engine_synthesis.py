@@ -667,3 +667,47 @@ def test_written_result_carries_its_provenance(models, tmp_path):
     assert back.metadata["synthetic"] is True
     assert back.metadata["provenance"]["seed"] == 21
     assert back.same_grid(labels)
+
+
+def test_slice_noise_correlation_mixes_own_and_shared_noise():
+    """0 keeps each slice's own noise exactly as before (a seed's image does not change); 1 gives every slice
+    the same noise; in between, any two slices' noise has that correlation and stays standard normal."""
+    from napari_medgen.engine.synthesis.run import _SliceNoise
+
+    keys = [7, 8, 9, 10]
+    own = _SliceNoise(keys, seed=1, correlation=0.0).draw((1, 64, 64))
+    for k, key in enumerate(keys):
+        expected = torch.randn((1, 64, 64), generator=torch.Generator().manual_seed(key))
+        torch.testing.assert_close(own[k], expected)
+    shared = _SliceNoise(keys, seed=1, correlation=1.0).draw((1, 64, 64))
+    assert all(torch.equal(shared[0], shared[k]) for k in range(1, 4))
+    mixed = _SliceNoise(keys, seed=1, correlation=0.5).draw((1, 96, 96))[:, 0].reshape(4, -1).numpy()
+    correlation = np.corrcoef(mixed)[np.triu_indices(4, 1)]
+    assert np.all(np.abs(correlation - 0.5) < 0.05)
+    assert np.all(np.abs(mixed.std(1) - 1.0) < 0.05)
+
+
+def test_shared_slice_noise_makes_neighbouring_slices_alike(models):
+    """The same anatomy on every slice: with shared noise the slices come out far more alike than with each
+    slice's own noise (stripes across slices are what the correlation is for)."""
+    array = np.repeat(_labels(shape=(1, 20, 24)).array, 6, axis=0)
+    labels = Volume(array, SPACING, ORIGIN, tuple(np.eye(3).ravel()), {"label_map": True})
+
+    def slice_to_slice(correlation: float) -> float:
+        result, _ = drive(generate(models["2d"], labels, steps=3, seed=2, slice_noise_correlation=correlation))
+        image = result[0].array
+        return float(np.abs(np.diff(image, axis=0)).mean())
+
+    assert slice_to_slice(1.0) < 0.5 * slice_to_slice(0.0)
+
+
+def test_guidance_rescale_changes_a_guided_result_and_is_recorded(models):
+    labels = _labels()
+    plain, _ = drive(generate(models["2d"], labels, steps=2, seed=0, guidance=3.0))
+    rescaled, _ = drive(generate(models["2d"], labels, steps=2, seed=0, guidance=3.0, guidance_rescale=0.7))
+    assert not np.array_equal(plain[0].array, rescaled[0].array)
+    assert rescaled[0].metadata["provenance"]["guidance_rescale"] == 0.7
+    with pytest.raises(MedgenError, match="guidance_rescale"):
+        generate(models["2d"], labels, steps=2, guidance_rescale=1.5)
+    with pytest.raises(MedgenError, match="slice_noise_correlation"):
+        generate(models["2d"], labels, steps=2, slice_noise_correlation=-0.1)

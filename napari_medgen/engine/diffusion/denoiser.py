@@ -121,6 +121,7 @@ class Denoiser:
         guidance: float = 1.0,
         class_index: int | None = None,
         overlap: float = 0.25,
+        guidance_rescale: float = 0.0,
     ) -> None:
         prepare_for_inference(model)
         self.model = model
@@ -130,6 +131,7 @@ class Denoiser:
         self.conditioning = conditioning
         self.guided = guidance != 1.0 and self.card.supports_guidance
         self.guidance = guidance
+        self.guidance_rescale = float(guidance_rescale)
         self.label_channels = self.card.num_label_channels if self.card.conditioning.label_map != "none" else 0
         self.class_labels = None
         if class_index is not None:
@@ -197,4 +199,12 @@ class Denoiser:
         stack[n:, :1].copy_(x_t)
         out = self._tiled(stack, t, self.class_labels).float()
         conditional, plain = out.chunk(2)
-        return plain + self.guidance * (conditional - plain)
+        guided = plain + self.guidance * (conditional - plain)
+        if self.guidance_rescale <= 0:
+            return guided
+        # Guidance rescaling (Lin et al., 2024): guidance inflates the prediction's spread, which shows as
+        # over-contrasted, flat tissues; scale each sample's guided prediction back to the conditional one's
+        # standard deviation, mixed with the plain guided one by `guidance_rescale`.
+        dims = tuple(range(1, guided.dim()))
+        ratio = conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp_min(1e-8)
+        return self.guidance_rescale * (guided * ratio) + (1.0 - self.guidance_rescale) * guided

@@ -100,6 +100,9 @@ class Conditioning(_Strict):
     default_guidance: float = Field(
         1.0, ge=0, le=20, description="classifier-free guidance weight used when none is asked for (1 = none)"
     )
+    default_slice_noise_correlation: float = Field(
+        0.0, ge=0, le=1, description="2-D models: correlation of the noise of different slices when none is asked for"
+    )
 
 
 class SchedulerSpec(_Strict):

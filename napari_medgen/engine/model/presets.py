@@ -37,7 +37,14 @@ def brain_t1_demo_card() -> ModelCard:
             "tile_size": [64, 64],  # the training crops (set from the config when training)
             "spacing_mm": [2.0, 2.0],
             "modality": "MR",
-            "normalization": {"kind": "mri_percentile", "high_percentile": 99.5, "output_min": 0.0, "output_max": 1000.0},
+            # The template is skull-stripped: exactly 0 outside the brain, which label 0 marks.
+            "normalization": {
+                "kind": "mri_percentile",
+                "high_percentile": 99.5,
+                "output_min": 0.0,
+                "output_max": 1000.0,
+                "background_label": 0,
+            },
             "label_schema": {"classes": TISSUE_SCHEMA.to_json()},
             "conditioning": {
                 "label_map": "channels",

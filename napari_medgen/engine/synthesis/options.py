@@ -10,9 +10,6 @@ from ..diffusion.methods import DEFAULT_SAMPLER, SAMPLERS
 from ..errors import MedgenError
 from ..volume import Volume
 
-SLICE_NOISE = ("independent", "shared")
-
-
 @dataclass
 class ProgressEvent:
     """One step of a run: `step` of `total` network calls; `preview` is the current estimate, when given.
@@ -41,15 +38,18 @@ class SamplingOptions:
     steps: int = 20
     seed: int = 0
     guidance: float | None = None  # None: the model card's default_guidance
+    # Guidance rescaling (Lin et al., 2024), 0..1: pulls a guided prediction's spread back to the conditional one's.
+    guidance_rescale: float = 0.0
     eta: float = 0.0
     variants: int = 1
     batch_size: int | None = None
     preview_every: int = 5
     class_index: int | None = None
-    # 2-D models: "independent" draws each slice's noise from its own generator (keyed by seed and slice);
-    # "shared" gives every slice the same noise (keyed by seed), so neighbouring slices with nearly the same
-    # anatomy come out nearly the same instead of each with its own texture (stripes in sagittal views).
-    slice_noise: str = "independent"
+    # 2-D models: how alike the noise of different slices is. 0: each slice's own noise (keyed by seed and
+    # slice), so each slice gets its own texture, which shows as stripes across slices in sagittal and
+    # coronal views; 1: every slice the same noise (keyed by seed), so neighbouring slices with nearly the
+    # same anatomy come out nearly the same. In between: a mix with that correlation between any two slices.
+    slice_noise_correlation: float | None = None  # None: the card's default_slice_noise_correlation
     # Inpainting: the context processed around the region, and the width of the seam blend inside it.
     context_mm: float = 16.0
     feather_mm: float = 2.0
@@ -68,8 +68,10 @@ class SamplingOptions:
             raise MedgenError(f"variants must be at least 1, got {self.variants}")
         if not 0.0 <= self.eta <= 1.0:
             raise MedgenError(f"eta must be between 0 and 1, got {self.eta}")
-        if self.slice_noise not in SLICE_NOISE:
-            raise MedgenError(f"slice_noise must be one of {', '.join(SLICE_NOISE)}, got {self.slice_noise!r}")
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise MedgenError(f"guidance_rescale must be between 0 and 1, got {self.guidance_rescale}")
+        if self.slice_noise_correlation is not None and not 0.0 <= self.slice_noise_correlation <= 1.0:
+            raise MedgenError(f"slice_noise_correlation must be between 0 and 1, got {self.slice_noise_correlation}")
         if self.context_mm < 0 or self.feather_mm < 0:
             raise MedgenError(
                 f"context and feather widths must be 0 mm or more, got {self.context_mm} and {self.feather_mm}"
@@ -85,5 +87,7 @@ def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], 
         setattr(options, key, value)
     if options.guidance is None and card is not None:
         options.guidance = card.conditioning.default_guidance if card.supports_guidance else 1.0
+    if options.slice_noise_correlation is None and card is not None:
+        options.slice_noise_correlation = card.conditioning.default_slice_noise_correlation
     options.check()
     return options

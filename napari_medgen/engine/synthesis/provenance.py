@@ -24,6 +24,8 @@ def provenance(loaded: LoadedModel, options: SamplingOptions, task: str, variant
             "steps": options.steps,
             "eta": options.eta,
             "guidance": options.guidance,
+            "guidance_rescale": options.guidance_rescale,
+            "slice_noise_correlation": options.slice_noise_correlation,
             "seed": options.seed + variant,
             "variant": variant,
             "inputs_sha256": inputs,

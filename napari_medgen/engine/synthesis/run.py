@@ -236,8 +236,7 @@ def _prepare_unit(loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, op
         known = problem.known[unit] if problem.known is not None else None
         region = problem.region[unit].astype(np.float32) if problem.region is not None else None
         positions = problem.positions[unit[0]] if problem.positions is not None else None
-        shared = options.slice_noise == "shared"
-        keys = [seed * 100003 + (0 if shared else problem.slice_offset + int(k)) for k in z]
+        keys = [seed * 100003 + problem.slice_offset + int(k) for k in z]
     else:
         labels = problem.labels[None] if problem.labels is not None else None
         known = problem.known[None] if problem.known is not None else None
@@ -256,19 +255,41 @@ def _prepare_unit(loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, op
         shape=(n_samples,) + tuple(spatial),
     )
     conditioning = torch.from_numpy(stack).to(device)
-    generators = [torch.Generator(device="cpu").manual_seed(int(k) % (2**63)) for k in keys]
+    noise = _SliceNoise(keys, seed, (options.slice_noise_correlation or 0.0) if card.spatial_dims == 2 else 0.0)
 
     def noise_like(x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(device)
+        return noise.draw(tuple(x.shape[1:])).to(device)
 
-    spatial = stack.shape[2:]
-    x_t = torch.stack([torch.randn((1,) + spatial, generator=g) for g in generators]).to(device)
-    denoise = Denoiser(loaded, conditioning, options.guidance, options.class_index)
+    x_t = noise.draw((1,) + tuple(stack.shape[2:])).to(device)
+    denoise = Denoiser(loaded, conditioning, options.guidance, options.class_index, guidance_rescale=options.guidance_rescale)
     known_t = keep_t = None
     if problem.by_repaint:
         known_t = torch.from_numpy(known[:, None].copy()).to(device)
         keep_t = torch.from_numpy(1.0 - region[:, None]).to(device)
     return denoise, x_t, noise_like, known_t, keep_t
+
+
+class _SliceNoise:
+    """Seeded noise for a unit's samples: each slice's own draw, mixed with a draw every slice shares.
+
+    Each slice has its own generator (keyed by seed and slice, so a seed gives the same image whatever the
+    batch size) and one of its own seeded alike for all slices; mixed as sqrt(1 - c) own + sqrt(c) shared,
+    every slice's noise is still standard normal and any two slices' noise has correlation c.
+    """
+
+    def __init__(self, keys: list[int], seed: int, correlation: float) -> None:
+        self.own = [torch.Generator(device="cpu").manual_seed(int(k) % (2**63)) for k in keys]
+        self.correlation = float(correlation)
+        shared_key = (seed * 100003 - 1) % (2**63)
+        self.shared = [torch.Generator(device="cpu").manual_seed(shared_key) for _ in keys] if correlation > 0 else []
+
+    def draw(self, shape: tuple[int, ...]) -> torch.Tensor:
+        own = torch.stack([torch.randn(shape, generator=g) for g in self.own])
+        if not self.shared:
+            return own
+        shared = torch.stack([torch.randn(shape, generator=g) for g in self.shared])
+        c = self.correlation
+        return float(np.sqrt(1.0 - c)) * own + float(np.sqrt(c)) * shared
 
 
 def _unit_to_array(x0: torch.Tensor, problem: ModelGridProblem, unit: Unit) -> np.ndarray:
