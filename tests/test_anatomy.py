@@ -212,3 +212,13 @@ def test_an_implausible_brain_size_is_said():
 
     assert plausibility(1.1) == ""
     assert "2.5 times the atlas" in plausibility(2.5) and "check the labels" in plausibility(0.3)
+
+
+def test_the_bspline_alternative_runs(model_with_atlas, small_atlas):
+    """The B-spline on mutual information (instead of demons), briefly: labels on the grid, the brain found."""
+    truth_transform = known_affine(np.zeros(3), degrees=(0.0, 4.0, 0.0), scale=1.0, shift=(0.0, 4.0, 0.0))
+    scan, truth = moved(small_atlas, truth_transform, Grid.of(small_atlas[0]))
+    options = {**FAST, "deformable": "bspline", "bspline_iterations": 5, "bspline_grid_mm": 36.0}
+    events, result = drive(labels_from_scan(scan, str(model_with_atlas), **options))
+    assert result.same_grid(scan) and dice(result.array > 0, truth.array > 0) > 0.85
+    assert any(e.message.startswith("deformable:") for e in events)
