@@ -24,8 +24,8 @@ How (defaults in `AnatomyOptions`):
    per voxel; brain islands outside the largest connected brain removed.
 
 Brain extraction: there is no separate skull-stripping step. The brain mask is the warped atlas brain,
-whose border the mixture model may move by a few millimetres where the scan's intensities say so; the
-non-brain class is a three-Gaussian mixture (dark skull and air, mid-grey muscle and dura, bright fat),
+whose border the mixture model may move by about a voxel where the scan's intensities say so (the
+deformable registration, driven by the tissue model's pseudo-image, does the rest); the non-brain class is a three-Gaussian mixture (dark skull and air, mid-grey muscle and dura, bright fat),
 so skull, scalp and neck are not forced into a tissue class. On a synthetic head (the template with a
 dark CSF/dura layer, skull, bright scalp and a neck, 20 % bias) the brain-mask Dice was 0.987.
 Where it fails:

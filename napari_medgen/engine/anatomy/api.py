@@ -46,7 +46,7 @@ STEPS = {
     "mixture": 82,
     "done": 100,
 }
-MAX_MIXTURE_CLASSES = 6  # more brain classes than tissues: the atlas's warped labels are kept as they are
+MAX_MIXTURE_CLASSES = 6  # more classes than tissues (structures): warped labels kept as they are, B-spline not demons
 BOX_MARGIN_MM = 6.0
 
 
@@ -107,7 +107,10 @@ def _run(
 
     yield ProgressEvent(STEPS["prepare"], TOTAL, message="preparing the scan")
     classes = sorted(int(v) for v in np.unique(atlas_labels.array) if v != 0)
-    mixture = options.mixture and len(classes) <= MAX_MIXTURE_CLASSES
+    tissue_model = len(classes) <= MAX_MIXTURE_CLASSES
+    mixture = options.mixture and tissue_model
+    if options.deformable == "demons" and not tissue_model:  # no pseudo-atlas image without a tissue model
+        options = dataclasses.replace(options, deformable="bspline")
     labels_image = atlas_labels.to_sitk()
     brain_image = sitk.Cast(labels_image > 0, sitk.sitkUInt8)
     # The atlas image with its background at 0 (what the scan's pseudo-atlas image has outside the brain).
