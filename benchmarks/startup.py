@@ -324,7 +324,8 @@ def table_row(r: dict) -> tuple[str, str, str, str]:
         f"first network call: cold **{s['cold_lean']['first_network_call_s']} s** (was "
         f"{s['cold_full_monai']['first_network_call_s']} s with all of MONAI), warm **{s['warm']['first_network_call_s']} s**; "
         f"result: cold {s['cold_lean']['total_s']} s, warm {s['warm']['total_s']} s; same file: "
-        f"{'yes' if r['same_result']['equal'] else 'no'}; `--help` {c['--help']['wall_s']} s, `models` {c['models']['wall_s']} s",
+        f"{'yes' if r['same_result']['equal'] else 'no'}; `--help` {c['--help']['wall_s']} s, `models` {c['models']['wall_s']} s "
+        f"(CPU {c['--help']['cpu_s']} s / {c['models']['cpu_s']} s)",
         f"`models`, `--help` < {TARGET_COMMAND_S:g} s; warm first call < {TARGET_WARM_FIRST_CALL_S:g} s",
         common.met(r["met"]),
     )
