@@ -48,9 +48,11 @@ BENCHMARKS = [
     "roi_inpaint",
     "volume_scaling",
     "latency",
+    "startup",
     "roofline",
     "sampler_speed",
     "quality",
+    "realism",
 ]
 
 
