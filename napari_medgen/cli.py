@@ -118,6 +118,13 @@ def _train_arguments(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
 
 
+def _segment_arguments(seg: argparse.ArgumentParser) -> None:
+    seg.add_argument("--image", required=True, type=Path, help="the scan (a 3-D T1 for the demo model)")
+    seg.add_argument("--out", required=True, type=Path, help="label map to write (.nii.gz, .mha, .nrrd)")
+    seg.add_argument("--model", default=None, help="model whose label schema and atlas to use (default: the demo model)")
+    seg.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
+
+
 def _import_weights_arguments(imp: argparse.ArgumentParser) -> None:
     imp.add_argument("--checkpoint", required=True, type=Path)
     imp.add_argument("--card", required=True, type=Path, help="model.json describing the network")
@@ -136,6 +143,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "models": ("list the models found and where they came from", _no_arguments),
     "generate": ("synthesize an image from an anatomy label map", _generate_arguments),
     "inpaint": ("regenerate a region of a scan, keeping everything outside it", _inpaint_arguments),
+    "segment": ("a starting label map of a scan in a model's schema (its atlas registered to the scan, refined "
+                "by a mixture model), to edit and generate or inpaint from", _segment_arguments),
     "train": ("train a slice-wise model on image / label-map pairs", _train_arguments),
     "import-weights": ("convert a PyTorch state dict into a safe model folder", _import_weights_arguments),
     "serve": ("a long-lived worker: generate / inpaint requests as JSON lines on stdin, the model kept loaded "
@@ -317,6 +326,16 @@ def cmd_inpaint(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     return _write_results(_drive(run, reporter), paths)
 
 
+def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> list[str]:
+    from .engine.anatomy import labels_from_scan
+    from .engine.io import check_writable_output, read_volume, write_volume
+
+    check_writable_output([args.out])
+    scan = read_volume(args.image)
+    label_map = _drive(labels_from_scan(scan, args.model), reporter)
+    return [str(write_volume(label_map, args.out))]
+
+
 def cmd_train(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     from .engine.model.presets import preset_card
     from .engine.training import TrainingConfig, find_training_pairs, train
@@ -409,7 +428,9 @@ def execute(args: argparse.Namespace, reporter: Reporter) -> int:
             from .serve import serve
 
             return serve(preload=args.preload)
-        handler = {"generate": cmd_generate, "inpaint": cmd_inpaint, "train": cmd_train}.get(args.command)
+        handler = {"generate": cmd_generate, "inpaint": cmd_inpaint, "segment": cmd_segment, "train": cmd_train}.get(
+            args.command
+        )
         paths = handler(args, reporter) if handler else cmd_import_weights(args)
         reporter.result(paths)
         return 0

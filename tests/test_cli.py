@@ -145,3 +145,35 @@ def test_help_lists_every_command_and_builds_only_the_asked_one(capsys):
     with pytest.raises(SystemExit):  # generate's arguments were not built: its required options are unknown
         only.parse_args(["models", "--labels", "x"])
     capsys.readouterr()
+
+
+def test_segment_writes_a_label_map_on_the_scans_grid_that_generate_accepts(brain_files, tmp_path, capsys):
+    """`segment` on a coarse copy of the sample T1 (4 mm, shifted origin): the label map lands on the scan's
+    exact grid in the model's schema, roughly where the true tissues are, and `generate` takes it."""
+    import SimpleITK as sitk
+
+    t1 = read_volume(sample_dir() / "mni152_t1_2mm.nii.gz").to_sitk()
+    truth = read_volume(sample_dir() / "mni152_tissue_labels_2mm.nii.gz").to_sitk()
+    size = [int(round(s * sp / 4.0)) for s, sp in zip(t1.GetSize(), t1.GetSpacing(), strict=True)]
+    reference = sitk.Image(size, sitk.sitkFloat32)
+    reference.SetSpacing((4.0, 4.0, 4.0))
+    reference.SetOrigin(tuple(o + 3.0 for o in t1.GetOrigin()))
+    reference.SetDirection(t1.GetDirection())
+    scan = Volume.from_sitk(sitk.Resample(t1, reference, sitk.Transform(), sitk.sitkLinear, 0.0))
+    scan_path = write_volume(scan, tmp_path / "coarse_t1.nii.gz")
+    out = tmp_path / "coarse_t1_labels.nii.gz"
+    code = main(["segment", "--image", str(scan_path), "--out", str(out), "--progress", "jsonl"])
+    events = _events(capsys.readouterr().out)
+    assert code == 0, events[-1]
+    assert events[-1]["event"] == "result" and events[-1]["paths"] == [str(out)]
+    labels = read_volume(out)
+    assert labels.same_grid(scan) and labels.is_label_map
+    assert set(np.unique(labels.array)) <= {0, 1, 2, 3}
+    true = sitk.GetArrayFromImage(sitk.Resample(truth, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    for tissue in (2, 3):  # grey and white matter, roughly in place at 4 mm
+        a, b = labels.array == tissue, true == tissue
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.6
+    synthetic = tmp_path / "synthetic.nii.gz"
+    assert main(["generate", "--labels", str(out), "--out", str(synthetic), "--model", str(brain_files["model"]),
+                 "--steps", "1", "--progress", "none"]) == 0
+    assert read_volume(synthetic).same_grid(scan)

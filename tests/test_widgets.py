@@ -267,3 +267,42 @@ def test_user_errors_notify_and_change_nothing(scan, tiny_model, qtbot, warnings
     viewer.layers.remove(small)
     viewer.layers.remove(empty)
     assert [layer.name for layer in viewer.layers] == names
+
+
+def _coarse_sample_t1() -> Volume:
+    """The sample T1 at 4 mm with an oblique-free, flipped direction: a small real scan the atlas registers to."""
+    import SimpleITK as sitk
+
+    from napari_medgen._paths import sample_dir
+    from napari_medgen.engine.io import read_volume
+
+    t1 = read_volume(sample_dir() / "mni152_t1_2mm.nii.gz").to_sitk()
+    reference = sitk.Image([int(round(s / 2)) for s in t1.GetSize()], sitk.sitkFloat32)
+    reference.SetSpacing((4.0, 4.0, 4.0))
+    reference.SetOrigin(t1.GetOrigin())
+    reference.SetDirection(t1.GetDirection())
+    return Volume.from_sitk(sitk.Resample(t1, reference, sitk.Transform(), sitk.sitkLinear, 0.0))
+
+
+def test_labels_from_scan_adds_an_editable_layer_on_the_scan_grid_and_cancel_adds_none(make_napari_viewer, qtbot):
+    from napari_medgen.widgets.painter import AnatomyPainter
+
+    viewer = make_napari_viewer()
+    data, kwargs, _ = volume_to_layer_data(_coarse_sample_t1(), "image", "own T1")
+    image = viewer.add_image(data, **kwargs)
+    painter = AnatomyPainter(viewer)
+    painter.image.value = image
+    # Cancel at once: no layer, buttons back.
+    run = painter.labels_from_scan()
+    run.cancel()
+    qtbot.waitUntil(lambda: not run.running, timeout=60000)
+    assert [layer.name for layer in viewer.layers] == ["own T1"]
+    assert painter.from_scan_button.enabled
+    # Run to the end: one new Labels layer, placed exactly like the scan, in the schema's classes.
+    run = painter.labels_from_scan()
+    qtbot.waitUntil(lambda: not run.running, timeout=240000)
+    labels = viewer.layers[-1]
+    assert labels.name == "own T1 anatomy (from scan)" and labels.data.shape == image.data.shape
+    _same_placement(labels, image)
+    assert set(np.unique(labels.data)) == {0, 1, 2, 3}
+    assert painter.anatomy.value is labels

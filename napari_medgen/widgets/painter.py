@@ -12,9 +12,10 @@ from ..engine.errors import MedgenError
 from ..engine.label_tools import interpolate_between_slices, parse_mapping, remap_labels
 from ..engine.model.labels import TISSUE_SCHEMA, LabelSchema
 from ..engine.model.loading import LoadedModel
-from ..layer_geometry import layer_kwargs_like
+from ..layer_geometry import layer_data_for_volume, layer_kwargs_like, napari_layer_to_volume
 from . import messages
 from .layers import layer_choices
+from .runner import EngineRun
 from .session import ModelSession
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ class AnatomyPainter(Container):
         self.session = ModelSession.of(viewer)
         self.image = ComboBox(label="image", choices=layer_choices(viewer, Image))
         self.create_button = PushButton(text="Create anatomy layer")
+        self.from_scan_button = PushButton(text="Labels from scan")
+        self.from_scan_cancel = PushButton(text="Cancel", enabled=False)
+        self.scan_run: EngineRun | None = None
         self.anatomy = ComboBox(label="anatomy layer", choices=layer_choices(viewer, Labels))
         self.anatomy_class = ComboBox(label="paint class", choices=self._class_names)
         self.under_cursor = Label(value="")
@@ -50,10 +54,12 @@ class AnatomyPainter(Container):
         self.import_button = PushButton(text="Import segmentation")
         self.fill_button = PushButton(text="Fill gaps between painted slices")
         super().__init__(
-            widgets=[self.image, self.create_button, self.anatomy, self.anatomy_class, self.under_cursor,
+            widgets=[self.image, self.create_button, self.from_scan_button, self.from_scan_cancel, self.anatomy, self.anatomy_class, self.under_cursor,
                      self.source, self.mapping, self.import_button, self.fill_button]
         )
         self.create_button.changed.connect(self.create_layer)
+        self.from_scan_button.changed.connect(self.labels_from_scan)
+        self.from_scan_cancel.changed.connect(self.cancel_labels_from_scan)
         self.anatomy_class.changed.connect(self._pick_class)
         self.anatomy.changed.connect(lambda *_: self.anatomy_class.reset_choices())
         self.import_button.changed.connect(self.import_segmentation)
@@ -101,6 +107,57 @@ class AnatomyPainter(Container):
         self._default_class()
         self._pick_class()
         return layer
+
+    def labels_from_scan(self) -> EngineRun | None:
+        """Start making a label map of the image (the model's atlas registered to it, refined by a mixture
+        model) in a worker; it lands as a new anatomy layer on the image's grid, to edit. A cancel or an
+        error adds nothing."""
+        from ..engine.anatomy import labels_from_scan
+
+        image = self.image.value
+        if image is None:
+            messages.notify("warning", "Labels from scan: open a scan first")
+            return None
+        if self.scan_run is not None and self.scan_run.running:
+            messages.notify("warning", "Labels from scan: a run is still going; wait for it or press Cancel")
+            return None
+        model = self.session.model
+        schema = schema_in_use(model)
+        try:
+            run = labels_from_scan(napari_layer_to_volume(image), model)
+        except MedgenError as error:
+            messages.notify("warning", f"Labels from scan: {error}")
+            return None
+
+        def add_layer(label_map: Any) -> None:
+            kwargs = layer_kwargs_like(image)
+            metadata = dict(kwargs.pop("metadata", {}))
+            metadata[SCHEMA_KEY] = schema.to_json()
+            metadata["labels_from_scan"] = dict(label_map.metadata)
+            layer = self._viewer.add_labels(
+                layer_data_for_volume(label_map, image).astype(schema.label_dtype),
+                name=f"{image.name} anatomy (from scan)", metadata=metadata, colormap=schema.napari_colormap(),
+                **kwargs,
+            )
+            self.anatomy.reset_choices()
+            self.anatomy.value = layer
+            self.anatomy_class.reset_choices()
+            self._default_class()
+            self._pick_class()
+
+        def ended(outcome: str) -> None:
+            self.from_scan_button.enabled = True
+            self.from_scan_cancel.enabled = False
+
+        self.scan_run = EngineRun(run, "Labels from scan", add_layer, ended)
+        self.from_scan_button.enabled = False
+        self.from_scan_cancel.enabled = True
+        self.scan_run.start()
+        return self.scan_run
+
+    def cancel_labels_from_scan(self) -> None:
+        if self.scan_run is not None:
+            self.scan_run.cancel()
 
     def _pick_class(self, *_: Any) -> None:
         layer = self.anatomy.value
