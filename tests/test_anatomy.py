@@ -5,6 +5,7 @@ Everything runs on small volumes (the shipped atlas down-sampled to 6 mm, or a p
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,6 @@ from scipy.spatial.transform import Rotation
 
 from napari_medgen._paths import sample_dir
 from napari_medgen.engine.anatomy import AnatomyOptions, NoAtlasError, atlas_for, labels_from_scan, registration
-from napari_medgen.engine.anatomy import atlas as atlas_module
 from napari_medgen.engine.errors import InvalidVolumeError
 from napari_medgen.engine.io import read_volume, write_volume
 from napari_medgen.engine.model.registry import find_model
@@ -64,13 +64,15 @@ def small_atlas() -> tuple[Volume, Volume]:
 
 @pytest.fixture
 def model_with_atlas(tmp_path: Path, small_atlas, monkeypatch) -> Path:
-    """The tiny test model, with the 6 mm atlas in its folder, named by the built-in atlas table."""
+    """The tiny test model, with the 6 mm atlas in its folder, named by its card's atlas field."""
     from tiny_models import make_tiny_model
 
     folder = make_tiny_model(tmp_path / "tiny-2d")
     write_volume(small_atlas[0], folder / "atlas_t1.nii.gz")
     write_volume(small_atlas[1].with_array(small_atlas[1].array.astype(np.uint8)), folder / "atlas_labels.nii.gz")
-    monkeypatch.setitem(atlas_module.KNOWN_ATLASES, "tiny-2d", ("atlas_t1.nii.gz", "atlas_labels.nii.gz"))
+    raw = json.loads((folder / "model.json").read_text())
+    raw["atlas"] = {"image": "atlas_t1.nii.gz", "labels": "atlas_labels.nii.gz"}
+    (folder / "model.json").write_text(json.dumps(raw))
     return folder
 
 

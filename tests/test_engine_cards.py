@@ -516,3 +516,16 @@ def test_bf16_on_cpu_loads(tmp_path):
     model = load_model(make_tiny_model(tmp_path / "model"), device="cpu", precision="bf16")
     assert model.dtype == torch.bfloat16
     assert all(p.dtype == torch.bfloat16 for p in model.networks["network"].parameters())
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../other/atlas.nii.gz", "sample:../../secret.nii.gz"])
+def test_card_atlas_files_must_lie_inside_the_model_folder(name):
+    raw = _card_dict()
+    raw["atlas"] = {"image": name, "labels": "labels.nii.gz"}
+    with pytest.raises(ModelCardError, match="atlas"):
+        parse_card(raw)
+
+
+def test_shipped_demo_card_names_its_atlas():
+    entry = find_model("brain-t1-demo")
+    assert entry.card.atlas is not None and entry.card.atlas.image.startswith("sample:")

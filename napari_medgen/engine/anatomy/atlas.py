@@ -1,9 +1,8 @@
 """Which atlas a model registers to a scan: an image and its label map in the model's label schema.
 
-A model card names its atlas in an optional ``atlas`` field (``{"image": ..., "labels": ...}``, paths inside
-the model folder, or ``sample:<file>`` for the package's shipped sample folder). Until every card can carry
-that field, the shipped demo model's atlas comes from `KNOWN_ATLASES`. A model with neither has no atlas:
-`atlas_for` says so, and what to do instead.
+A model card names its atlas in its optional ``atlas`` field (``{"image": ..., "labels": ...}``, paths inside
+the model folder, or ``sample:<file>`` for the package's shipped sample folder). A model without one has no
+atlas: `atlas_for` says so, and what to do instead.
 """
 
 from __future__ import annotations
@@ -22,19 +21,13 @@ from .errors import AnatomyError, NoAtlasError
 
 SAMPLE_PREFIX = "sample:"
 
-# Models whose card predates the `atlas` field: name -> (image, labels), in the same notation as the field.
-KNOWN_ATLASES: dict[str, tuple[str, str]] = {
-    "brain-t1-demo": ("sample:mni152_t1_2mm.nii.gz", "sample:mni152_tissue_labels_2mm.nii.gz"),
-}
-
-
 @dataclass(frozen=True)
 class Atlas:
     """An atlas image and its label map (same grid), as files."""
 
     image: Path
     labels: Path
-    source: str  # "card" or "built-in table"
+    source: str  # "card"
 
     def load(self, card: ModelCard) -> tuple[Volume, Volume]:
         """(image as float32, labels in the card's schema dtype); refuses labels the schema does not know."""
@@ -60,7 +53,7 @@ class Atlas:
 
 
 def atlas_for(card: ModelCard, folder: str | os.PathLike[str] | None = None) -> Atlas:
-    """The atlas `card` names (its ``atlas`` field, else the built-in table); NoAtlasError when there is none.
+    """The atlas `card` names in its ``atlas`` field; NoAtlasError when there is none.
 
     `folder` is the model folder that relative paths in the card are inside of.
     """
@@ -68,13 +61,10 @@ def atlas_for(card: ModelCard, folder: str | os.PathLike[str] | None = None) -> 
     if spec is not None:
         image, labels = _field(spec, "image"), _field(spec, "labels")
         return Atlas(_resolve(image, folder, card), _resolve(labels, folder, card), "card")
-    if card.name in KNOWN_ATLASES:
-        image, labels = KNOWN_ATLASES[card.name]
-        return Atlas(_resolve(image, folder, card), _resolve(labels, folder, card), "built-in table")
     raise NoAtlasError(
         f"model {card.name} names no atlas, so labels cannot be made from the scan with it; give a label map "
         "made elsewhere (open it and import it into the painter, or pass it with --labels), paint one, or use a "
-        f"model whose card has an atlas ({', '.join(sorted(KNOWN_ATLASES))})"
+        "model whose card has an atlas (brain-t1-demo)"
     )
 
 

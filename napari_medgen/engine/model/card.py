@@ -105,6 +105,23 @@ class Conditioning(_Strict):
     )
 
 
+class AtlasSpec(_Strict):
+    """The atlas labels are made from on a user's scan: an image and its label map in the card's schema, on one
+    grid; each a file inside the model folder, or ``sample:<file>`` for the package's shipped sample folder."""
+
+    image: str = Field(min_length=1)
+    labels: str = Field(min_length=1)
+    description: str = ""
+
+    @field_validator("image", "labels")
+    @classmethod
+    def _inside(cls, name: str) -> str:
+        path = Path(name.removeprefix("sample:"))
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"atlas files must lie inside the model folder (or be sample:<file>), got {name!r}")
+        return name
+
+
 class SchedulerSpec(_Strict):
     class_name: str = "DDPMScheduler"
     num_train_timesteps: int = Field(1000, ge=10, le=10000)
@@ -141,6 +158,7 @@ class ModelCard(_Strict):
     scheduler: SchedulerSpec
     tasks: list[Literal["generate", "inpaint"]] = Field(min_length=1)
     weights: str = "weights.safetensors"
+    atlas: AtlasSpec | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("network")

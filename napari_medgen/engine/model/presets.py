@@ -74,6 +74,13 @@ def brain_t1_demo_card() -> ModelCard:
                 "prediction_type": "v_prediction",
             },
             "tasks": ["generate", "inpaint"],
+            # Labels from a user's scan (napari-medgen segment) register this atlas to it.
+            "atlas": {
+                "image": "sample:mni152_t1_2mm.nii.gz",
+                "labels": "sample:mni152_tissue_labels_2mm.nii.gz",
+                "description": "ICBM152 2009a symmetric T1 and its CSF / grey / white matter labels at 2 mm "
+                "(the shipped sample)",
+            },
         }
     )
 
