@@ -130,9 +130,10 @@ class Pair:
     def ours(self, previews: int = 0, steps: int | None = None) -> np.ndarray:
         from napari_medgen.engine.synthesis import generate
 
-        # guidance 1 (none): MONAI's inferer has no classifier-free guidance, and the same work is the point
+        # guidance 1 (none): MONAI's inferer has no classifier-free guidance, and the same work is the point;
+        # each slice its own noise (correlation 0), as MONAI draws it and as `engine_noise` reproduces it.
         run = generate(self.model, self.label_map, sampler="ddim", steps=steps or self.steps, seed=self.seed, guidance=1.0,
-                       batch_size=self.labels.shape[0], preview_every=previews)
+                       batch_size=self.labels.shape[0], preview_every=previews, slice_noise_correlation=0.0)
         return common.drive(run)[0].array
 
     def ours_loop(self, schedule: NoiseSchedule) -> np.ndarray:
