@@ -8,6 +8,7 @@ Times are in benchmarks/startup.py, not here.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -98,7 +99,9 @@ def test_generate_imports_monai_leanly_with_the_same_result_as_a_full_import(sli
     lean = _generate_in_fresh_process(slice_files, lean_out)
     full = _generate_in_fresh_process(slice_files, full_out, env={MONAI_IMPORT_ENV: "full"})
     assert lean["monai_kind"] == "_PartialMonai" and _imported(lean, MONAI_EXTRAS) == []
-    assert full["monai_kind"] == "module" and set(_imported(full, MONAI_EXTRAS)) == set(MONAI_EXTRAS)
+    # A full import takes whichever of the optional libraries are installed (nibabel, sklearn may not be).
+    installed = {name for name in MONAI_EXTRAS if importlib.util.find_spec(name.split(".")[0]) is not None}
+    assert full["monai_kind"] == "module" and set(_imported(full, MONAI_EXTRAS)) == installed
     np.testing.assert_array_equal(read_volume(lean_out).array, read_volume(full_out).array)
 
 
