@@ -137,8 +137,9 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
 
 
 # name -> (help, what adds its arguments): a command's arguments are built only when it is the one run
-# (or for build_parser() with no command), so --help imports nothing of the engine's defaults.
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+# (or for build_parser() with no command), so --help imports nothing of the engine's defaults. What adds
+# the arguments is a function here or "module:function" for a command kept in `napari_medgen.commands`.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | str]] = {
     "demo": ("open napari with the sample brain, ready to paint and generate", _demo_arguments),
     "models": ("list the models found and where they came from", _no_arguments),
     "generate": ("synthesize an image from an anatomy label map", _generate_arguments),
@@ -164,8 +165,21 @@ def build_parser(command: str | None = None, exit_on_error: bool = True) -> argp
     for name, (help_text, add_arguments) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text, allow_abbrev=exit_on_error)
         if command is None or command == name:
-            add_arguments(sub)
+            (_imported(add_arguments) if isinstance(add_arguments, str) else add_arguments)(sub)
     return parser
+
+
+# Commands kept in their own modules (napari_medgen/commands/): name -> "module:function", a function of
+# (args, reporter) that returns the paths written; imported only when that command runs.
+HANDLERS: dict[str, str] = {}
+
+
+def _imported(target: str) -> Callable[..., Any]:
+    """The function that "package.module:function" names, imported now (commands are imported lazily)."""
+    import importlib
+
+    module_name, _, function_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -430,7 +444,7 @@ def execute(args: argparse.Namespace, reporter: Reporter) -> int:
             return serve(preload=args.preload)
         handler = {"generate": cmd_generate, "inpaint": cmd_inpaint, "segment": cmd_segment, "train": cmd_train}.get(
             args.command
-        )
+        ) or (_imported(HANDLERS[args.command]) if args.command in HANDLERS else None)
         paths = handler(args, reporter) if handler else cmd_import_weights(args)
         reporter.result(paths)
         return 0
