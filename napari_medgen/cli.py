@@ -150,6 +150,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | str]]
     "import-weights": ("convert a PyTorch state dict into a safe model folder", _import_weights_arguments),
     "serve": ("a long-lived worker: generate / inpaint requests as JSON lines on stdin, the model kept loaded "
               "(docs/protocol.md)", _serve_arguments),
+    "batch": ("a labelled synthetic data set (augmented label maps + generated images) in nnU-Net's raw layout, "
+              "on dask.distributed", "napari_medgen.commands.batch:add_arguments"),
 }
 
 
@@ -171,7 +173,7 @@ def build_parser(command: str | None = None, exit_on_error: bool = True) -> argp
 
 # Commands kept in their own modules (napari_medgen/commands/): name -> "module:function", a function of
 # (args, reporter) that returns the paths written; imported only when that command runs.
-HANDLERS: dict[str, str] = {}
+HANDLERS: dict[str, str] = {"batch": "napari_medgen.commands.batch:run"}
 
 
 def _imported(target: str) -> Callable[..., Any]:
