@@ -152,6 +152,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | str]]
               "(docs/protocol.md)", _serve_arguments),
     "batch": ("a labelled synthetic data set (augmented label maps + generated images) in nnU-Net's raw layout, "
               "on dask.distributed", "napari_medgen.commands.batch:add_arguments"),
+    "import-maisi": ("import MAISI (NV-Generate-CTMR configs and .pt checkpoints) as a safe latent model folder",
+                     "napari_medgen.commands.importers:add_maisi_arguments"),
+    "import-bundle": ("import a MONAI generative bundle (configs/*.json, models/*.pt) as a safe latent model folder",
+                      "napari_medgen.commands.importers:add_bundle_arguments"),
 }
 
 
@@ -173,7 +177,11 @@ def build_parser(command: str | None = None, exit_on_error: bool = True) -> argp
 
 # Commands kept in their own modules (napari_medgen/commands/): name -> "module:function", a function of
 # (args, reporter) that returns the paths written; imported only when that command runs.
-HANDLERS: dict[str, str] = {"batch": "napari_medgen.commands.batch:run"}
+HANDLERS: dict[str, str] = {
+    "batch": "napari_medgen.commands.batch:run",
+    "import-maisi": "napari_medgen.commands.importers:run_maisi",
+    "import-bundle": "napari_medgen.commands.importers:run_bundle",
+}
 
 
 def _imported(target: str) -> Callable[..., Any]:

@@ -18,11 +18,15 @@ from .labels import LabelSchema
 CARD_FILE = "model.json"
 CARD_SCHEMA_VERSION = 1
 
-# MONAI network classes a card may name (monai.networks.nets). Anything else is refused.
-ALLOWED_NETWORKS = ("DiffusionModelUNet", "SPADEDiffusionModelUNet")
-ALLOWED_CONTROLNETS = ("ControlNet",)
-# MONAI schedulers whose noise schedule (betas) we take; the sampling loops are ours.
-ALLOWED_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+# MONAI network classes a card may name (monai.networks.nets, or MAISI's in
+# monai.apps.generation.maisi.networks: the *Maisi names). Anything else is refused.
+ALLOWED_NETWORKS = ("DiffusionModelUNet", "SPADEDiffusionModelUNet", "DiffusionModelUNetMaisi")
+ALLOWED_CONTROLNETS = ("ControlNet", "ControlNetMaisi")
+ALLOWED_AUTOENCODERS = ("AutoencoderKL", "AutoencoderKlMaisi")
+MAISI_NETWORKS = ("DiffusionModelUNetMaisi", "ControlNetMaisi", "AutoencoderKlMaisi")
+# MONAI schedulers whose noise schedule (betas) we take; the sampling loops are ours. RFlowScheduler:
+# rectified flow (velocity prediction), a latent model's only (MAISI's).
+ALLOWED_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "RFlowScheduler")
 # Keyword arguments that would let a card reach outside the network's constructor are refused.
 _FORBIDDEN_KWARGS = {"__class__", "__init__", "state_dict", "path", "file", "filename"}
 
@@ -129,6 +133,11 @@ class SchedulerSpec(_Strict):
     beta_start: float = Field(0.0015, gt=0, lt=1)
     beta_end: float = Field(0.0195, gt=0, lt=1)
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    # RFlowScheduler only (MONAI's arguments of the same names; its prediction is always the velocity):
+    use_discrete_timesteps: bool = True
+    use_timestep_transform: bool = False
+    base_img_size_numel: int = Field(32 * 32 * 32, ge=1)
+    transform_scale: float = Field(1.0, gt=0)
 
     @field_validator("class_name")
     @classmethod
@@ -136,6 +145,51 @@ class SchedulerSpec(_Strict):
         if name not in ALLOWED_SCHEDULERS:
             raise ValueError(f"scheduler {name!r} is not one of {', '.join(ALLOWED_SCHEDULERS)}")
         return name
+
+    @property
+    def rectified_flow(self) -> bool:
+        return self.class_name == "RFlowScheduler"
+
+
+class LatentSpec(_Strict):
+    """A latent model: the diffusion runs in an autoencoder's compressed space, and what else it is fed.
+
+    Images enter the autoencoder in ``image_range`` (the card's normalization maps intensities to [-1, 1],
+    then linearly to this range; MAISI's CT autoencoder takes [0, 1] for -1000..1000 HU). Latents are the
+    encoder's mean times ``scale_factor``. ``array_layout`` is the array order the networks were trained
+    in: ``zyx`` (this project's canonical LPS order) or ``ras_xyz`` (MAISI: (x, y, z) arrays oriented RAS).
+    """
+
+    scale_factor: float = Field(gt=0)
+    latent_channels: int = Field(ge=1, le=64)
+    compression: int = Field(4, ge=1, le=16, description="down-sampling of the autoencoder per axis")
+    image_range: tuple[float, float] = (-1.0, 1.0)
+    array_layout: Literal["zyx", "ras_xyz"] = "zyx"
+    # Conditioning beside the label map: the voxel spacing (mm x spacing_scale, in the layout's axis order;
+    # the label map is then used at its own spacing, not resampled), a modality code (class_labels), and
+    # body-region one-hot indices (top and bottom region, each region a list of label indices; x 100).
+    spacing_input: bool = False
+    spacing_scale: float = Field(100.0, gt=0)
+    modality_code: int | None = Field(None, ge=0)
+    body_regions: list[list[int]] | None = None
+    body_region_scale: float = Field(100.0, gt=0)
+    # How the label map reaches the ControlNet: one-hot (one channel per schema index) or its bit-planes
+    # (MAISI: 8 channels, bit k of the label index).
+    label_encoding: Literal["one_hot", "bits"] = "one_hot"
+    label_bits: int = Field(8, ge=1, le=16)
+    # The body envelope label the model expects on every body voxel no organ label covers (MAISI: 200).
+    body_label: int | None = Field(None, ge=1)
+    # Decoding tiles (latent voxels per axis, layout order) and their overlap: bounded memory for large volumes.
+    decode_tile: list[int] = Field(default_factory=lambda: [32, 32, 32])
+    decode_overlap: float = Field(0.25, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LatentSpec:
+        if self.image_range[1] <= self.image_range[0]:
+            raise ValueError("latent image_range must be (low, high) with low < high")
+        if len(self.decode_tile) != 3 or min(self.decode_tile) < 1:
+            raise ValueError("latent decode_tile needs 3 positive sizes")
+        return self
 
 
 class ModelCard(_Strict):
@@ -148,6 +202,8 @@ class ModelCard(_Strict):
     license: str = Field(min_length=1)
     network: NetworkSpec
     controlnet: NetworkSpec | None = None
+    autoencoder: NetworkSpec | None = None  # latent models only, with `latent`
+    latent: LatentSpec | None = None
     spatial_dims: Literal[2, 3]
     tile_size: list[int] = Field(description="2-D slice or 3-D tile size the model was trained on, (x, y[, z])")
     spacing_mm: list[float] = Field(description="voxel spacing the model works at, (x, y[, z]) in mm")
@@ -175,6 +231,13 @@ class ModelCard(_Strict):
             raise ValueError(f"controlnet {spec.class_name!r} is not one of {', '.join(ALLOWED_CONTROLNETS)}")
         return spec
 
+    @field_validator("autoencoder")
+    @classmethod
+    def _autoencoder_allowed(cls, spec: NetworkSpec | None) -> NetworkSpec | None:
+        if spec is not None and spec.class_name not in ALLOWED_AUTOENCODERS:
+            raise ValueError(f"autoencoder {spec.class_name!r} is not one of {', '.join(ALLOWED_AUTOENCODERS)}")
+        return spec
+
     @field_validator("weights")
     @classmethod
     def _weights_inside(cls, name: str) -> str:
@@ -193,6 +256,16 @@ class ModelCard(_Strict):
         kwargs = self.network.kwargs
         if kwargs.get("spatial_dims", n) != n:
             raise ValueError(f"network spatial_dims {kwargs.get('spatial_dims')} differs from the card's {n}")
+        if (self.autoencoder is None) != (self.latent is None):
+            raise ValueError("a latent model needs both 'autoencoder' and 'latent'; a pixel model neither")
+        if self.latent is not None:
+            return self._consistent_latent()
+        if self.network.class_name in MAISI_NETWORKS or (
+            self.controlnet is not None and self.controlnet.class_name in MAISI_NETWORKS
+        ):
+            raise ValueError("MAISI's networks work in an autoencoder's latent space: the card needs 'latent'")
+        if self.scheduler.rectified_flow:
+            raise ValueError("rectified flow (RFlowScheduler) is supported for latent models only")
         cond = self.conditioning
         # Every mode feeds the UNet a fixed channel stack (SPADE and ControlNet take the labels
         # elsewhere), so in_channels must always match it, not only when labels are channels.
@@ -237,6 +310,57 @@ class ModelCard(_Strict):
             pass  # RePaint-style inpainting works with any model
         return self
 
+    def _consistent_latent(self) -> ModelCard:
+        """The checks of a latent model: channels against the latent, the ControlNet's label channels."""
+        assert self.latent is not None and self.autoencoder is not None
+        latent, n, cond = self.latent, self.spatial_dims, self.conditioning
+        if n != 3:
+            raise ValueError("latent models are 3-D (spatial_dims 3)")
+        if cond.label_map not in ("none", "controlnet") or cond.known_image or cond.slice_position:
+            raise ValueError(
+                "a latent model takes the label map through a ControlNet (label_map 'controlnet' or 'none'); "
+                "known-image and slice-position channels are for pixel models"
+            )
+        if cond.condition_dropout > 0:
+            raise ValueError("classifier-free guidance is not supported for latent models (condition_dropout 0)")
+        for role, spec in (("network", self.network), ("controlnet", self.controlnet), ("autoencoder", self.autoencoder)):
+            if spec is not None and spec.kwargs.get("spatial_dims", n) != n:
+                raise ValueError(f"{role} spatial_dims {spec.kwargs.get('spatial_dims')} differs from the card's {n}")
+        kwargs = self.network.kwargs
+        c = latent.latent_channels
+        if kwargs.get("in_channels") != c or kwargs.get("out_channels", c) != c:
+            raise ValueError(f"a latent UNet's in_channels and out_channels must equal latent_channels ({c})")
+        if self.autoencoder.kwargs.get("latent_channels", c) != c:
+            raise ValueError(f"autoencoder latent_channels {self.autoencoder.kwargs.get('latent_channels')} differs from {c}")
+        if cond.label_map == "controlnet" and self.controlnet is None:
+            raise ValueError("label_map 'controlnet' needs a controlnet network")
+        if self.controlnet is not None:
+            control = self.controlnet.kwargs
+            if control.get("in_channels") != c:
+                raise ValueError(f"controlnet in_channels is {control.get('in_channels')} but needs {c}")
+            wanted = latent.label_bits if latent.label_encoding == "bits" else self.num_label_channels
+            if control.get("conditioning_embedding_in_channels", 1) != wanted:
+                raise ValueError(
+                    f"controlnet conditioning_embedding_in_channels must be {wanted} "
+                    f"({'label bit-planes' if latent.label_encoding == 'bits' else 'one per schema class'})"
+                )
+            if latent.label_encoding == "bits" and self.label_schema.max_index >= 2**latent.label_bits:
+                raise ValueError(f"label index {self.label_schema.max_index} does not fit in {latent.label_bits} bits")
+        if latent.modality_code is not None and kwargs.get("num_class_embeds") is None:
+            raise ValueError("a modality_code needs a network with num_class_embeds")
+        if latent.spacing_input and self.network.class_name != "DiffusionModelUNetMaisi":
+            raise ValueError("spacing_input needs network DiffusionModelUNetMaisi (include_spacing_input)")
+        if latent.body_regions is not None and not kwargs.get("include_top_region_index_input"):
+            raise ValueError("body_regions needs a network with include_top_region_index_input")
+        if latent.body_label is not None and latent.body_label not in self.label_schema.indices:
+            raise ValueError(f"body_label {latent.body_label} is not in the label schema")
+        if self.scheduler.rectified_flow and self.scheduler.prediction_type != "v_prediction":
+            raise ValueError("rectified flow predicts the velocity: prediction_type must be 'v_prediction'")
+        divisor = self.downsampling_factor
+        if any(size % divisor for size in self.tile_size):
+            raise ValueError(f"tile_size {self.tile_size} must be a multiple of {divisor} (compression x UNet levels)")
+        return self
+
     # -- derived ------------------------------------------------------------------------------
     @property
     def num_label_channels(self) -> int:
@@ -259,9 +383,15 @@ class ModelCard(_Strict):
 
     @property
     def downsampling_factor(self) -> int:
-        """What every spatial size the UNet sees must be a multiple of: 2 per level below the first."""
-        levels = self.network.kwargs.get("channels")
-        return 2 ** (len(levels) - 1) if isinstance(levels, (list, tuple)) and levels else 1
+        """What every spatial size of an image must be a multiple of: 2 per UNet level below the first
+        (MAISI's UNet names its levels `num_channels`), times the autoencoder's compression for latent models."""
+        levels = self.network.kwargs.get("channels", self.network.kwargs.get("num_channels"))
+        factor = 2 ** (len(levels) - 1) if isinstance(levels, (list, tuple)) and levels else 1
+        return factor * (self.latent.compression if self.latent is not None else 1)
+
+    @property
+    def is_latent(self) -> bool:
+        return self.latent is not None
 
     @property
     def supports_guidance(self) -> bool:

@@ -129,15 +129,16 @@ def build_networks(card: ModelCard, device: str | torch.device | None = None) ->
 
     import torch
 
-    nets = monai_module("monai.networks.nets")
     specs = {"network": card.network}
     if card.controlnet is not None:
         specs["controlnet"] = card.controlnet
+    if card.autoencoder is not None:
+        specs["autoencoder"] = card.autoencoder
     networks = {}
     for role, spec in specs.items():
         try:
             with torch.device(device) if device is not None else contextlib.nullcontext():
-                networks[role] = getattr(nets, spec.class_name)(**spec.kwargs)
+                networks[role] = network_class(spec.class_name)(**spec.kwargs)
         except MemoryError:
             raise ModelCardError(
                 f"model {card.name}: the card's {role} is too large to build in this machine's memory; check its "
@@ -152,3 +153,20 @@ def build_networks(card: ModelCard, device: str | torch.device | None = None) ->
                 f"{spec.class_name} ({type(error).__name__}: {str(error)[:300]}); fix the card's {role}.kwargs"
             ) from None
     return networks
+
+
+def network_class(class_name: str) -> type:
+    """The MONAI class of an allow-listed name: MAISI's from monai.apps.generation.maisi.networks, the
+    rest from monai.networks.nets (the card's validators refuse any other name before this is reached)."""
+    from .card import ALLOWED_AUTOENCODERS, ALLOWED_CONTROLNETS, ALLOWED_NETWORKS, MAISI_NETWORKS
+
+    if class_name not in ALLOWED_NETWORKS + ALLOWED_CONTROLNETS + ALLOWED_AUTOENCODERS:
+        raise ModelCardError(f"network class {class_name!r} is not allowed")
+    if class_name in MAISI_NETWORKS:
+        module = {
+            "AutoencoderKlMaisi": "autoencoderkl_maisi",
+            "ControlNetMaisi": "controlnet_maisi",
+            "DiffusionModelUNetMaisi": "diffusion_model_unet_maisi",
+        }[class_name]
+        return getattr(monai_module(f"monai.apps.generation.maisi.networks.{module}"), class_name)
+    return getattr(monai_module("monai.networks.nets"), class_name)

@@ -54,6 +54,10 @@ def generate(
     """
     loaded, options = _model_for("generate", model, options, option_overrides)
     card = loaded.card
+    if card.latent is not None:  # latent models (MAISI, MONAI bundles): their own path
+        from .latent import generate_latent
+
+        return generate_latent(loaded, label_map, options, slice_range)
     label_map.require_finite("label map")
     _check_label_map(loaded, label_map)
     canonical = to_canonical(as_3d(label_map))
@@ -95,6 +99,10 @@ def inpaint(
     """
     loaded, options = _model_for("inpaint", model, options, option_overrides)
     card = loaded.card
+    if card.latent is not None:
+        from .latent import inpaint_latent
+
+        return inpaint_latent(loaded, image, region, label_map, options)
     if image.is_label_map and image.metadata.get("label_map"):
         raise InvalidVolumeError("the image to inpaint is a label map; give the scan (intensities) instead")
     if image.is_label_map and image.array.min() >= 0 and image.array.max() <= 1:

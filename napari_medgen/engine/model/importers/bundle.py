@@ -1,0 +1,216 @@
+"""Import a MONAI generative bundle (``configs/*.json``, ``models/*.pt``) into a model folder.
+
+Only the literal network sections are read (``autoencoder_def``; the diffusion UNet under
+``diffusion_unet_def`` / ``diffusion_def`` / ``network_def``; an optional ``controlnet_def``; the scheduler
+under ``noise_scheduler`` / ``scheduler``); the rest of the config (imports, device, paths, run) is code and is
+never read. Checkpoint names are taken from the quoted ``.pt`` name in the bundle's path settings (read as
+text, not evaluated), or given explicitly. Weights saved with MONAI GenerativeModels' former key names are
+mapped by MONAI's ``load_old_state_dict``. A bundle whose UNet takes more than the latent (a context vector
+by cross-attention, or extra input channels) is refused: napari-medgen conditions on painted label maps.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ...errors import ModelCardError, ModelWeightsError
+from .checkpoint import load_checkpoint, scalar_in, state_dict_in
+from .common import build_card, cpu_safe, fitted_networks, mapped_old_state, schema_from_label_dict, write_model
+from .safe_config import SafeConfig, target_of
+
+UNET_KEYS = ("diffusion_unet_def", "diffusion_def", "network_def", "unet_def")
+SCHEDULER_KEYS = ("noise_scheduler", "scheduler")
+UNET_CLASSES = ("DiffusionModelUNet", "DiffusionModelUNetMaisi")
+# Role -> words a bundle's path setting holds, and the file a bundle keeps by convention.
+_PATH_HINTS = {
+    "autoencoder": (("autoencoder",), "models/autoencoder.pt"),
+    "network": (("diffusion", "unet", "model"), "models/model.pt"),
+    "controlnet": (("controlnet",), "models/controlnet.pt"),
+}
+_QUOTED_PT = re.compile(r"""['"]/?([\w.\-/]+\.pt)['"]""")
+
+
+def import_bundle(
+    folder: str | Path,
+    out_folder: str | Path,
+    name: str | None = None,
+    config: str = "configs/inference.json",
+    scale_factor: float | None = None,
+    label_dict: str | Path | None = None,
+    ct_window: tuple[float, float] | None = None,
+    weights: dict[str, str] | None = None,
+) -> Path:
+    """Read a bundle folder and write a model folder at `out_folder`; returns it."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ModelCardError(f"{folder}: not a folder; give the bundle's folder (with configs/ and models/)")
+    parsed = SafeConfig(folder / config)
+    changes: list[str] = []
+    ae_class, ae_kwargs = target_of(parsed.section("autoencoder_def"), "autoencoder_def")
+    unet_key, (unet_class, unet_kwargs) = _unet(parsed)
+    cn_class = cn_kwargs = None
+    if parsed.has("controlnet_def"):
+        cn_class, cn_kwargs = target_of(parsed.section("controlnet_def"), "controlnet_def")
+    sched_key = next((k for k in SCHEDULER_KEYS if parsed.has(k)), None)
+    if sched_key is None:
+        raise ModelCardError(f"{parsed.path}: no noise scheduler section ({' or '.join(SCHEDULER_KEYS)})")
+    sched_class, sched_kwargs = target_of(parsed.section(sched_key), sched_key)
+    latent_channels = int(ae_kwargs.get("latent_channels", 3))
+    if unet_kwargs.get("with_conditioning") or unet_kwargs.get("cross_attention_dim"):
+        raise ModelCardError(
+            f"{parsed.path}: the bundle's UNet ({unet_key}) is conditioned on a context vector by cross-attention; "
+            "napari-medgen conditions on label maps only and cannot feed it"
+        )
+    if unet_kwargs.get("in_channels") != latent_channels:
+        raise ModelCardError(
+            f"{parsed.path}: the bundle's UNet takes {unet_kwargs.get('in_channels')} input channels but the latent has "
+            f"{latent_channels}: it is conditioned on extra channels napari-medgen cannot provide"
+        )
+    ae_kwargs = cpu_safe(ae_kwargs, "autoencoder", changes)
+    unet_kwargs = cpu_safe(unet_kwargs, "network", changes)
+    if cn_kwargs is not None:
+        cn_kwargs = cpu_safe(cn_kwargs, "controlnet", changes)
+
+    paths = {role: _checkpoint_path(folder, parsed, role, (weights or {}).get(role)) for role in ("autoencoder", "network")}
+    if cn_kwargs is not None:
+        paths["controlnet"] = _checkpoint_path(folder, parsed, "controlnet", (weights or {}).get("controlnet"))
+    checkpoints = {role: load_checkpoint(path) for role, path in paths.items()}
+    states = {
+        "autoencoder": state_dict_in(checkpoints["autoencoder"], paths["autoencoder"], ("autoencoder_state_dict",)),
+        "network": state_dict_in(checkpoints["network"], paths["network"], ("unet_state_dict", "diffusion_state_dict")),
+    }
+    if cn_kwargs is not None:
+        states["controlnet"] = state_dict_in(checkpoints["controlnet"], paths["controlnet"], ("controlnet_state_dict",))
+
+    scale = scale_factor
+    if scale is None:
+        literal = parsed.literal("scale_factor")
+        scale = float(literal) if isinstance(literal, (int, float)) and not isinstance(literal, bool) else None
+    if scale is None:
+        scale = scalar_in(checkpoints["network"], "scale_factor")
+    if scale is None or not scale > 0:
+        raise ModelWeightsError(
+            f"{folder}: the latent scale factor is neither a literal 'scale_factor' in {config} nor stored in the UNet "
+            "checkpoint; give it with --scale-factor (the value the bundle's sampler divides latents by)"
+        )
+
+    if label_dict is not None:
+        label_path = Path(label_dict)
+        schema = schema_from_label_dict(SafeConfig(label_path).data, str(label_path))
+    elif (folder / "configs/label_dict.json").is_file():
+        schema = schema_from_label_dict(SafeConfig(folder / "configs/label_dict.json").data, "configs/label_dict.json")
+    elif cn_kwargs is not None:
+        raise ModelCardError(f"{folder}: the ControlNet needs the label names: give --label-dict (a JSON name -> index)")
+    else:
+        schema = schema_from_label_dict({"field of view": 1}, "bundle")
+    compression = 2 ** (len(ae_kwargs.get("channels", ae_kwargs.get("num_channels", [0]))) - 1)
+    levels = unet_kwargs.get("channels", unet_kwargs.get("num_channels", [0]))
+    divisor = compression * 2 ** (len(levels) - 1)
+    if ct_window is not None:
+        normalization = {"kind": "ct_window", "window_min": ct_window[0], "window_max": ct_window[1], "background": ct_window[0]}
+    else:
+        normalization = {"kind": "mri_percentile", "output_min": 0.0, "output_max": 1000.0}
+    cond_channels = cn_kwargs.get("conditioning_embedding_in_channels", 1) if cn_kwargs else None
+    raw: dict[str, Any] = {
+        "name": name or re.sub(r"[^A-Za-z0-9_.\-]", "-", folder.resolve().name)[:64] or "bundle",
+        "version": "1.0.0",
+        "description": f"MONAI generative bundle {folder.resolve().name} imported with napari-medgen import-bundle",
+        "license": "the licence the bundle came with (see its LICENSE and configs/metadata.json)",
+        "network": {"class_name": unet_class, "kwargs": unet_kwargs},
+        "controlnet": {"class_name": cn_class, "kwargs": cn_kwargs} if cn_kwargs is not None else None,
+        "autoencoder": {"class_name": ae_class, "kwargs": ae_kwargs},
+        "latent": {
+            "scale_factor": scale,
+            "latent_channels": latent_channels,
+            "compression": compression,
+            "image_range": [0.0, 1.0],
+            "label_encoding": "bits" if cond_channels is not None and cond_channels != schema.max_index + 1 else "one_hot",
+            "label_bits": int(cond_channels or 8) if cond_channels and cond_channels != schema.max_index + 1 else 8,
+        },
+        "spatial_dims": 3,
+        "tile_size": [max(divisor, 64 - 64 % divisor or divisor)] * 3,
+        "spacing_mm": _spacing(parsed),
+        "modality": "CT" if ct_window is not None else "MR",
+        "normalization": normalization,
+        "label_schema": schema.model_dump(),
+        "conditioning": {"label_map": "controlnet" if cn_kwargs is not None else "none"},
+        "scheduler": _scheduler(sched_class, sched_kwargs),
+        "tasks": ["generate", "inpaint"],
+        "provenance": {
+            "imported_from": str(folder.resolve()),
+            "importer": "import-bundle",
+            "config": config,
+            "checkpoints": {role: str(path.relative_to(folder.resolve())) if path.is_relative_to(folder.resolve()) else str(path) for role, path in paths.items()},
+            "cpu_safe_changes": changes,
+        },
+    }
+    card = build_card(raw, str(folder))
+    from ..networks import build_networks
+
+    fresh = build_networks(card)
+    states = {role: mapped_old_state(fresh[role], state) for role, state in states.items()}
+    networks = fitted_networks(card, states, str(folder))
+    return write_model(card, networks, out_folder)
+
+
+def _unet(parsed: SafeConfig) -> tuple[str, tuple[str, dict[str, Any]]]:
+    for key in UNET_KEYS:
+        if parsed.has(key):
+            try:
+                class_name, kwargs = target_of(parsed.section(key), key)
+            except ModelCardError:
+                if key == "network_def":  # often a reference to something else, or code; try the next
+                    continue
+                raise
+            if class_name in UNET_CLASSES:
+                return key, (class_name, kwargs)
+    raise ModelCardError(f"{parsed.path}: no diffusion UNet definition ({', '.join(UNET_KEYS)}) naming {' or '.join(UNET_CLASSES)}")
+
+
+def _checkpoint_path(folder: Path, parsed: SafeConfig, role: str, given: str | None) -> Path:
+    """The role's checkpoint: given; else the quoted `.pt` name in a path setting mentioning the role (the
+    `$` expression is read as text, never run); else the bundle's conventional file name."""
+    if given:
+        path = Path(given)
+        return path if path.is_absolute() else folder / path
+    words, default = _PATH_HINTS[role]
+    for key, value in parsed.data.items():
+        lowered = key.lower()
+        if not isinstance(value, str) or "path" not in lowered or "mask" in lowered:
+            continue
+        if role != "controlnet" and "controlnet" in lowered:
+            continue
+        if role == "network" and "autoencoder" in lowered:
+            continue
+        if any(word in lowered for word in words):
+            match = _QUOTED_PT.search(value) or (re.fullmatch(r"[\w.\-/]+\.pt", value) and re.match(r"(.*)", value))
+            if match:
+                name = match.group(1)
+                candidate = folder / name if "/" in name else folder / "models" / name
+                if candidate.is_file():
+                    return candidate
+    return folder / default
+
+
+def _scheduler(class_name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = {"class_name": class_name, "num_train_timesteps": int(kwargs.get("num_train_timesteps", 1000))}
+    if class_name == "RFlowScheduler":
+        spec["prediction_type"] = "v_prediction"
+        for key in ("use_discrete_timesteps", "use_timestep_transform", "base_img_size_numel", "transform_scale"):
+            if key in kwargs:
+                spec[key] = kwargs[key]
+        return spec
+    for key in ("schedule", "beta_start", "beta_end", "prediction_type"):
+        if key in kwargs:
+            spec[key] = kwargs[key]
+    return spec
+
+
+def _spacing(parsed: SafeConfig) -> list[float]:
+    for key in ("spacing", "pixdim", "target_spacing"):
+        value = parsed.literal(key)
+        if isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in value):
+            return [float(v) for v in value]
+    return [1.0, 1.0, 1.0]
