@@ -77,6 +77,9 @@ def volume_to_layer(
 def image_display_kwargs(volume: Volume) -> dict[str, Any]:
     """Contrast limits that suit the modality: a CT window in HU if the file gives one, else percentiles."""
     array = volume.array
+    window = volume.metadata.get("display_window")  # a generated CT's window in HU (engine/synthesis/latent.py)
+    if isinstance(window, (list, tuple)) and len(window) == 2 and float(window[1]) > float(window[0]):
+        return {"contrast_limits": [float(window[0]), float(window[1])]}
     if volume.metadata.get("modality") == "CT":
         return {"contrast_limits": [-1000.0, 1000.0] if array.min() < -500 else [float(array.min()), float(array.max())]}
     foreground = array[array > array.min()] if np.any(array > array.min()) else array.ravel()

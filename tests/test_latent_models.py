@@ -98,6 +98,9 @@ def test_generate_3d_on_cpu_keeps_geometry(maisi_model):
     record = image.metadata["provenance"]
     assert image.metadata["synthetic"] and record["sampler"] == "rflow" and record["steps"] == 3
     assert "notices" not in record  # the body label was there
+    from napari_medgen.napari_io import volume_to_layer
+
+    assert volume_to_layer(image, "image", "ct")[1]["contrast_limits"] == [-160.0, 240.0]  # a CT window in napari
     again = list_run(generate(maisi_model, label_map, steps=3, seed=4, preview_every=0))
     assert np.array_equal(again[0].array, image.array)  # a seed gives the same volume
 
@@ -220,3 +223,29 @@ def test_cli_generate_from_imported_model(maisi_model, tmp_path):
     written = read_volume(out)
     source = read_volume(labels_path)
     assert written.shape == source.shape and written.same_grid(source)
+
+
+def test_napari_generate_widget_paints_ct(maisi_model, make_napari_viewer, qtbot):
+    """In napari: a painted label map (a Labels layer) -> the Generate widget -> a CT layer placed exactly on it,
+    shown in a CT window."""
+    from napari_medgen.layer_geometry import volume_to_layer_data
+    from napari_medgen.widgets.session import ModelSession
+
+    viewer = make_napari_viewer()
+    label_map = _label_map(body=False)
+    data, kwargs, _ = volume_to_layer_data(label_map.with_array(label_map.array, metadata={"label_map": True}), "labels", "painted")
+    labels_layer = viewer.add_labels(np.array(data), **kwargs)
+    ModelSession.of(viewer).set_model(maisi_model)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medgen", "Generate")
+    widget.label_layer.value = labels_layer
+    widget.scope.value = "whole volume"
+    widget.sampling.steps.value = 2
+    widget.start()
+    qtbot.waitUntil(lambda: widget.current_run is not None and not widget.current_run.running, timeout=120000)
+    result = viewer.layers[-1]
+    assert result.data.shape == labels_layer.data.shape
+    np.testing.assert_allclose(result.scale, labels_layer.scale)
+    np.testing.assert_allclose(result.translate, labels_layer.translate)
+    np.testing.assert_allclose(result.affine.affine_matrix, labels_layer.affine.affine_matrix)
+    assert list(result.contrast_limits) == [-160.0, 240.0]
+    assert any("body label" in n for n in result.metadata["provenance"]["notices"])

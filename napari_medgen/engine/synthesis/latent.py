@@ -40,6 +40,8 @@ from .tasks import GenerateTask, InpaintTask, SynthesisTask
 # Latent voxels (per axis, at most) of the tile decoded for a preview; the rest of the preview is a linear map
 # of the latent fitted on that tile, so a preview costs a small decode, not a whole one.
 PREVIEW_TILE = 8
+# The window (HU) a generated CT is shown in: soft tissue, where organs differ (air and bone saturate).
+CT_DISPLAY_WINDOW = (-160.0, 240.0)
 
 
 def generate_latent(
@@ -380,6 +382,9 @@ def _run(
         record["latent"] = {"scale_factor": latent.scale_factor, "latent_shape": list(latent_shape), "decode_tile": latent.decode_tile}
         if notices:
             record["notices"] = list(notices)
+        if card.modality == "CT":  # napari shows the result in a soft-tissue window (napari_io.image_display_kwargs)
+            volume.metadata["modality"] = "CT"
+            volume.metadata["display_window"] = list(CT_DISPLAY_WINDOW)
     return results
 
 
