@@ -1,0 +1,105 @@
+"""Batch synthesis throughput: cases per minute with 1 and 2 dask workers, and the distributed path's overhead.
+
+    python benchmarks/batch_scaling.py [--cases 4] [--slices 12] [--steps 4] [--smoke]
+
+The same cases (the sample brain's label map cut to its `--slices` central axial slices, augmented
+elastic + flip, brain-t1-demo, `--steps` DPM++ steps) are made three ways into fresh folders: a plain loop
+in this process (`workers=0`: the model loaded once, torch on every core), a LocalCluster of 1 worker
+(torch on every core) and of 2 workers (half the cores each). Wall time end to end, cluster start-up
+and the workers' imports and model loads included: what a user waits for. The overhead of the
+distributed path is the 1-worker time over the loop's (same cores, same cases). Per-case seconds inside
+the workers are also kept (`case_seconds`). Writes benchmarks/results/batch_scaling.json.
+`--smoke`: the tiny random-weight model, 2 cases of 2 slices, 1 step (a check that it runs).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+SMOKE = {"cases": 2, "slices": 2, "steps": 1}
+
+
+def slab(count: int):
+    """The sample label map's `count` central axial slices, on their own part of its grid."""
+    from napari_medgen.engine.volume import Volume
+
+    _, labels = common.sample_brain()
+    z0 = labels.shape[0] // 2 - count // 2
+    origin = labels.index_to_physical(np.array([0.0, 0.0, float(z0)]))
+    return Volume(np.ascontiguousarray(labels.array[z0 : z0 + count]), labels.spacing, tuple(origin), labels.direction)
+
+
+def run(label_map, model, cases: int, steps: int, workers: int, folder: Path) -> dict:
+    from napari_medgen.engine.batch import run_synthesis, synthesize_dataset
+    from napari_medgen.engine.synthesis.options import SamplingOptions
+
+    start = time.perf_counter()
+    summary = run_synthesis(synthesize_dataset([label_map], folder, cases, model=model, options=SamplingOptions(sampler="dpm++2m", steps=steps),
+                                               augment="elastic,flip", workers=workers, device="cpu"))
+    wall = time.perf_counter() - start
+    if summary.failed or len(summary.done) != cases:
+        raise RuntimeError(f"{workers} workers: {summary.line()} {summary.failed}")
+    seconds = [r.seconds for r in summary.results if r.status == "done"]
+    return {"workers": workers, "where": summary.where, "wall_s": round(wall, 2), "cases_per_minute": round(60 * cases / wall, 3),
+            "case_seconds": [round(s, 2) for s in seconds], "models_loaded": summary.models_loaded}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = common.argument_parser(__doc__)
+    parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--slices", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=4)
+    args = common.parse(parser, SMOKE, argv)
+    if common.smoke():
+        model, what = str(common.random_weights_folder(common.tiny_demo_card())), "tiny random weights"
+    else:
+        model, what = common.DEMO, "brain-t1-demo (trained)" if common.trained_demo_available() else "brain-t1-demo"
+    label_map = slab(args.slices)
+    root = Path(tempfile.mkdtemp(prefix="medgen-batch-scaling-"))
+    rows = []
+    try:
+        for workers in ((0, 1) if common.smoke() else (0, 1, 2)):
+            rows.append(run(label_map, model, args.cases, args.steps, workers, root / f"w{workers}"))
+            print(f"{rows[-1]['where']}: {rows[-1]['wall_s']} s, {rows[-1]['cases_per_minute']} cases/min", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    loop = rows[0]
+    one = next(r for r in rows if r["workers"] == 1)
+    result = {
+        "what": "batch synthesis: cases per minute, plain loop vs LocalCluster of 1 and 2 workers, same cases",
+        "machine": common.machine(),
+        "model": what,
+        "cases": args.cases,
+        "label_map": f"sample tissue labels, {args.slices} central axial slices {list(label_map.shape)} at 2 mm",
+        "steps": args.steps,
+        "sampler": "dpm++2m",
+        "rows": rows,
+        "distributed_overhead_1_worker": round(one["wall_s"] / loop["wall_s"] - 1, 3),
+        "speedup_2_vs_1_worker": round(one["wall_s"] / rows[-1]["wall_s"], 3) if len(rows) > 2 else None,
+        "cpu_count": os.cpu_count(),
+    }
+    common.write_result("batch_scaling", result)
+    print(result)
+    return result
+
+
+def table_row(result: dict) -> tuple[str, str, str, str]:
+    rows = {r["workers"]: r for r in result["rows"]}
+    figure = (f"loop {rows[0]['cases_per_minute']:.2f}, 1 worker {rows[1]['cases_per_minute']:.2f}"
+              + (f", 2 workers {rows[2]['cases_per_minute']:.2f}" if 2 in rows else "") + " cases/min; "
+              f"overhead {100 * result['distributed_overhead_1_worker']:.0f} %")
+    return ("Batch synthesis throughput", figure, "-", "n/a")
+
+
+if __name__ == "__main__":
+    main()
