@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from napari_medgen.engine.synthesis import SamplingOptions  # noqa: E402
+from napari_medgen.engine.synthesis.options import DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
 
-PANEL = SamplingOptions()  # the Generate panel's defaults
+PANEL = SamplingOptions(sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS)  # the Generate panel's defaults (for the teacher)
 
 TARGET_PREVIEW_S, TARGET_RESULT_S = 1.0, 5.0
 SMOKE = {"repeats": 1, "size": 64, "steps": 2, "preview_every": 1}

@@ -156,6 +156,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | str]]
                      "napari_medgen.commands.importers:add_maisi_arguments"),
     "import-bundle": ("import a MONAI generative bundle (configs/*.json, models/*.pt) as a safe latent model folder",
                       "napari_medgen.commands.importers:add_bundle_arguments"),
+    "distill": ("a few-step student of a trained model (step distillation), resumable like train",
+                "napari_medgen.commands.distill:add_arguments"),
 }
 
 
@@ -181,6 +183,7 @@ HANDLERS: dict[str, str] = {
     "batch": "napari_medgen.commands.batch:run",
     "import-maisi": "napari_medgen.commands.importers:run_maisi",
     "import-bundle": "napari_medgen.commands.importers:run_bundle",
+    "distill": "napari_medgen.commands.distill:run",
 }
 
 

@@ -6,9 +6,9 @@ import random
 
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, SpinBox
 
-from ..engine.diffusion.methods import SAMPLERS
+from ..engine.diffusion.methods import DEFAULT_SAMPLER, SAMPLERS
 from ..engine.model.loading import LoadedModel
-from ..engine.synthesis.options import SamplingOptions
+from ..engine.synthesis.options import DEFAULT_STEPS, SamplingOptions, resolve_options
 from .session import ModelSession
 
 
@@ -19,11 +19,19 @@ def guidance_for(model: LoadedModel | None) -> float:
     return model.card.conditioning.default_guidance
 
 
+def defaults_for(model: LoadedModel | None) -> SamplingOptions:
+    """The options a run of `model` gets when nothing is asked for: its card's steps and sampler (a distilled
+    model's own), else the engine's."""
+    if model is None:
+        return SamplingOptions(sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS)
+    return resolve_options(None, {}, model.card)
+
+
 class SamplingControls(Container):
-    """The sampling options of a run; the guidance follows the session's model."""
+    """The sampling options of a run; guidance, steps and sampler follow the session's model's card."""
 
     def __init__(self, session: ModelSession, variants: bool = True) -> None:
-        defaults = SamplingOptions()
+        defaults = defaults_for(session.model)
         self.steps = SpinBox(label="steps", value=defaults.steps, min=1, max=1000)
         self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value=defaults.sampler)
         self.seed = SpinBox(label="seed", value=defaults.seed, min=0, max=2**31 - 1)
@@ -54,5 +62,7 @@ class SamplingControls(Container):
     def _model_changed(self, model: LoadedModel | None) -> None:
         try:
             self.guidance.value = guidance_for(model)
+            defaults = defaults_for(model)  # a few-step model's card names its steps and sampler
+            self.steps.value, self.sampler.value = defaults.steps, defaults.sampler
         except RuntimeError:  # the widget was closed and its Qt half deleted: stop listening
             self._session.changed.disconnect(self._model_changed)

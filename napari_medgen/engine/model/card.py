@@ -126,6 +126,23 @@ class AtlasSpec(_Strict):
         return name
 
 
+class SamplingDefaults(_Strict):
+    """How the model is meant to be sampled when the user asks for nothing else (a distilled few-step
+    model was trained for its own step count and sampler; other settings would leave its training)."""
+
+    steps: int = Field(ge=1, le=10000)
+    sampler: str = Field(min_length=1)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, name: str) -> str:
+        from ..diffusion.methods import SAMPLERS
+
+        if name not in SAMPLERS:
+            raise ValueError(f"sampler {name!r} is not one of {', '.join(SAMPLERS)}")
+        return name
+
+
 class SchedulerSpec(_Strict):
     class_name: str = "DDPMScheduler"
     num_train_timesteps: int = Field(1000, ge=10, le=10000)
@@ -215,6 +232,7 @@ class ModelCard(_Strict):
     tasks: list[Literal["generate", "inpaint"]] = Field(min_length=1)
     weights: str = "weights.safetensors"
     atlas: AtlasSpec | None = None
+    sampling: SamplingDefaults | None = None  # default steps and sampler; None: SamplingOptions' own
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("network")

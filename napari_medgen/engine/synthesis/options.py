@@ -10,6 +10,8 @@ from ..diffusion.methods import DEFAULT_SAMPLER, SAMPLERS
 from ..errors import MedgenError
 from ..volume import Volume
 
+DEFAULT_STEPS = 20  # sampling steps of a model whose card names none
+
 @dataclass
 class ProgressEvent:
     """One step of a run: `step` of `total` network calls; `preview` is the current estimate, when given.
@@ -34,8 +36,8 @@ class SamplingOptions:
     The command line and the widgets take their defaults from here, so a default changes in one place.
     """
 
-    sampler: str = DEFAULT_SAMPLER
-    steps: int = 20
+    sampler: str | None = None  # None: the model card's `sampling` default, else DEFAULT_SAMPLER
+    steps: int | None = None  # None: the model card's `sampling` default, else DEFAULT_STEPS
     seed: int = 0
     guidance: float | None = None  # None: the model card's default_guidance
     # Guidance rescaling (Lin et al., 2024), 0..1: pulls a guided prediction's spread back to the conditional one's.
@@ -58,9 +60,9 @@ class SamplingOptions:
     jump_count: int = 4
 
     def check(self) -> None:
-        if self.sampler not in SAMPLERS:
+        if self.sampler is not None and self.sampler not in SAMPLERS:
             raise MedgenError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if not 1 <= self.steps <= 10000:
+        if self.steps is not None and not 1 <= self.steps <= 10000:
             raise MedgenError(f"steps must be between 1 and the model's training steps, got {self.steps}")
         if self.guidance is not None and self.guidance < 0:
             raise MedgenError(f"guidance must be 0 or more (1 = no guidance), got {self.guidance}")
@@ -79,7 +81,8 @@ class SamplingOptions:
 
 
 def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], card: Any = None) -> SamplingOptions:
-    """A checked copy of `options` with `overrides` applied; guidance from the card once the model is known."""
+    """A checked copy of `options` with `overrides` applied; guidance, slice-noise correlation, steps and
+    sampler from the card once the model is known, where none was asked for."""
     options = copy.copy(options) if options is not None else SamplingOptions()
     for key, value in overrides.items():
         if not hasattr(options, key):
@@ -89,5 +92,11 @@ def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], 
         options.guidance = card.conditioning.default_guidance if card.supports_guidance else 1.0
     if options.slice_noise_correlation is None and card is not None:
         options.slice_noise_correlation = card.conditioning.default_slice_noise_correlation
+    if card is not None:  # steps and sampler: the card's (a distilled model's own), else the engine's
+        defaults = getattr(card, "sampling", None)
+        if options.sampler is None:
+            options.sampler = defaults.sampler if defaults is not None else DEFAULT_SAMPLER
+        if options.steps is None:
+            options.steps = defaults.steps if defaults is not None else DEFAULT_STEPS
     options.check()
     return options

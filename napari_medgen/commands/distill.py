@@ -1,0 +1,73 @@
+"""`napari-medgen distill`: a few-step student of a trained model (step distillation), resumable like `train`.
+
+    napari-medgen distill --teacher MODEL --out DIR [--steps 4] [--substeps 6] [--updates 2000] [--data DATA]
+                          [--name NAME] [--guidance W] [--batch-size 12] [--learning-rate 5e-5] [--resume]
+
+A thin driver over `engine.training.distill.distill`: progress per student update (a bar, JSON lines or
+nothing), checkpoints in OUT/checkpoint (or --checkpoint-dir), the student's model folder at the end with
+its card saying its steps and sampler, so generate / inpaint / the widgets use them when asked for nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..engine.training.distill import DistillationConfig
+
+    default = DistillationConfig()
+    parser.add_argument("--teacher", required=True, help="the trained model to distil (name or folder)")
+    parser.add_argument("--out", required=True, type=Path, help="the student's model folder (card, weights, loss curve)")
+    parser.add_argument("--steps", type=int, default=default.student_steps, help="the student's sampling steps (DDIM)")
+    parser.add_argument("--substeps", type=int, default=default.substeps,
+                        help="teacher DDIM steps per student step (the teacher path the student learns)")
+    parser.add_argument("--updates", type=int, default=default.steps, help="student optimiser updates")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="training image / label pairs, as for train (default for brain-t1-demo: the shipped sample brain)")
+    parser.add_argument("--name", default=None, help="the student's model name (default: TEACHER-fast)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance folded into the student (default: the teacher card's)")
+    parser.add_argument("--batch-size", type=int, default=default.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=default.learning_rate)
+    parser.add_argument("--seed", type=int, default=default.seed)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="where checkpoints go (default: OUT/checkpoint)")
+    parser.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
+
+
+def run(args: argparse.Namespace, reporter: Any) -> list[str]:
+    from ..cli import _drive
+    from ..engine.errors import MedgenError
+    from ..engine.model.loading import load_model
+    from ..engine.training import find_training_pairs
+    from ..engine.training.data import demo_training_pairs
+    from ..engine.training.distill import DistillationConfig, distill
+
+    teacher = load_model(args.teacher, device=args.device)
+    if args.data is None:
+        if teacher.card.name != "brain-t1-demo":
+            raise MedgenError(f"give the training data of {teacher.card.name} with --data (the pairs it was trained on)")
+        pairs = demo_training_pairs()
+        description = teacher.card.provenance.get("training_data", "the shipped sample brain")
+    else:
+        pairs = find_training_pairs(args.data)
+        description = f"{len(pairs)} image / label pairs from {args.data}"
+    config = DistillationConfig(
+        student_steps=args.steps,
+        substeps=args.substeps,
+        guidance=args.guidance,
+        steps=args.updates,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+    )
+    run = distill(teacher, pairs, args.out, config, resume=args.resume, name=args.name,
+                  data_description=description, checkpoint_dir=args.checkpoint_dir)
+    return [str(_drive(run, reporter))]

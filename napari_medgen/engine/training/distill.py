@@ -1,0 +1,338 @@
+"""Step distillation: a student that samples in a few DDIM steps what its teacher samples in many.
+
+The method is progressive distillation's step (Salimans & Ho, 2022, "Progressive Distillation for Fast
+Sampling of Diffusion Models"), taken in one stage: the student's timesteps are the ones DDIM uses at
+`student_steps` (`NoiseSchedule.timesteps`, evenly spaced), and between two of them, t and s, the teacher
+takes `substeps` deterministic DDIM steps. The student learns the one prediction at t whose DDIM step lands
+exactly where the teacher's steps landed:
+
+    x0~ = (x_s - (sigma_s / sigma_t) x_t) / (alpha_s - (sigma_s / sigma_t) alpha_t)
+
+turned into the card's prediction type (v, noise or image). So the student is the same network, card and
+schedule as its teacher with new weights, and runs through the existing sampling loops unchanged: its card
+says `sampling: {steps, sampler: ddim}`. Noisy inputs x_t are drawn as in training (a training slice noised
+to t), with the teacher's conditioning mixes (labels dropped, generation or inpainting, pasted tissue), so
+labels, slice position and the inpainting inputs keep their meaning; classifier-free guidance, when asked
+for (`guidance` != 1), is folded in: the teacher's targets are guided, and the student needs one pass.
+The last timestep of the student's grid (t = 0, the final clean-up call) is not trained: there the teacher
+and the student both return x_t less a 1 % noise estimate.
+
+`distill` is a generator like `train`: `TrainingEvent`s, checkpoints (safetensors + JSON, resumable as
+the same run), a loss curve, and the student's model folder at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import datetime as _dt
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ... import __version__
+from ..diffusion.schedule import NoiseSchedule
+from ..errors import MedgenError
+from ..model.card import ModelCard, SamplingDefaults
+from ..model.device import resolve_device
+from ..model.loading import LoadedModel
+from ..model.weights import save_model
+from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .data import TrainingBatches, load_training_slices
+from .loop import CHECKPOINT_DIR, TrainingConfig, TrainingEvent, _loss_curve
+from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule
+
+METHOD = "progressive distillation step (Salimans & Ho 2022), one stage: DDIM teacher substeps -> one DDIM student step"
+# Batch settings taken from the teacher's own training (its card's provenance) unless the config sets them.
+_BATCH_SETTINGS = ("crop_size", "generation_fraction", "region_mm", "paste_fraction", "paste_mm")
+
+
+@dataclass
+class DistillationConfig:
+    """How a student is distilled (the teacher's card says what the model is)."""
+
+    student_steps: int = 4  # the student's DDIM steps (network calls per sample)
+    substeps: int = 6  # teacher DDIM steps per student step (4 x 6: about the teacher's 20-step path)
+    guidance: float | None = None  # folded into the student; None: the teacher card's default_guidance
+    steps: int = 2000  # student updates
+    batch_size: int = 12
+    learning_rate: float = 5e-5  # the student starts from the teacher's weights: a gentle rate
+    warmup_steps: int = 50
+    final_lr_fraction: float = 0.1
+    ema_decay: float = 0.995
+    # Batches as in the teacher's training; None: the teacher's own setting (its card's provenance).
+    crop_size: int | None = None
+    generation_fraction: float | None = None
+    region_mm: tuple[float, float] | None = None
+    paste_fraction: float | None = None
+    paste_mm: tuple[float, float] | None = None
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+
+
+def student_intervals(schedule: NoiseSchedule, student_steps: int, substeps: int) -> list[list[int]]:
+    """For each student step but the last, the teacher's DDIM path from its timestep t to the next one s:
+    `substeps` + 1 timesteps, t first and s last."""
+    grid = schedule.timesteps(student_steps)
+    if len(grid) < 2:
+        raise MedgenError("a student needs at least 2 steps (the last one only cleans up)")
+    paths = []
+    for t, s in itertools.pairwise(grid):
+        if t - s < substeps:
+            raise MedgenError(
+                f"{substeps} teacher substeps do not fit between timesteps {t} and {s}; use fewer substeps "
+                f"or fewer student steps"
+            )
+        paths.append(np.linspace(t, s, substeps + 1).round().astype(int).tolist())
+    return paths
+
+
+class _ScheduleTensors:
+    """Per-sample schedule maths (alpha_bar of a timestep tensor; -1 is the clean image)."""
+
+    def __init__(self, schedule: NoiseSchedule, device: torch.device) -> None:
+        alphas = torch.from_numpy(np.concatenate([schedule.alphas_cumprod, [1.0]])).float()  # index -1 -> 1.0
+        self.alphas = alphas.to(device)
+        self.prediction_type = schedule.prediction_type
+
+    def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_t, sigma_t), shaped (B, 1, 1, 1)."""
+        a = self.alphas[t].view(-1, 1, 1, 1)
+        return a.sqrt(), (1 - a).clamp_min(0).sqrt()
+
+    def clean_estimate(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network output's x0, clipped to [-1, 1] as `NoiseSchedule.split` does in sampling."""
+        alpha, sigma = self.coefficients(t)
+        if self.prediction_type == "epsilon":
+            x0 = (x_t - sigma * output) / alpha
+        elif self.prediction_type == "v_prediction":
+            x0 = alpha * x_t - sigma * output
+        else:
+            x0 = output
+        return x0.clamp(-1.0, 1.0)
+
+    def ddim_step(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Deterministic DDIM from t to s given the clean estimate (as `samplers._ddim_update` with eta 0)."""
+        alpha_t, sigma_t = self.coefficients(t)
+        alpha_s, sigma_s = self.coefficients(s)
+        eps = (x_t - alpha_t * x0) / sigma_t
+        return alpha_s * x0 + sigma_s * eps
+
+    def target(self, x_t: torch.Tensor, x_s: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """What the student predicts at t so that one DDIM step lands on x_s (in the card's prediction type)."""
+        alpha_t, sigma_t = self.coefficients(t)
+        alpha_s, sigma_s = self.coefficients(s)
+        ratio = sigma_s / sigma_t
+        x0 = (x_s - ratio * x_t) / (alpha_s - ratio * alpha_t)
+        eps = (x_t - alpha_t * x0) / sigma_t
+        if self.prediction_type == "epsilon":
+            return eps
+        if self.prediction_type == "v_prediction":
+            return alpha_t * eps - sigma_t * x0
+        return x0
+
+
+def _teacher_output(teacher: torch.nn.Module, x_t: torch.Tensor, conditioning: torch.Tensor, t: torch.Tensor,
+                    guidance: float, label_channels: int) -> torch.Tensor:
+    stack = torch.cat([x_t, conditioning], 1)
+    if guidance == 1.0:
+        return teacher(stack, t).float()
+    plain = stack.clone()
+    plain[:, 1 : 1 + label_channels] = 0  # the unconditional pass, as the denoiser does it
+    conditional, unconditional = teacher(torch.cat([stack, plain]), torch.cat([t, t])).float().chunk(2)
+    return unconditional + guidance * (conditional - unconditional)
+
+
+@torch.inference_mode()
+def teacher_path(
+    teacher: torch.nn.Module,
+    maths: _ScheduleTensors,
+    x_t: torch.Tensor,
+    conditioning: torch.Tensor,
+    path: torch.Tensor,
+    guidance: float = 1.0,
+    label_channels: int = 0,
+) -> torch.Tensor:
+    """The teacher's deterministic DDIM steps along `path` ((B, K + 1) timesteps per sample): x at path[:, -1]."""
+    for k in range(path.shape[1] - 1):
+        t, s = path[:, k], path[:, k + 1]
+        output = _teacher_output(teacher, x_t, conditioning, t, guidance, label_channels)
+        x_t = maths.ddim_step(maths.clean_estimate(output, x_t, t), x_t, t, s)
+    return x_t
+
+
+def _batch_config(teacher_card: ModelCard, config: DistillationConfig) -> TrainingConfig:
+    """The teacher's batch settings (from its provenance), with the config's where it gives them."""
+    trained = teacher_card.provenance.get("training", {}) if isinstance(teacher_card.provenance, dict) else {}
+    known = {f.name for f in fields(TrainingConfig)}
+    settings = {k: (tuple(v) if isinstance(v, list) else v) for k, v in trained.items() if k in _BATCH_SETTINGS and k in known}
+    settings.update({k: getattr(config, k) for k in _BATCH_SETTINGS if getattr(config, k) is not None})
+    return TrainingConfig(
+        batch_size=config.batch_size,
+        condition_dropout=teacher_card.conditioning.condition_dropout,
+        seed=config.seed,
+        **settings,
+    )
+
+
+def student_card(teacher: LoadedModel, config: DistillationConfig, name: str | None, guidance: float) -> ModelCard:
+    """The student's card: the teacher's, renamed, with its sampling defaults and (folded) guidance."""
+    card = teacher.card.model_copy(deep=True)
+    card.name = name or f"{teacher.card.name}-fast"
+    card.description = (
+        f"{config.student_steps}-step DDIM student of {teacher.card.name} {teacher.card.version} (step distillation): "
+        + teacher.card.description
+    )
+    card.sampling = SamplingDefaults(steps=config.student_steps, sampler="ddim")
+    if guidance != 1.0:  # folded in: asking for it again would apply it twice
+        card.conditioning.default_guidance = 1.0
+    return card
+
+
+def distill(
+    teacher: LoadedModel,
+    pairs: list[tuple[Path, Path]],
+    out: str | Path,
+    config: DistillationConfig | None = None,
+    resume: bool = False,
+    name: str | None = None,
+    data_description: str = "",
+    checkpoint_dir: str | Path | None = None,
+) -> Generator[TrainingEvent, None, Path]:
+    """Distil `teacher` into a `config.student_steps`-step DDIM student trained on `pairs`; yields
+    progress and returns the student's model folder `out` (checkpoints in `checkpoint_dir`, default
+    ``out/checkpoint``)."""
+    config = config or DistillationConfig()
+    out = Path(out)
+    card = teacher.card
+    if card.spatial_dims != 2 or card.network.class_name != "DiffusionModelUNet" or card.conditioning.label_map != "channels":
+        raise MedgenError(
+            "distillation supports 2-D DiffusionModelUNet models with the label map as input channels (as `train` "
+            f"makes them); {card.name} is a {card.spatial_dims}-D {card.network.class_name} with label_map="
+            f"{card.conditioning.label_map!r}"
+        )
+    if config.student_steps < 2 or config.substeps < 1 or config.steps < 1:
+        raise MedgenError("a student needs at least 2 steps, at least 1 teacher substep and at least 1 update")
+    guidance = float(config.guidance if config.guidance is not None else card.conditioning.default_guidance)
+    if guidance != 1.0 and not card.supports_guidance:
+        raise MedgenError(f"{card.name} was not trained for classifier-free guidance; distil with guidance 1")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    schedule = NoiseSchedule(card.scheduler)
+    maths = _ScheduleTensors(schedule, device)
+    paths = torch.tensor(student_intervals(schedule, config.student_steps, config.substeps), device=device)
+    label_channels = card.num_label_channels
+
+    teacher_network = copy.deepcopy(teacher.networks["network"]).to(device=device, dtype=torch.float32).eval()
+    teacher_network.requires_grad_(False)
+    torch.manual_seed(config.seed)
+    network = copy.deepcopy(teacher_network).train().requires_grad_(True)  # the student starts as the teacher
+    for module in list(teacher_network.modules()) + list(network.modules()):
+        if hasattr(module, "use_flash_attention") and not getattr(module, "save_attn", False):
+            module.use_flash_attention = True  # fused attention: same maths, less time and memory
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+    optimizer = build_optimizer(network, config)  # type: ignore[arg-type]  (the same schedule settings)
+    lr_schedule = build_lr_schedule(optimizer, config)  # type: ignore[arg-type]
+
+    data = load_training_slices(card, pairs)
+    batch_config = _batch_config(card, config)
+    batches = TrainingBatches(card, data, batch_config, seed=config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else out / CHECKPOINT_DIR
+    start_step, losses, interval_losses, seconds = 0, [], [[] for _ in range(len(paths))], 0.0
+    if resume:
+        if not has_checkpoint(checkpoint):
+            raise MedgenError(f"{checkpoint}: no checkpoint to resume from; start without --resume")
+        record = load_checkpoint(checkpoint, network, ema, optimizer, ("lr_schedule", "rng"))
+        if record.get("teacher_sha256") not in (None, teacher.weights_sha256):
+            raise MedgenError(f"{checkpoint}: the checkpoint distils another teacher; give that one or start afresh")
+        start_step, losses, seconds = record["step"], record["losses"], record.get("seconds", 0.0)
+        interval_losses = record.get("interval_losses", interval_losses)
+        lr_schedule = resume_lr_schedule(lr_schedule, optimizer, config, record, start_step)  # type: ignore[arg-type]
+        batches.restore(record["rng"]["batches"])
+        generator.set_state(record["rng"]["torch"])
+
+    started = time.perf_counter() - seconds
+    for step in range(start_step, config.steps):
+        clean, conditioning = batches.next()
+        clean, conditioning = clean.to(device), conditioning.to(device)
+        which = torch.randint(0, len(paths), (clean.shape[0],), generator=generator).to(device)
+        path = paths[which]
+        t, s = path[:, 0], path[:, -1]
+        noise = torch.randn(clean.shape, generator=generator).to(device)
+        alpha_t, sigma_t = maths.coefficients(t)
+        x_t = alpha_t * clean + sigma_t * noise
+        x_s = teacher_path(teacher_network, maths, x_t, conditioning, path, guidance, label_channels)
+        target = maths.target(x_t, x_s, t, s)
+        prediction = network(torch.cat([x_t, conditioning], 1), t).float()
+        per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3))
+        loss = per_sample.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        ema.update_parameters(network)
+        losses.append(loss.item())
+        for i, value in zip(which.tolist(), per_sample.detach().tolist(), strict=True):
+            interval_losses[i].append(value)
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            elapsed = time.perf_counter() - started
+            states = {
+                "optimizer": optimizer.state_dict(),
+                "lr_schedule": lr_schedule.state_dict(),
+                "rng": {"batches": batches.state(), "torch": generator.get_state()},
+            }
+            record = {"step": done, "losses": losses, "interval_losses": interval_losses, "seconds": elapsed,
+                      "config": asdict(config), "teacher_sha256": teacher.weights_sha256}
+            save_checkpoint(checkpoint, network, ema, states, record)
+            _loss_curve(losses, checkpoint / "loss_curve.png", card.scheduler.prediction_type)
+        recent = float(np.mean(losses[-25:]))
+        yield TrainingEvent(done, config.steps, recent, f"loss {recent:.4f}")
+    elapsed = time.perf_counter() - started
+
+    student = student_card(teacher, config, name, guidance)
+    student.provenance = {
+        **card.provenance,
+        "training_data": data_description or card.provenance.get("training_data", "image / label pairs"),
+        "training_slices": data.description,
+        "trained": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "code_version": f"napari-medgen {__version__}",
+        "teacher": {
+            "name": card.name,
+            "version": card.version,
+            "weights_sha256": teacher.weights_sha256,
+            "training": card.provenance.get("training"),
+            "quality": card.provenance.get("quality"),
+        },
+        "distillation": {
+            "method": METHOD,
+            **{k: v for k, v in asdict(config).items() if k not in ("device", "threads")},
+            "guidance_folded": guidance,
+            "student_timesteps": schedule.timesteps(config.student_steps),
+            "batch_settings": {k: getattr(batch_config, k) for k in _BATCH_SETTINGS + ("condition_dropout",)},
+            "device": str(device),
+            "seconds": round(elapsed, 1),
+            "teacher_calls_per_update": config.substeps * (2 if guidance != 1.0 else 1),
+            "final_loss": float(np.mean(losses[-100:])) if losses else None,
+            "final_loss_per_student_step": [
+                float(np.mean(v[-max(1, len(v) // 10):])) if v else None for v in interval_losses
+            ],
+        },
+    }
+    student.provenance.pop("training", None)  # the teacher's, kept under "teacher"
+    student.provenance.pop("quality", None)  # measured on the teacher; the student's is measured anew
+    save_model(student, {"network": ema.module}, out)
+    _loss_curve(losses, out / "loss_curve.png", card.scheduler.prediction_type)
+    return out
+

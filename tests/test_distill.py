@@ -1,0 +1,191 @@
+"""Step distillation (issue 16): the student's targets land where the teacher's path lands, a few updates on
+a tiny teacher write a loadable student whose card names its steps and sampler, resume continues the same
+run, runs follow the card's sampling defaults, and the shipped fast model follows painted anatomy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_models import make_tiny_model, tiny_card
+
+from napari_medgen._paths import sample_dir
+from napari_medgen.cli import main
+from napari_medgen.engine.diffusion.methods import DEFAULT_SAMPLER
+from napari_medgen.engine.diffusion.samplers import _ddim_update
+from napari_medgen.engine.diffusion.schedule import NoiseSchedule
+from napari_medgen.engine.errors import MedgenError, ModelCardError
+from napari_medgen.engine.io import read_volume, write_volume
+from napari_medgen.engine.model.card import parse_card
+from napari_medgen.engine.model.loading import load_model
+from napari_medgen.engine.synthesis import generate
+from napari_medgen.engine.synthesis.options import DEFAULT_STEPS, SamplingOptions, resolve_options
+from napari_medgen.engine.training import find_training_pairs
+from napari_medgen.engine.training.distill import (
+    DistillationConfig,
+    _ScheduleTensors,
+    distill,
+    student_intervals,
+    teacher_path,
+)
+from napari_medgen.engine.volume import Volume
+
+
+def _drive(run):
+    events = []
+    try:
+        while True:
+            events.append(next(run))
+    except StopIteration as stop:
+        return stop.value, events
+
+
+@pytest.fixture(scope="module")
+def slabs(tmp_path_factory) -> Path:
+    """One case named <case>_image / <case>_label: a 3-slice slab of the sample brain."""
+    folder = tmp_path_factory.mktemp("data")
+    t1 = read_volume(sample_dir() / "mni152_t1_2mm.nii.gz")
+    labels = read_volume(sample_dir() / "mni152_tissue_labels_2mm.nii.gz")
+    origin = t1.index_to_physical(np.array([0.0, 0.0, 45.0]))
+    for volume, suffix in ((t1, "image"), (labels, "label")):
+        slab = Volume(volume.array[45:48].copy(), volume.spacing, tuple(origin), volume.direction)
+        write_volume(slab, folder / f"a_{suffix}.nii.gz")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def teacher_folder(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("teacher") / "tiny-teacher", name="tiny-teacher")
+
+
+def _config(updates: int, **kw) -> DistillationConfig:
+    return DistillationConfig(student_steps=3, substeps=2, steps=updates, batch_size=2, crop_size=16, warmup_steps=1,
+                              checkpoint_every=2, device="cpu", **kw)
+
+
+# -- the maths ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon", "sample"])
+def test_student_target_lands_on_the_teacher_path_through_the_ddim_sampler(prediction_type):
+    card = tiny_card()
+    card.scheduler.prediction_type = prediction_type
+    schedule = NoiseSchedule(card.scheduler)
+    maths = _ScheduleTensors(schedule, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    for t, s in ((99, 66), (66, 33), (33, 0)):
+        x_t = torch.randn((2, 1, 8, 8), generator=generator)
+        x_s = 0.5 * torch.randn((2, 1, 8, 8), generator=generator)
+        target = maths.target(x_t, x_s, torch.tensor([t, t]), torch.tensor([s, s]))
+        # The sampling loop's own step from the student's prediction (no clipping: a random x_s may need x0 > 1).
+        x0, eps = schedule.split(target, x_t, t, clip=False)
+        landed = _ddim_update(schedule, x0, eps, t, s, 0.0, torch.randn_like, x_t)
+        torch.testing.assert_close(landed, x_s, rtol=1e-4, atol=1e-4)
+
+
+def test_teacher_path_is_the_ddim_sampler_on_the_substeps():
+    """`teacher_path` (per-sample timesteps, batched) equals the sampling loop's DDIM on those timesteps."""
+    card = tiny_card()
+    schedule = NoiseSchedule(card.scheduler)
+    maths = _ScheduleTensors(schedule, torch.device("cpu"))
+    intervals = student_intervals(schedule, 3, 2)
+    assert intervals == [[99, 74, 50], [50, 25, 0]]  # the 3-step DDIM grid 99, 50, 0 (the last call only cleans up)
+    torch.manual_seed(1)
+    teacher = torch.nn.Conv2d(1 + 4, 1, 3, padding=1)
+    net = lambda stack, t: teacher(stack) * (1 + t.view(-1, 1, 1, 1).float() / 100)
+    x_t, cond = torch.randn(2, 1, 8, 8), torch.randn(2, 4, 8, 8)
+    path = torch.tensor([intervals[0], intervals[1]])
+    got = teacher_path(net, maths, x_t, cond, path)
+    for i in range(2):
+        x = x_t[i : i + 1]
+        for t, s in zip(intervals[i][:-1], intervals[i][1:], strict=True):
+            with torch.no_grad():
+                out = net(torch.cat([x, cond[i : i + 1]], 1), torch.tensor([t]))
+            x0, eps = schedule.split(out, x, t)
+            x = _ddim_update(schedule, x0, eps, t, s, 0.0, torch.randn_like, x)
+        torch.testing.assert_close(got[i : i + 1], x, rtol=1e-5, atol=1e-5)
+
+
+def test_too_many_substeps_for_the_gaps_is_refused():
+    schedule = NoiseSchedule(tiny_card().scheduler)  # 100 training steps
+    with pytest.raises(MedgenError, match="substeps"):
+        student_intervals(schedule, 50, 4)
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def test_distillation_writes_a_loadable_student_whose_runs_follow_its_card(slabs, teacher_folder, tmp_path):
+    teacher = load_model(teacher_folder, device="cpu")
+    out = tmp_path / "student"
+    folder, events = _drive(distill(teacher, find_training_pairs(slabs), out, _config(3), data_description="one slab"))
+    assert folder == out and [e.step for e in events] == [1, 2, 3] and all(np.isfinite(e.loss) for e in events)
+    assert (out / "loss_curve.png").stat().st_size > 0 and (out / "checkpoint" / "loss_curve.png").is_file()
+    saved = json.loads((out / "model.json").read_text())
+    assert saved["name"] == "tiny-teacher-fast" and saved["sampling"] == {"steps": 3, "sampler": "ddim"}
+    record = saved["provenance"]["distillation"]
+    assert record["student_steps"] == 3 and record["substeps"] == 2 and record["steps"] == 3
+    assert record["student_timesteps"] == [99, 50, 0] and len(record["final_loss_per_student_step"]) == 2
+    assert saved["provenance"]["teacher"]["name"] == "tiny-teacher"
+    assert saved["provenance"]["teacher"]["weights_sha256"] == teacher.weights_sha256
+    # The student is the teacher's architecture and conditioning with new weights.
+    assert saved["network"] == json.loads((teacher_folder / "model.json").read_text())["network"]
+    student = load_model(out, device="cpu")
+    changed = [k for k, v in load_file(str(out / "weights.safetensors")).items()
+               if not torch.equal(v, load_file(str(teacher_folder / "weights.safetensors"))[k])]
+    assert changed
+    label_map = read_volume(slabs / "a_label.nii.gz")
+    results, progress = _drive(generate(student, label_map, seed=1, preview_every=0))
+    # Asked for nothing, a run takes the card's 3 DDIM steps: 3 calls per batch of slices.
+    assert progress[-1].step == progress[-1].total and progress[-1].total % 3 == 0
+    run_record = results[0].metadata["provenance"]
+    assert run_record["steps"] == 3 and run_record["sampler"] == "ddim"
+    # Asked for more, the user's steps win.
+    _, asked = _drive(generate(student, label_map, seed=1, steps=5, preview_every=0))
+    assert asked[-1].total == progress[-1].total // 3 * 5
+
+
+def test_resumed_distillation_continues_the_same_run(slabs, teacher_folder, tmp_path):
+    teacher = load_model(teacher_folder, device="cpu")
+    pairs = find_training_pairs(slabs)
+    straight, _ = _drive(distill(teacher, pairs, tmp_path / "straight", _config(4)))
+    first = distill(teacher, pairs, tmp_path / "resumed", _config(4))
+    for _ in range(2):  # stop after the checkpoint at update 2
+        next(first)
+    first.close()
+    resumed, events = _drive(distill(teacher, pairs, tmp_path / "resumed", _config(4), resume=True))
+    assert [e.step for e in events] == [3, 4]
+    a = load_file(str(straight / "weights.safetensors"))
+    b = load_file(str(resumed / "weights.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    with pytest.raises(MedgenError, match="no checkpoint"):
+        _drive(distill(teacher, pairs, tmp_path / "nothing", _config(2), resume=True))
+
+
+def test_distill_command_line(slabs, teacher_folder, tmp_path, capsys):
+    out = tmp_path / "cli-student"
+    code = main(["distill", "--teacher", str(teacher_folder), "--out", str(out), "--data", str(slabs), "--steps", "3",
+                 "--substeps", "2", "--updates", "2", "--batch-size", "2", "--name", "tiny-quick", "--progress", "none",
+                 "--device", "cpu"])
+    assert code == 0 and capsys.readouterr().out.strip() == str(out)
+    card = json.loads((out / "model.json").read_text())
+    assert card["name"] == "tiny-quick" and card["sampling"]["steps"] == 3
+    # A teacher other than the demo needs its data named.
+    assert main(["distill", "--teacher", str(teacher_folder), "--out", str(tmp_path / "x"), "--progress", "none"]) != 0
+    assert "--data" in capsys.readouterr().err
+
+
+# -- sampling defaults from the card --------------------------------------------------------------
+def test_options_take_the_cards_sampling_defaults_when_none_are_asked_for():
+    raw = tiny_card().model_dump(mode="json")
+    plain = parse_card(raw)
+    fast = parse_card({**raw, "sampling": {"steps": 4, "sampler": "ddim"}})
+    assert (resolve_options(None, {}, fast).steps, resolve_options(None, {}, fast).sampler) == (4, "ddim")
+    assert (resolve_options(None, {}, plain).steps, resolve_options(None, {}, plain).sampler) == (DEFAULT_STEPS, DEFAULT_SAMPLER)
+    asked = resolve_options(SamplingOptions(steps=12, sampler="dpm++2m"), {}, fast)
+    assert (asked.steps, asked.sampler) == (12, "dpm++2m")
+    with pytest.raises(ModelCardError, match="sampling"):
+        parse_card({**raw, "sampling": {"steps": 4, "sampler": "euler"}})
+    with pytest.raises(ModelCardError, match="sampling"):
+        parse_card({**raw, "sampling": {"steps": 0, "sampler": "ddim"}})
