@@ -89,8 +89,25 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_count": os.cpu_count(),
     }
     common.write_result("batch_scaling", result)
+    common.update_readme("batch-scaling-table", readme_table(result))
     print(result)
     return result
+
+
+def readme_table(result: dict) -> str:
+    rows = ["| Run | Wall time | Cases per minute | Seconds per case inside a worker (first case includes the model load) |",
+            "|---|---|---|---|"]
+    for row in result["rows"]:
+        name = {0: "plain loop in one process", 1: "LocalCluster, 1 worker", 2: "LocalCluster, 2 workers"}[row["workers"]]
+        rows.append(f"| {name} | {row['wall_s']:.1f} s | {row['cases_per_minute']:.2f} | "
+                    f"{', '.join(f'{s:.1f}' for s in row['case_seconds'])} |")
+    rows.append("")
+    rows.append(f"{result['cases']} cases of the {result['label_map']}, {result['sampler']} {result['steps']} steps, "
+                f"{result['model']}. Distributed overhead (1 worker over the loop, same cores): "
+                f"{100 * result['distributed_overhead_1_worker']:.0f} %"
+                + (f"; 2 workers vs 1: {result['speedup_2_vs_1_worker']:.2f}x" if result.get("speedup_2_vs_1_worker") else "")
+                + f". Machine: {common.machine_line(result['machine'])}; {result['machine']['note']}.")
+    return "\n".join(rows)
 
 
 def table_row(result: dict) -> tuple[str, str, str, str]:

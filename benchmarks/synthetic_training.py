@@ -1,6 +1,6 @@
 """Does synthetic data train a segmenter? A small MONAI 2-D UNet trained on real slices, synthetic cases, or both.
 
-    python benchmarks/synthetic_training.py [--cases 6] [--steps 8] [--train-steps 400] [--seeds 1] [--workers 2] [--data DIR] [--smoke]
+    python benchmarks/synthetic_training.py [--cases 4] [--steps 5] [--train-steps 400] [--seeds 1] [--workers 2] [--data DIR] [--smoke]
 
 Training sets (brain-extracted T1 axial slices at 2 mm, intensities over the brain's 99th percentile):
 - real: the shipped sample brain (ICBM152 T1 and its tissue labels), the one real labelled brain we have;
@@ -229,8 +229,8 @@ def picture(volumes: list, real: tuple[np.ndarray, np.ndarray], path: Path) -> N
 # -- the benchmark ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
     parser = common.argument_parser(__doc__)
-    parser.add_argument("--cases", type=int, default=6, help="synthetic cases")
-    parser.add_argument("--steps", type=int, default=8, help="sampling steps per synthetic case")
+    parser.add_argument("--cases", type=int, default=4, help="synthetic cases")
+    parser.add_argument("--steps", type=int, default=5, help="sampling steps per synthetic case")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster workers for the synthesis (0: a plain loop)")
     parser.add_argument("--data", type=Path, default=None, help="synthetic data set folder (reused; default: a temporary one)")
     parser.add_argument("--train-steps", type=int, default=400)
@@ -249,6 +249,10 @@ def main(argv: list[str] | None = None) -> dict:
         origin = labels.index_to_physical(np.array([0.0, 0.0, float(z0)]))
         label_volume = Volume(np.ascontiguousarray(labels.array[z0 : z0 + args.slab]), labels.spacing, tuple(origin), labels.direction)
     folder = args.data or Path(tempfile.mkdtemp(prefix="medgen-synthetic-training-"))
+    if not args.slab:  # the shipped file itself, as `napari-medgen batch --labels` reads it (a folder it made is reused)
+        from napari_medgen._paths import sample_dir
+
+        label_volume = sample_dir() / "mni152_tissue_labels_2mm.nii.gz"
     synthetic, synthesis, volumes = synthetic_cases(label_volume, folder, args.cases, args.steps, args.workers, model)
     real = slices(np.asarray(t1.array, np.float32), labels.array)
     print(f"training slices: real {len(real)}, synthetic {len(synthetic)}", file=sys.stderr, flush=True)

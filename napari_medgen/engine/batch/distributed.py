@@ -324,7 +324,7 @@ def _cluster(out_dir: Path, sources: list[tuple[str, Volume]], specs: list[CaseS
             summary.where = f"the dask cluster at {scheduler}"
         else:
             workers = max(1, workers)
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                                    silence_logs=logging.ERROR)
             own_client = Client(cluster)
             summary.where = f"a LocalCluster of {workers} worker process{'es' if workers > 1 else ''}"
