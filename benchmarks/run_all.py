@@ -53,6 +53,7 @@ BENCHMARKS = [
     "sampler_speed",
     "quality",
     "realism",
+    "distilled",
 ]
 
 

@@ -189,3 +189,22 @@ def test_options_take_the_cards_sampling_defaults_when_none_are_asked_for():
         parse_card({**raw, "sampling": {"steps": 4, "sampler": "euler"}})
     with pytest.raises(ModelCardError, match="sampling"):
         parse_card({**raw, "sampling": {"steps": 0, "sampler": "ddim"}})
+
+
+def test_sampling_controls_take_the_models_steps_and_sampler(qtbot, tmp_path):
+    from napari_medgen.widgets.sampling_controls import SamplingControls
+    from napari_medgen.widgets.session import ModelSession
+
+    plain = make_tiny_model(tmp_path / "plain", name="plain")
+    fast = make_tiny_model(tmp_path / "fast", name="fast")
+    card = json.loads((fast / "model.json").read_text())
+    card["sampling"] = {"steps": 3, "sampler": "dpm++2m"}
+    (fast / "model.json").write_text(json.dumps(card))
+    session = ModelSession()
+    controls = SamplingControls(session)
+    assert (controls.steps.value, controls.sampler.value) == (DEFAULT_STEPS, DEFAULT_SAMPLER)
+    session.set_model(load_model(fast, device="cpu"))
+    assert (controls.steps.value, controls.sampler.value) == (3, "dpm++2m")
+    assert (controls.options().steps, controls.options().sampler) == (3, "dpm++2m")
+    session.set_model(load_model(plain, device="cpu"))
+    assert (controls.steps.value, controls.sampler.value) == (DEFAULT_STEPS, DEFAULT_SAMPLER)

@@ -1,7 +1,8 @@
 """`napari-medgen distill`: a few-step student of a trained model (step distillation), resumable like `train`.
 
     napari-medgen distill --teacher MODEL --out DIR [--steps 4] [--substeps 6] [--updates 2000] [--data DATA]
-                          [--name NAME] [--guidance W] [--batch-size 12] [--learning-rate 5e-5] [--resume]
+                          [--name NAME] [--guidance W] [--batch-size 12] [--learning-rate 5e-5] [--threads N]
+                          [--checkpoint-dir DIR] [--checkpoint-every 100] [--resume]
 
 A thin driver over `engine.training.distill.distill`: progress per student update (a bar, JSON lines or
 nothing), checkpoints in OUT/checkpoint (or --checkpoint-dir), the student's model folder at the end with
@@ -32,9 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classifier-free guidance folded into the student (default: the teacher card's)")
     parser.add_argument("--batch-size", type=int, default=default.batch_size)
     parser.add_argument("--learning-rate", type=float, default=default.learning_rate)
+    parser.add_argument("--ema-decay", type=float, default=default.ema_decay, help="decay of the weights' moving average (what ships)")
     parser.add_argument("--seed", type=int, default=default.seed)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--checkpoint-every", type=int, default=default.checkpoint_every, help="updates between checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="where checkpoints go (default: OUT/checkpoint)")
     parser.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
@@ -64,9 +67,11 @@ def run(args: argparse.Namespace, reporter: Any) -> list[str]:
         steps=args.updates,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        ema_decay=args.ema_decay,
         seed=args.seed,
         device=args.device,
         threads=args.threads,
+        checkpoint_every=args.checkpoint_every,
     )
     run = distill(teacher, pairs, args.out, config, resume=args.resume, name=args.name,
                   data_description=description, checkpoint_dir=args.checkpoint_dir)
