@@ -188,6 +188,7 @@ class LatentDenoiser:
         from ..diffusion.denoiser import prepare_for_inference
 
         prepare_for_inference(loaded)
+        _match_precision(loaded)
         card = loaded.card
         latent = card.latent
         assert latent is not None
@@ -230,6 +231,19 @@ class LatentDenoiser:
         return self.network(x, timesteps, **self.kwargs, **extra).float()
 
 
+def _match_precision(loaded: LoadedModel) -> None:
+    """MAISI's group norms compute in float32 and hand back float16 only when told (`norm_float16`, which the
+    importer turns off for the CPU): on a model loaded in fp16 they must, or the next fp16 convolution refuses
+    their float32 output."""
+    if loaded.extra.get("norm_precision") == str(loaded.dtype):
+        return
+    for network in loaded.networks.values():
+        for module in network.modules():
+            if hasattr(module, "norm_float16"):
+                module.norm_float16 = loaded.dtype == torch.float16
+    loaded.extra["norm_precision"] = str(loaded.dtype)
+
+
 def decode(loaded: LoadedModel, z: torch.Tensor, tile: list[int] | None = None) -> torch.Tensor:
     """Latent -> image (the autoencoder's range), in overlapping tiles of `tile` latent voxels (the card's
     decode_tile) blended with Gaussian weights; the output accumulates on the CPU."""
@@ -237,6 +251,7 @@ def decode(loaded: LoadedModel, z: torch.Tensor, tile: list[int] | None = None) 
     assert latent is not None
     autoencoder = loaded.networks["autoencoder"]
     scale = float(latent.scale_factor)
+    _match_precision(loaded)
     tile = [min(int(t), int(s)) for t, s in zip(tile or latent.decode_tile, z.shape[2:], strict=True)]
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
@@ -258,6 +273,7 @@ def encode(loaded: LoadedModel, image: torch.Tensor) -> torch.Tensor:
     assert latent is not None
     autoencoder = loaded.networks["autoencoder"]
     scale = float(latent.scale_factor)
+    _match_precision(loaded)
     tile = [min(int(t) * latent.compression, int(s)) for t, s in zip(latent.decode_tile, image.shape[2:], strict=True)]
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
