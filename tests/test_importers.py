@@ -409,3 +409,39 @@ def test_bundle_model_generates_with_ddim(tmp_path):
             break
     assert len(events) == 4 and image.same_grid(labels) and np.isfinite(image.array).all()
     assert image.metadata["provenance"]["sampler"] == "ddim"
+
+
+def test_import_bundle_of_maisi(tmp_path):
+    """The model zoo's MAISI bundle layout (configs/inference.json with $-expression paths, models/*.pt with
+    MAISI's checkpoint keys) imports with MAISI's conventions."""
+    from napari_medgen.engine.model.importers import import_bundle
+    from napari_medgen.engine.model.loading import load_model
+
+    source, originals, scale = make_maisi_folder(tmp_path / "src")
+    network = json.loads((source / "configs/config_network_rflow.json").read_text())
+    bundle = tmp_path / "maisi_ct_generative"
+    (bundle / "configs").mkdir(parents=True)
+    (source / "models").rename(bundle / "models")
+    (bundle / "models/autoencoder_v1.pt").rename(bundle / "models/autoencoder_epoch273.pt")
+    (bundle / "configs/label_dict.json").write_text(json.dumps(LABEL_DICT))
+    inference = {
+        "imports": ["$import torch", "$import scripts"], "bundle_root": ".", "model_dir": "$@bundle_root + '/models'",
+        "device": "$torch.device('cpu')",
+        "trained_autoencoder_path": "$@model_dir + '/autoencoder_epoch273.pt'",
+        "trained_diffusion_path": "$@model_dir + '/diff_unet_3d_rflow-ct.pt'",
+        "trained_controlnet_path": "$@model_dir + '/controlnet_3d_rflow-ct.pt'",
+        "trained_mask_generation_autoencoder_path": "$@model_dir + '/mask_generation_autoencoder.pt'",
+        "spatial_dims": 3, "image_channels": 1, "latent_channels": 4, "include_body_region": False,
+        **{k: network[k] for k in ("autoencoder_def", "diffusion_unet_def", "controlnet_def", "noise_scheduler")},
+        "scale_factor": "$@checkpoint_diffusion_unet['scale_factor'].to(@device)",
+        "ldm_sampler": {"_target_": "scripts.sample.LDMSampler", "_requires_": ["@load_diffusion"]},
+        "run": ["$@ldm_sampler.sample_multiple_images(@num_output_samples)"],
+    }
+    (bundle / "configs/inference.json").write_text(json.dumps(inference))
+    model = load_model(import_bundle(bundle, tmp_path / "model", name="maisi-bundle"), device="cpu")
+    latent = model.card.latent
+    assert latent.scale_factor == pytest.approx(scale) and latent.array_layout == "ras_xyz" and latent.body_label == 200
+    assert model.card.scheduler.class_name == "RFlowScheduler" and model.card.normalization.window_min == -1000
+    for role in ("network", "controlnet", "autoencoder"):
+        for key, value in originals[role].state_dict().items():
+            assert torch.equal(model.networks[role].state_dict()[key], value), (role, key)

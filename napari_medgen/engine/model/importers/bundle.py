@@ -146,11 +146,17 @@ def import_bundle(
             "cpu_safe_changes": changes,
         },
     }
+    if unet_class == "DiffusionModelUNetMaisi":
+        _maisi_conventions(raw, unet_kwargs, cn_kwargs, schema, ct_window)
     card = build_card(raw, str(folder))
     from ..networks import build_networks
 
     fresh = build_networks(card)
     states = {role: mapped_old_state(fresh[role], state) for role, state in states.items()}
+    if unet_class == "DiffusionModelUNetMaisi" and "controlnet" in states:
+        from .maisi import _controlnet_state
+
+        states["controlnet"] = _controlnet_state(card, states["network"], states["controlnet"])
     networks = fitted_networks(card, states, str(folder))
     return write_model(card, networks, out_folder)
 
@@ -214,3 +220,25 @@ def _spacing(parsed: SafeConfig) -> list[float]:
         if isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in value):
             return [float(v) for v in value]
     return [1.0, 1.0, 1.0]
+
+
+def _maisi_conventions(raw: dict[str, Any], unet: dict[str, Any], control: dict[str, Any] | None, schema: Any,
+                       ct_window: tuple[float, float] | None) -> None:
+    """A MAISI bundle (the model zoo's maisi_ct_generative) runs as MAISI's scripts run it: see importers.maisi."""
+    from .maisi import BODY_LABEL, MAISI_BODY_REGIONS
+
+    latent = raw["latent"]
+    latent.update(
+        array_layout="ras_xyz",
+        spacing_input=bool(unet.get("include_spacing_input", False)),
+        modality_code=1 if unet.get("num_class_embeds") else None,
+        body_regions=MAISI_BODY_REGIONS if unet.get("include_top_region_index_input") else None,
+        label_encoding="bits",
+        label_bits=int(control.get("conditioning_embedding_in_channels", 8)) if control else 8,
+        body_label=BODY_LABEL if BODY_LABEL in schema.indices else None,
+        decode_tile=[24, 24, 24],
+    )
+    low, high = ct_window if ct_window is not None else (-1000.0, 1000.0)  # MAISI's CT range for [0, 1]
+    raw["modality"] = "CT"
+    raw["normalization"] = {"kind": "ct_window", "window_min": low, "window_max": high, "background": low, "background_label": 0}
+    raw["tile_size"] = [256, 256, 128]
