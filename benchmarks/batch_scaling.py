@@ -51,7 +51,8 @@ def run(label_map, model, cases: int, steps: int, workers: int, folder: Path) ->
         raise RuntimeError(f"{workers} workers: {summary.line()} {summary.failed}")
     seconds = [r.seconds for r in summary.results if r.status == "done"]
     return {"workers": workers, "where": summary.where, "wall_s": round(wall, 2), "cases_per_minute": round(60 * cases / wall, 3),
-            "case_seconds": [round(s, 2) for s in seconds], "models_loaded": summary.models_loaded}
+            "case_seconds": [round(s, 2) for s in seconds], "models_loaded": summary.models_loaded,
+            "torch_threads_per_process": sorted({r.torch_threads for r in summary.results if r.status == "done"})}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,6 +1,6 @@
 """Does synthetic data train a segmenter? A small MONAI 2-D UNet trained on real slices, synthetic cases, or both.
 
-    python benchmarks/synthetic_training.py [--cases 4] [--steps 5] [--train-steps 400] [--seeds 1] [--workers 2] [--data DIR] [--smoke]
+    python benchmarks/synthetic_training.py [--cases 4] [--steps 5] [--train-steps 300] [--seeds 1] [--workers 2] [--data DIR] [--smoke]
 
 Training sets (brain-extracted T1 axial slices at 2 mm, intensities over the brain's 99th percentile):
 - real: the shipped sample brain (ICBM152 T1 and its tissue labels), the one real labelled brain we have;
@@ -9,7 +9,7 @@ Training sets (brain-extracted T1 axial slices at 2 mm, intensities over the bra
   is reused, so a rerun skips the cases made already;
 - real + synthetic: half of each batch from each.
 Every training run gets the same on-the-fly augmentation (MONAI: left-right flips, small rotations and scaling,
-intensity gamma), the same network (MONAI UNet, channels 16-128), optimiser, steps and batch size.
+intensity gamma), the same network (MONAI UNet, channels 8-64), optimiser, steps and batch size.
 
 Tested on real data the segmenter never saw (tissue Dice, CSF / GM / WM, 3-D over the brain):
 - `deformed_t1`: the sample T1 and its labels under 3 smooth random warps (seeds no training case used), with a
@@ -138,7 +138,7 @@ def nibabel_test() -> tuple[str, np.ndarray, np.ndarray] | None:
 def segmenter() -> torch.nn.Module:
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=1, out_channels=4, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1)
+    return UNet(spatial_dims=2, in_channels=1, out_channels=4, channels=(8, 16, 32, 64), strides=(2, 2, 2), num_res_units=1)
 
 
 def augmenter(seed: int):
@@ -233,8 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=5, help="sampling steps per synthetic case")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster workers for the synthesis (0: a plain loop)")
     parser.add_argument("--data", type=Path, default=None, help="synthetic data set folder (reused; default: a temporary one)")
-    parser.add_argument("--train-steps", type=int, default=400)
-    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per arm")
     parser.add_argument("--deformations", type=int, default=3)
     parser.add_argument("--slab", type=int, default=0, help="use only this many central slices of the sample (0: all)")
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": common.machine(),
         "model": "tiny random weights" if common.smoke() else "brain-t1-demo (trained)",
         "synthesis": synthesis,
-        "training": {"network": "monai UNet 2-D, channels 16-128, 1 residual unit", "steps": args.train_steps,
+        "training": {"network": "monai UNet 2-D, channels 8-64, 1 residual unit", "steps": args.train_steps,
                      "batch_size": args.batch_size, "seeds": args.seeds, "slices": {"real": len(real), "synthetic": len(synthetic)},
                      "augmentation": "MONAI flips, rotation 0.15 rad, scale 0.1, gamma 0.8-1.25 (every arm)"},
         "tests": {"deformed_t1": f"{args.deformations} warps of the sample T1 + bias + noise (exact truth)",

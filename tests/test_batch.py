@@ -10,6 +10,7 @@ the command line are checked without dask.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -104,6 +105,8 @@ def test_cases_written_in_layout_and_geometry_then_skipped_on_rerun(client, tiny
     # The model is loaded once per worker process, not per case.
     workers = {r.worker for r in summary.results if r.status == "done"}
     assert summary.models_loaded == len(workers) <= 2
+    # Two worker processes on this machine split its cores between their torch threads.
+    assert {r.torch_threads for r in summary.results} == {max(1, len(os.sched_getaffinity(0)) // 2)}
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
     again = run_synthesis(synthesize_dataset(sources, out, 4, model=tiny_model_folder, options=FAST, device="cpu",
                                              augment="elastic,flip,lesion", client=client))

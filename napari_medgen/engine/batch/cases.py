@@ -75,6 +75,7 @@ class CaseResult:
     seconds: float = 0.0
     worker: str = ""
     model_loaded: bool = False  # this case paid for loading the model in its process
+    torch_threads: int = 0  # the intra-op threads it ran with
     paths: list[str] = field(default_factory=list)
     error: str = ""
     augmentation: dict[str, Any] = field(default_factory=dict)
@@ -114,24 +115,24 @@ def make_case(
     spec: CaseSpec,
     label_map: Volume,
     settings: CaseSettings,
-    stop: Callable[[], bool] | None = None,
+    stop: Callable[[bool], bool] | None = None,
     torch_threads: int | None = None,
 ) -> CaseResult:
     """Augment `label_map`, generate its image and write the case into `out_dir`'s nnU-Net layout.
 
-    Raises the project's errors (or CaseStopped when `stop()` turns true between network calls); on any
+    Raises the project's errors (or CaseStopped when `stop(fresh)` turns true: it is asked between network
+    calls, and with fresh=True, no cached answer, once more just before the case is moved into place); on any
     failure nothing of the case is left in the data set. `torch_threads` sets this process's torch threads
     first (workers that share a machine split its cores).
     """
     from ..synthesis import generate
 
+    import torch
+
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    if torch_threads:
-        import torch
-
-        if torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
+    if torch_threads and torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
     loaded, fresh = cached_model(settings)
     card = loaded.card
     augmented = augment_label_map(label_map, card.label_schema, settings.augment, seed=(spec.seed, 0x6175))
@@ -139,7 +140,7 @@ def make_case(
     run = generate(loaded, augmented.label_map, options)
     try:
         while True:
-            if stop is not None and stop():
+            if stop is not None and stop(False):
                 raise CaseStopped(f"case {spec.case_id} stopped before it was written")
             next(run)
     except StopIteration as finished:
@@ -167,23 +168,22 @@ def make_case(
         labels, metadata={"label_map": True, "description": f"label map of synthetic case {spec.case_id}", "batch": record}
     )
     image.metadata["batch"] = record
-    if stop is not None and stop():
-        raise CaseStopped(f"case {spec.case_id} stopped before it was written")
-    _write_case(out_dir, spec.case_id, image, label_volume)
+    _write_case(out_dir, spec.case_id, image, label_volume, stop)
     return CaseResult(
         case_id=spec.case_id,
         status="done",
         seconds=round(time.perf_counter() - start, 3),
         worker=worker_name(),
         model_loaded=fresh,
+        torch_threads=torch.get_num_threads(),
         paths=[str(layout.image_path(out_dir, spec.case_id)), str(layout.label_path(out_dir, spec.case_id))],
         augmentation=augmented.record,
     )
 
 
-def _write_case(out_dir: Path, case_id: str, image: Volume, label_map: Volume) -> None:
+def _write_case(out_dir: Path, case_id: str, image: Volume, label_map: Volume, stop: Callable[[bool], bool] | None) -> None:
     """Write both files and their sidecars into a staging folder, record their hashes in the image's
-    sidecar (what makes the case complete), then move them into place."""
+    sidecar (what makes the case complete), then, unless the run was stopped meanwhile, move them into place."""
     from ..io import write_volume
 
     staged = layout.staging_folder(out_dir, case_id)
@@ -194,6 +194,8 @@ def _write_case(out_dir: Path, case_id: str, image: Volume, label_map: Volume) -
         metadata = json.loads(image_sidecar.read_text())
         metadata["batch"]["files_sha256"] = {"image": layout.file_sha256(image_file), "label": layout.file_sha256(label_file)}
         image_sidecar.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
+        if stop is not None and stop(True):  # a stopped run gets no new case after it counted the cases there
+            raise CaseStopped(f"case {case_id} stopped before it was written")
     except BaseException:
         import shutil
 

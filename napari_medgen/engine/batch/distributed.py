@@ -150,10 +150,10 @@ class ClusterStop:
     name: str
     every_s: float = 1.0
 
-    def __call__(self) -> bool:
+    def __call__(self, fresh: bool = False) -> bool:
         now = time.monotonic()
         state = _STOP_LOOKS.setdefault(self.name, [0.0, False])
-        if now - state[0] < self.every_s:
+        if state[1] or (not fresh and now - state[0] < self.every_s):
             return bool(state[1])
         state[0] = now
         try:
