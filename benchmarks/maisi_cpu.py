@@ -17,7 +17,6 @@ of each (the process's high-water mark, reset before each); a 30-step run is est
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 SMOKE = {"sizes": ["32x32x16"], "unet_repeats": 1, "full_steps": 2, "skip_decode_above": 0}
 MAISI_STEPS = 30

@@ -317,7 +317,7 @@ def make_bundle(root: Path) -> tuple[Path, dict[str, torch.nn.Module]]:
     (root / "configs/inference.json").write_text(json.dumps(config, indent=1))
     from napari_medgen.engine.model.networks import network_class
 
-    resolve = lambda d: {k: (3 if v == "@latent_channels" else v) for k, v in d.items() if k != "_target_"}  # noqa: E731
+    resolve = lambda d: {k: (3 if v == "@latent_channels" else v) for k, v in d.items() if k != "_target_"}
     autoencoder = network_class("AutoencoderKL")(**resolve(autoencoder_def)).eval()
     unet = network_class("DiffusionModelUNet")(**resolve(diffusion_def)).eval()
     torch.save(autoencoder.state_dict(), root / "models/autoencoder.pt")

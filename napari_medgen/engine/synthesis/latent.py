@@ -32,7 +32,14 @@ from ..model.networks import monai_module
 from ..orientation import to_canonical
 from ..volume import Volume
 from .body_envelope import add_body_envelope
-from .model_grid import ModelGridProblem, as_3d, crop, feather_weights, problem_on_model_grid, region_box, region_on_image
+from .model_grid import (
+    ModelGridProblem,
+    crop,
+    feather_weights,
+    problem_on_model_grid,
+    region_box,
+    region_on_image,
+)
 from .options import ProgressEvent, SamplingOptions
 from .provenance import provenance
 from .tasks import GenerateTask, InpaintTask, SynthesisTask

@@ -7,6 +7,6 @@ from __future__ import annotations
 from ...._lazy import lazy_attributes
 
 _WHERE = {"import_maisi": "maisi", "import_bundle": "bundle", "SafeConfig": "safe_config", "load_checkpoint": "checkpoint"}
-__all__ = sorted(_WHERE)
+__all__ = ["SafeConfig", "import_bundle", "import_maisi", "load_checkpoint"]
 
 __getattr__ = lazy_attributes(__name__, _WHERE)

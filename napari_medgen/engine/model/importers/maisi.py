@@ -38,10 +38,10 @@ BODY_LABEL = 200
 
 
 def _inside(folder: Path, relative: Any, what: str) -> Path:
+    """A path the folder's environment config names, relative to the folder (as MAISI's scripts run from it)."""
     if not isinstance(relative, str) or not relative:
         raise ModelCardError(f"{folder}: the {what} path must be a file name, got {relative!r}")
-    path = (folder / relative).resolve()
-    return path
+    return (folder / relative).resolve()
 
 
 def import_maisi(
