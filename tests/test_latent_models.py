@@ -249,3 +249,28 @@ def test_napari_generate_widget_paints_ct(maisi_model, make_napari_viewer, qtbot
     np.testing.assert_allclose(result.affine.affine_matrix, labels_layer.affine.affine_matrix)
     assert list(result.contrast_limits) == [-160.0, 240.0]
     assert any("body label" in n for n in result.metadata["provenance"]["notices"])
+
+
+def test_out_of_accelerator_memory_falls_back_to_cpu(maisi_model):
+    """A full accelerator does not fail the run: the variant goes again on the CPU (same seed, same volume)."""
+    from reliability_helpers import FaultyNetwork, cuda_out_of_memory, on_fake_accelerator
+
+    from napari_medgen.engine.synthesis import generate
+
+    label_map = _label_map()
+    expected = list_run(generate(maisi_model, label_map, steps=2, seed=3, preview_every=0))[0]
+    on_gpu = on_fake_accelerator(maisi_model)
+    with FaultyNetwork(on_gpu, error=cuda_out_of_memory, fail_calls={1}):
+        run = generate(on_gpu, label_map, steps=2, seed=3, preview_every=0)
+        events = []
+        while True:
+            try:
+                events.append(next(run))
+            except StopIteration as stop:
+                (image,) = stop.value
+                break
+    assert events[0].notice == "ran out of META memory: fell back to the CPU (slower)"
+    assert "fell back to the CPU" in events[-1].message
+    assert [e.step for e in events] == [0, 1, 2, 3]
+    assert np.array_equal(image.array, expected.array)
+    assert image.metadata["provenance"]["device"] == "cpu"

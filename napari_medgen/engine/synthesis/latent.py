@@ -26,8 +26,9 @@ from ..diffusion.samplers import sample, sample_repaint, sampler_steps
 from ..diffusion.schedule import NoiseSchedule
 from ..errors import InvalidVolumeError, LabelSchemaError
 from ..intensity import intensity_map_for
+from ..memory import is_out_of_memory
 from ..model.card import ModelCard
-from ..model.loading import LoadedModel
+from ..model.loading import LoadedModel, cpu_copy
 from ..model.networks import monai_module
 from ..orientation import to_canonical
 from ..volume import Volume
@@ -345,62 +346,75 @@ def _run(
         calls = sampler_steps(options.sampler, options.steps, schedule)
     total = (calls + 1) * options.variants  # + one decode per variant
     low, high = latent.image_range
-    known_latent = keep = None
     results: list[Volume] = []
     done = 0
     pending_notice = "; ".join(notices)
-    denoise = LatentDenoiser(loaded, problem)
-    if inpainting:
-        known_image = to_layout(problem.known, layout)
-        with torch.inference_mode():
-            known_latent = encode(loaded, torch.from_numpy(_to_range(known_image, low, high)[None, None].copy()))
-        region = torch.from_numpy(to_layout(problem.region.astype(np.float32), layout)[None, None].copy())
-        touched = torch.nn.functional.max_pool3d(region, kernel_size=latent.compression)
-        keep = (1.0 - touched).to(loaded.device)
-    for variant in range(options.variants):
+    model = loaded  # a CPU copy after running out of accelerator memory
+    denoise, known_latent, keep = _prepare(model, problem)
+    note = ""  # what changed after running out of memory, told in every later event's message
+    variant = 0
+    while variant < options.variants:
         seed = options.seed + variant
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        noise = torch.randn((1, latent.latent_channels) + latent_shape, generator=generator).to(loaded.device)
-        message = f"variant {variant + 1}/{options.variants}"
+        start = done
+        message = f"variant {variant + 1}/{options.variants}" + (f"; {note}" if note else "")
+        try:
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+            noise = torch.randn((1, latent.latent_channels) + latent_shape, generator=generator).to(model.device)
 
-        def noise_like(x: torch.Tensor, _generator: torch.Generator = generator) -> torch.Tensor:
-            return torch.randn(tuple(x.shape), generator=_generator).to(x.device)
+            def noise_like(x: torch.Tensor, _generator: torch.Generator = generator) -> torch.Tensor:
+                return torch.randn(tuple(x.shape), generator=_generator).to(x.device)
 
-        if rflow:
-            steps = sample_rflow(denoise, noise, schedule, options.steps, known_latent, keep)
-        elif inpainting:
-            steps = sample_repaint(
-                denoise, noise, schedule, options.steps, noise_like, known_latent, keep, options.jump_length, 1
-            )
-        else:
-            steps = sample(options.sampler, denoise, noise, schedule, options.steps, noise_like, options.eta)
-        while True:
-            with torch.inference_mode():
-                try:
-                    step, _, x0 = next(steps)
-                except StopIteration as stop:
-                    final = stop.value
-                    break
-            done += 1
-            preview = None
-            if options.preview_every > 0 and step % options.preview_every == 0 and step < calls:
+            if rflow:
+                steps = sample_rflow(denoise, noise, schedule, options.steps, known_latent, keep)
+            elif inpainting:
+                steps = sample_repaint(
+                    denoise, noise, schedule, options.steps, noise_like, known_latent, keep, options.jump_length, 1
+                )
+            else:
+                steps = sample(options.sampler, denoise, noise, schedule, options.steps, noise_like, options.eta)
+            while True:
                 with torch.inference_mode():
-                    rough = preview_image(loaded, x0)
-                preview = _output(task, problem, rough, layout, low, high)
-                if preview.array.dtype != np.float32:
-                    preview = preview.with_array(preview.array.astype(np.float32), metadata={})
-            yield ProgressEvent(done, total, variant, message, preview, notice=pending_notice)
-            pending_notice = ""
-            del x0, preview
-        if inpainting:
-            final = keep * known_latent + (1 - keep) * final
-        with torch.inference_mode():
-            image = decode(loaded, final)[0, 0].numpy()
+                    try:
+                        step, _, x0 = next(steps)
+                    except StopIteration as stop:
+                        final = stop.value
+                        break
+                done += 1
+                preview = None
+                if options.preview_every > 0 and step % options.preview_every == 0 and step < calls:
+                    with torch.inference_mode():
+                        rough = preview_image(model, x0)
+                    preview = _output(task, problem, rough, layout, low, high)
+                    if preview.array.dtype != np.float32:
+                        preview = preview.with_array(preview.array.astype(np.float32), metadata={})
+                yield ProgressEvent(done, total, variant, message, preview, notice=pending_notice)
+                pending_notice = ""
+                del x0, preview
+            if inpainting:
+                final = keep * known_latent + (1 - keep) * final
+            with torch.inference_mode():
+                image = decode(model, final)[0, 0].numpy()
+        except Exception as error:  # only running out of accelerator memory is handled; the rest is raised again
+            if not is_out_of_memory(error) or model.device.type == "cpu":
+                raise
+            # As the pixel models' run does: the variant again from its start, on the CPU (same seed, same result).
+            lost = model.device
+            del error
+            steps = noise = None
+            if lost.type == "cuda":
+                torch.cuda.empty_cache()
+            model = cpu_copy(model)
+            denoise, known_latent, keep = _prepare(model, problem)
+            done = start
+            note = f"ran out of {lost.type.upper()} memory: fell back to the CPU (slower)"
+            yield ProgressEvent(done, total, variant, f"variant {variant + 1}/{options.variants}; {note}", notice=note)
+            continue
         done += 1
         results.append(_output(task, problem, image, layout, low, high))
         yield ProgressEvent(done, total, variant, f"{message}: decoded")
+        variant += 1
     for variant, volume in enumerate(results):
-        volume.metadata = provenance(loaded, options, task.name, variant, task.inputs_sha256)
+        volume.metadata = provenance(model, options, task.name, variant, task.inputs_sha256)
         record = volume.metadata["provenance"]
         record["latent"] = {"scale_factor": latent.scale_factor, "latent_shape": list(latent_shape), "decode_tile": latent.decode_tile}
         if notices:
@@ -409,6 +423,22 @@ def _run(
             volume.metadata["modality"] = "CT"
             volume.metadata["display_window"] = list(CT_DISPLAY_WINDOW)
     return results
+
+
+def _prepare(model: LoadedModel, problem: ModelGridProblem) -> tuple[LatentDenoiser, torch.Tensor | None, torch.Tensor | None]:
+    """The run's denoiser on `model`'s device and, for inpainting, the known latent and where it is kept."""
+    latent = model.card.latent
+    assert latent is not None
+    denoise = LatentDenoiser(model, problem)
+    if problem.region is None:
+        return denoise, None, None
+    low, high = latent.image_range
+    known_image = to_layout(problem.known, latent.array_layout)
+    with torch.inference_mode():
+        known_latent = encode(model, torch.from_numpy(_to_range(known_image, low, high)[None, None].copy()))
+    region = torch.from_numpy(to_layout(problem.region.astype(np.float32), latent.array_layout)[None, None].copy())
+    touched = torch.nn.functional.max_pool3d(region, kernel_size=latent.compression)
+    return denoise, known_latent, (1.0 - touched).to(model.device)
 
 
 def _to_range(normalised: np.ndarray, low: float, high: float) -> np.ndarray:
