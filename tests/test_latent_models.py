@@ -274,3 +274,15 @@ def test_out_of_accelerator_memory_falls_back_to_cpu(maisi_model):
     assert [e.step for e in events] == [0, 1, 2, 3]
     assert np.array_equal(image.array, expected.array)
     assert image.metadata["provenance"]["device"] == "cpu"
+
+
+def test_label_bit_planes_match_maisi_binarisation(maisi_model):
+    """The ControlNet's input is MAISI's binarize_labels: channel k is bit k of the label index."""
+    from napari_medgen.engine.synthesis.latent import label_channels
+
+    labels = np.random.default_rng(1).choice([0, 1, 3, 5, 14, 23, 200], size=(5, 6, 7))
+    ours = label_channels(maisi_model.card, labels)
+    x = torch.from_numpy(labels)[None, None]
+    mask = 2 ** torch.arange(8)
+    maisi = x.unsqueeze(-1).bitwise_and(mask).ne(0).byte().squeeze(1).permute(0, 4, 1, 2, 3)  # as MAISI writes it
+    assert np.array_equal(ours, maisi[0].numpy().astype(np.float32))
