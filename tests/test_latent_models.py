@@ -282,7 +282,5 @@ def test_label_bit_planes_match_maisi_binarisation(maisi_model):
 
     labels = np.random.default_rng(1).choice([0, 1, 3, 5, 14, 23, 200], size=(5, 6, 7))
     ours = label_channels(maisi_model.card, labels)
-    x = torch.from_numpy(labels)[None, None]
-    mask = 2 ** torch.arange(8)
-    maisi = x.unsqueeze(-1).bitwise_and(mask).ne(0).byte().squeeze(1).permute(0, 4, 1, 2, 3)  # as MAISI writes it
-    assert np.array_equal(ours, maisi[0].numpy().astype(np.float32))
+    bits = np.unpackbits(labels.astype(np.uint8)[..., None], axis=-1, bitorder="little")  # bit k at index k
+    assert np.array_equal(ours, np.moveaxis(bits, -1, 0).astype(np.float32))
