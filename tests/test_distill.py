@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from scipy.ndimage import binary_erosion
+from test_demo_model import painted_slice  # noqa: F401 (the fixture: a grey-matter disc painted into white matter)
 from tiny_models import make_tiny_model, tiny_card
 
 from napari_medgen._paths import sample_dir
@@ -208,3 +210,23 @@ def test_sampling_controls_take_the_models_steps_and_sampler(qtbot, tmp_path):
     assert (controls.options().steps, controls.options().sampler) == (3, "dpm++2m")
     session.set_model(load_model(plain, device="cpu"))
     assert (controls.steps.value, controls.sampler.value) == (DEFAULT_STEPS, DEFAULT_SAMPLER)
+
+
+# -- the shipped fast model -----------------------------------------------------------------------
+def test_shipped_fast_model_follows_painted_tissue(painted_slice):  # noqa: F811
+    label_map, z, disc = painted_slice
+    model = load_model("brain-t1-demo-fast", device="cpu")
+    assert model.source == "shipped" and model.card.sampling is not None and model.card.sampling.steps <= 4
+    assert (model.folder / "weights.safetensors").stat().st_size < 20 * 2**20
+    (result,), progress = _drive(generate(model, label_map, seed=3, preview_every=0, slice_range=(z, z + 1)))
+    assert progress[-1].total == model.card.sampling.steps  # its own few steps when asked for nothing
+    image, labels = result.array[0], label_map.array[z]
+    mean = {k: float(image[binary_erosion(labels == k)].mean()) for k in (1, 2, 3)}
+    assert mean[1] < mean[2] < mean[3], mean
+    assert mean[3] - mean[2] > 0.1 * (mean[3] - mean[1]), mean
+    ring = binary_erosion(labels == 3) & ~disc
+    near = np.zeros_like(ring)
+    cy, cx = np.argwhere(disc).mean(0).round().astype(int)
+    near[max(cy - 8, 0) : cy + 9, max(cx - 8, 0) : cx + 9] = True
+    assert image[disc].mean() < image[ring & near].mean() - 0.5 * (mean[3] - mean[2]), (image[disc].mean(), image[ring & near].mean())
+    assert np.abs(image[labels == 0]).mean() < 0.1 * mean[3]
