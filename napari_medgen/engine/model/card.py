@@ -72,6 +72,11 @@ class IntensityNormalization(_Strict):
         description="label whose voxels are exactly `background` in a generated image (the scans it learned from "
         "are exactly that there, e.g. a skull-stripped brain); None: left as generated",
     )
+    label_levels: dict[str, float] | None = Field(
+        None,
+        description="each tissue label's median intensity on the network's scale in the training data; inpainting "
+        "maps the known voxels' tissue medians of another scan onto them (intensity harmonisation)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> IntensityNormalization:

@@ -14,13 +14,14 @@ context margin) and copies every voxel outside the region from the input unchang
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Generator
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidVolumeError, LabelSchemaError, MedgenError, TaskNotSupportedError
-from ..intensity import intensity_map_for
+from ..intensity import harmonised_map, intensity_map_for
 from ..model.card import ModelCard
 from ..model.loading import LoadedModel, load_model
 from ..orientation import to_canonical
@@ -125,10 +126,14 @@ def inpaint(
     image_crop, region_crop = crop(image3, box), crop(region3, box)
     labels_crop = crop(labels3, box) if labels3 is not None else None
     intensity = intensity_map_for(card.normalization, np.asarray(image.array, dtype=np.float32))
+    if labels_crop is not None:  # another scanner's contrast: tissue medians of the known voxels -> learned levels
+        intensity = harmonised_map(card.normalization, intensity, np.asarray(image_crop.array, np.float32),
+                                   labels_crop.array, region_crop.array == 0)
     problem = problem_on_model_grid(card, image_crop, labels_crop, image_crop, region_crop, intensity)
     if card.spatial_dims == 2:
         problem.positions = slice_positions(image_crop.shape[0], box[0].start, image3.shape[0])
         problem.slice_offset = box[0].start
+    options = _estimate_options(card, options, region_crop, problem.by_repaint)
     inputs = {"image": image.content_hash(), "region": region_hash}
     if label_map is not None:
         inputs["label_map"] = label_map.content_hash()
@@ -171,6 +176,32 @@ def _model_for(
             f"model {loaded.card.name} does not {task} (it does: {', '.join(loaded.card.tasks)})"
         )
     return loaded, resolve_options(options, {}, loaded.card)
+
+
+def region_thickness_mm(region: Volume) -> float:
+    """Twice the largest distance (mm) from a region voxel to the nearest voxel outside it: how far an
+    inpainting must reach from the known image (a 10 mm ball: about 10; a long 4 mm stripe: about 4)."""
+    from scipy.ndimage import distance_transform_edt
+
+    inside = np.pad(np.asarray(region.array) > 0, 1)  # the volume's edge counts as known
+    if region.ndim == 3 and region.shape[0] == 1:  # one slice: distances within it
+        return 2.0 * float(distance_transform_edt(inside[1], sampling=region.spacing[1::-1]).max())
+    return 2.0 * float(distance_transform_edt(inside, sampling=region.spacing[::-1]).max())
+
+
+def _estimate_options(card: ModelCard, options: SamplingOptions, region: Volume, by_repaint: bool) -> SamplingOptions:
+    """The options an inpainting runs with once `inpaint_estimate` is settled: "auto" becomes the posterior
+    mean for thin regions (where fidelity matters more than texture) and a sample otherwise. Models that
+    predict the image or v give the mean's draws in one network call each (their image estimate from pure
+    noise is the posterior mean given the conditions); noise-predicting ones and RePaint need the full walk."""
+    estimate = options.inpaint_estimate
+    if estimate == "auto":
+        estimate = "mean" if region_thickness_mm(region) <= options.small_region_mm else "sample"
+    resolved = copy.copy(options)
+    resolved.inpaint_estimate = estimate
+    if estimate == "mean" and not by_repaint and card.scheduler.prediction_type != "epsilon":
+        resolved.steps, resolved.sampler = 1, "ddim"
+    return resolved
 
 
 def _background(card: ModelCard) -> tuple[int, float] | None:

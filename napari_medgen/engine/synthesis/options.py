@@ -29,6 +29,9 @@ class ProgressEvent:
     notice: str = ""
 
 
+INPAINT_ESTIMATES = ("auto", "sample", "mean")
+
+
 @dataclass
 class SamplingOptions:
     """How to sample: the method, its steps, the seed, guidance, previews and, for inpainting, the box and seam.
@@ -55,6 +58,14 @@ class SamplingOptions:
     # Inpainting: the context processed around the region, and the width of the seam blend inside it.
     context_mm: float = 16.0
     feather_mm: float = 2.0
+    # Inpainting: what fills the region. "sample": one draw from the model (a scan's texture: for inserting or
+    # removing structures); "mean": the posterior mean, the average of `mean_draws` estimates of the image
+    # from pure noise (one network call each for v- and x0-predicting models): the most faithful fill, and
+    # smooth, for repairs; "auto": the mean where the region is at most `small_region_mm` thick (twice its
+    # deepest voxel's distance to the known image), where texture matters less than fidelity; else a sample.
+    inpaint_estimate: str = "auto"
+    mean_draws: int = 4
+    small_region_mm: float = 20.0
     # Inpainting with models that have no known-image inputs (RePaint).
     jump_length: int = 5
     jump_count: int = 4
@@ -74,6 +85,14 @@ class SamplingOptions:
             raise MedgenError(f"guidance_rescale must be between 0 and 1, got {self.guidance_rescale}")
         if self.slice_noise_correlation is not None and not 0.0 <= self.slice_noise_correlation <= 1.0:
             raise MedgenError(f"slice_noise_correlation must be between 0 and 1, got {self.slice_noise_correlation}")
+        if self.inpaint_estimate not in INPAINT_ESTIMATES:
+            raise MedgenError(
+                f"unknown inpainting estimate {self.inpaint_estimate!r}; choose one of {', '.join(INPAINT_ESTIMATES)}"
+            )
+        if not 1 <= self.mean_draws <= 64:
+            raise MedgenError(f"mean_draws must be between 1 and 64, got {self.mean_draws}")
+        if self.small_region_mm < 0:
+            raise MedgenError(f"small_region_mm must be 0 mm or more, got {self.small_region_mm}")
         if self.context_mm < 0 or self.feather_mm < 0:
             raise MedgenError(
                 f"context and feather widths must be 0 mm or more, got {self.context_mm} and {self.feather_mm}"

@@ -28,6 +28,8 @@ def provenance(loaded: LoadedModel, options: SamplingOptions, task: str, variant
             "slice_noise_correlation": options.slice_noise_correlation,
             "seed": options.seed + variant,
             "variant": variant,
+            **({"inpaint_estimate": options.inpaint_estimate} if task == "inpaint" else {}),
+            **({"mean_draws": options.mean_draws} if task == "inpaint" and options.inpaint_estimate == "mean" else {}),
             "inputs_sha256": inputs,
             "device": str(loaded.device),
             "precision": str(loaded.dtype).replace("torch.", ""),

@@ -46,7 +46,8 @@ def run_task(
     schedule = NoiseSchedule(card.scheduler)
     calls_per_unit = _calls_per_unit(options, schedule, problem)
     units = _units(loaded, problem, options)
-    total = calls_per_unit * len(units) * options.variants
+    draws = options.mean_draws if options.inpaint_estimate == "mean" else 1
+    total = calls_per_unit * len(units) * options.variants * draws
     done = 0
     results: list[Volume] = []
     first_device = loaded.device
@@ -54,64 +55,68 @@ def run_task(
     note = ""  # what changed after running out of memory, told in every later event's message
     try:
         for variant in range(options.variants):
-            seed = options.seed + variant
-            estimate = np.full(problem.grid.shape, -1.0, np.float32)  # model grid, normalised
-            if problem.known is not None:
-                estimate[...] = problem.known
-            pending = list(units)
-            while pending:
-                unit = pending.pop(0)
-                start = done
-                message = f"variant {variant + 1}/{options.variants}" + (f"; {note}" if note else "")
-                attempt = _sample_unit(model, problem, unit, options, seed, schedule)
-                out_of_memory = False
-                try:
-                    while True:
-                        try:
-                            step, _, x0 = next(attempt)
-                        except StopIteration as stop:
-                            estimate[unit] = stop.value
-                            break
-                        done += 1
-                        preview = None
-                        if options.preview_every > 0 and (step % options.preview_every == 0):
-                            preview = _preview(task, estimate, unit, x0)
-                        yield ProgressEvent(done, total, variant, message, preview)
-                        del x0, preview
-                except Exception as error:  # only running out of memory is handled; the rest is raised again
-                    if not is_out_of_memory(error):
-                        raise
-                    out_of_memory = True
-                finally:
-                    attempt.close()
-                if not out_of_memory:
-                    continue
-                # Out of memory: the tensors of the failed attempt are gone (the exception and its frames
-                # with it); give their memory back to the device, then try again with less.
-                done = start
-                if model.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                slices = _unit_slices(unit) if card.spatial_dims == 2 else 1
-                if slices > 1:
-                    cap = slices // 2
-                    pending = _split_units([unit] + pending, cap)
-                    units = _split_units(units, cap)
-                    note = f"ran out of memory: {cap} slice{'s' if cap > 1 else ''} per network call"
-                elif model.device.type != "cpu":
-                    lost = model.device
-                    model = cpu_copy(model)
-                    pending.insert(0, unit)
-                    note = f"ran out of {lost.type.upper()} memory: fell back to the CPU (slower)"
-                else:
-                    raise DeviceError(
-                        "ran out of memory on the CPU even with one slice per network call; close other "
-                        "programs, or crop the volume to the region of interest"
-                    ) from None
-                total = done + calls_per_unit * (len(pending) + len(units) * (options.variants - variant - 1))
-                yield ProgressEvent(
-                    done, total, variant, f"variant {variant + 1}/{options.variants}; {note}", notice=note
-                )
-            results.append(task.output_from_crop(problem.to_intensities(estimate, task.input_crop)))
+            mean = None  # the posterior-mean estimate: the average of `draws` draws on the model grid
+            for draw in range(draws):
+                seed = options.seed + variant + draw * options.variants
+                estimate = np.full(problem.grid.shape, -1.0, np.float32)  # model grid, normalised
+                if problem.known is not None:
+                    estimate[...] = problem.known
+                pending = list(units)
+                while pending:
+                    unit = pending.pop(0)
+                    start = done
+                    message = f"variant {variant + 1}/{options.variants}" + (f"; {note}" if note else "")
+                    attempt = _sample_unit(model, problem, unit, options, seed, schedule)
+                    out_of_memory = False
+                    try:
+                        while True:
+                            try:
+                                step, _, x0 = next(attempt)
+                            except StopIteration as stop:
+                                estimate[unit] = stop.value
+                                break
+                            done += 1
+                            preview = None
+                            if options.preview_every > 0 and (step % options.preview_every == 0):
+                                preview = _preview(task, estimate, unit, x0)
+                            yield ProgressEvent(done, total, variant, message, preview)
+                            del x0, preview
+                    except Exception as error:  # only running out of memory is handled; the rest is raised again
+                        if not is_out_of_memory(error):
+                            raise
+                        out_of_memory = True
+                    finally:
+                        attempt.close()
+                    if not out_of_memory:
+                        continue
+                    # Out of memory: the tensors of the failed attempt are gone (the exception and its frames
+                    # with it); give their memory back to the device, then try again with less.
+                    done = start
+                    if model.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    slices = _unit_slices(unit) if card.spatial_dims == 2 else 1
+                    if slices > 1:
+                        cap = slices // 2
+                        pending = _split_units([unit] + pending, cap)
+                        units = _split_units(units, cap)
+                        note = f"ran out of memory: {cap} slice{'s' if cap > 1 else ''} per network call"
+                    elif model.device.type != "cpu":
+                        lost = model.device
+                        model = cpu_copy(model)
+                        pending.insert(0, unit)
+                        note = f"ran out of {lost.type.upper()} memory: fell back to the CPU (slower)"
+                    else:
+                        raise DeviceError(
+                            "ran out of memory on the CPU even with one slice per network call; close other "
+                            "programs, or crop the volume to the region of interest"
+                        ) from None
+                    total = done + calls_per_unit * (
+                        len(pending) + len(units) * ((options.variants - variant) * draws - draw - 1))
+                    yield ProgressEvent(
+                        done, total, variant, f"variant {variant + 1}/{options.variants}; {note}", notice=note
+                    )
+                mean = estimate if mean is None else mean + estimate
+            results.append(task.output_from_crop(problem.to_intensities(mean / draws if draws > 1 else mean, task.input_crop)))
     finally:
         if first_device.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,0 +1,198 @@
+"""Inpainting on brains the model never saw, against scikit-image's `inpaint_biharmonic`, by region size.
+
+    python benchmarks/unseen_inpainting.py [--model brain-t1-demo] [--regions-per-size 2] [--sizes 10 15 20 30] [--smoke]
+
+Brains (only the ICBM152 template was used for training; the others ship inside pip packages):
+- `icbm152`: the training brain at 2 mm with its own tissue labels, regions other than quality.py's;
+- `nibabel_anatomical`: nibabel's test T1 (a 66 x 82 x 50 mm block of a real head at 2 mm, another scanner);
+- `dipy_t1_coronal`: dipy's real coronal T1 slice (skull-stripped, 256 x 256; 1 mm pixels assumed).
+Tissue labels of the unseen brains: 3-class k-means inside the brain, as benchmarks/quality.py makes them.
+
+For every brain and every region diameter, `--regions-per-size` balls (discs on the 2-D slice) are
+placed at random inside the eroded brain, voided and inpainted with the tissue labels as guide: PSNR and
+SSIM inside the region against the truth, beside slice-wise `inpaint_biharmonic` on the same region;
+seam: gradient magnitude on the region's border over the mean inside the brain (the real image: about 1).
+Writes benchmarks/results/unseen_inpainting.json, a PNG panel, and the README's unseen-inpainting table.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_medgen.engine.synthesis import inpaint
+from napari_medgen.engine.volume import Volume
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import drive  # noqa: E402
+from quality import kmeans_tissues, load_for_benchmark, panel  # noqa: E402
+
+SMOKE = {"regions_per_size": 1, "sizes": [10], "steps": 2, "brains": ["icbm152"]}
+NEEDS_TRAINED_MODEL = True
+BRAINS = ("icbm152", "nibabel_anatomical", "dipy_t1_coronal")
+
+
+def load_brain(name: str) -> tuple[Volume, Volume, np.ndarray]:
+    """(image, tissue labels 0..3, brain mask) of one evaluation brain, in (z, y, x) arrays."""
+    if name == "icbm152":
+        t1, labels = common.sample_brain()
+        return t1, labels, labels.array > 0
+    if name == "nibabel_anatomical":
+        import nibabel
+
+        from napari_medgen.engine.io import read_volume
+
+        image = read_volume(Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii")
+        array = image.array.astype(np.float32)
+        brain = array > np.percentile(array, 2)  # the block is all head: drop only the darkest voxels
+    elif name == "dipy_t1_coronal":
+        import dipy
+
+        slice_2d = np.load(Path(dipy.__file__).parent / "data" / "files" / "t1_coronal_slice.npy").astype(np.float32)
+        array = (slice_2d * 1000.0)[None]  # one slice; 1 mm pixels, intensities to a scanner-like range
+        image = Volume(array, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+        brain = array > 0
+    else:
+        raise ValueError(f"unknown brain {name!r}; one of {', '.join(BRAINS)}")
+    from scipy.ndimage import binary_fill_holes
+
+    brain = np.stack([binary_fill_holes(s) for s in brain])
+    labels = kmeans_tissues(image.array.astype(np.float32), brain)
+    return image.with_array(image.array.astype(np.float32), metadata={}), image.with_array(labels, metadata={}), brain
+
+
+def ball(shape: tuple[int, ...], centre: np.ndarray, diameter_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    radius = diameter_mm / 2 / spacing_zyx
+    inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radius))
+    return np.broadcast_to(inside <= 1, shape).copy()
+
+
+def in_plane(operation, mask: np.ndarray, **kwargs) -> np.ndarray:
+    """A binary morphology operation slice by slice (a single slice has no neighbours to erode against)."""
+    return np.stack([operation(s, **kwargs) for s in mask])
+
+
+def evaluate_brain(model, name: str, sizes: list[float], per_size: int, steps: int, seed: int, average: int = 1,
+                   **options) -> dict:
+    from scipy.ndimage import binary_erosion, sobel
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    from skimage.restoration import inpaint_biharmonic
+
+    image, labels, brain = load_brain(name)
+    array = image.array.astype(np.float32)
+    spacing_zyx = np.asarray(image.spacing[::-1], float)
+    if array.shape[0] == 1:
+        spacing_zyx[0] = 1e9  # a disc: no extent across the single slice
+    data_range = float(np.percentile(array[brain], 99.5))
+    rng = np.random.default_rng(seed + 1000)  # other regions than quality.py's
+    rows, panels = [], []
+    grad_all = np.sqrt(sum(sobel(array, axis=a) ** 2 for a in (1, 2)))
+    for diameter_mm in sizes:
+        margin = [max(1, int(np.ceil(diameter_mm / 2 / s))) if s < 1e8 else 0 for s in spacing_zyx]
+        inner = np.zeros_like(brain)
+        inner[tuple(slice(m, n - m if m else None) for m, n in zip(margin, brain.shape))] = True
+        eroded = in_plane(binary_erosion, brain, iterations=2) & inner
+        candidates = np.argwhere(eroded)
+        for k in range(per_size):
+            centre = candidates[int(rng.integers(len(candidates)))]
+            region = ball(array.shape, centre, diameter_mm, spacing_zyx) & brain
+            region_volume = image.with_array(region.astype(np.uint8), metadata={})
+            start = time.perf_counter()
+            results = drive(inpaint(model, image, region_volume, labels, steps=steps, seed=seed + k, preview_every=0,
+                                    variants=average, **options))
+            seconds = time.perf_counter() - start
+            result = results[0]
+            ours = np.mean([r.array.astype(np.float32) for r in results], axis=0)
+            voided = np.where(region, 0, array)
+            classical = array.copy()
+            for z in np.where(region.any((1, 2)))[0]:
+                classical[z] = inpaint_biharmonic(voided[z], region[z])
+            zs = np.where(region.any((1, 2)))[0]
+            ys, xs = np.where(region.any(0))
+            box = (slice(zs[0], zs[-1] + 1), slice(max(0, ys.min() - 8), ys.max() + 9), slice(max(0, xs.min() - 8), xs.max() + 9))
+            truth, mask = array[box], region[box]
+
+            def scores(estimate: np.ndarray) -> tuple[float, float]:
+                psnr = peak_signal_noise_ratio(truth[mask], estimate[box][mask], data_range=data_range)
+                window = 3 if min(truth.shape[1:]) >= 3 else 1
+                ssim_map = np.stack([structural_similarity(truth[z], estimate[box][z], data_range=data_range, full=True,
+                                                           win_size=window)[1] for z in range(truth.shape[0])])
+                return float(psnr), float(ssim_map[mask].mean())
+
+            grad = np.sqrt(sum(sobel(ours, axis=a) ** 2 for a in (1, 2)))
+            border = region & ~in_plane(binary_erosion, region)
+            seam = float(grad[border].mean() / grad_all[brain].mean())
+            psnr, ssim = scores(ours)
+            bh_psnr, bh_ssim = scores(classical)
+            rows.append({"diameter_mm": diameter_mm, "psnr": psnr, "ssim": ssim, "biharmonic_psnr": bh_psnr,
+                         "biharmonic_ssim": bh_ssim, "seam_ratio": seam, "seconds": round(seconds, 2),
+                         "method": result.metadata.get("provenance", {}).get("inpainting_method", "diffusion")})
+            if k == 0:
+                z = int(centre[0])
+                panels.append((f"{name} {diameter_mm:.0f} mm", np.where(region[z], 4, labels.array[z]), ours[z], array[z]))
+    by_size = {}
+    for diameter_mm in sizes:
+        chosen = [r for r in rows if r["diameter_mm"] == diameter_mm]
+        by_size[str(diameter_mm)] = {key: float(np.mean([r[key] for r in chosen]))
+                                     for key in ("psnr", "ssim", "biharmonic_psnr", "biharmonic_ssim", "seam_ratio")}
+    mean = {key: float(np.mean([r[key] for r in rows])) for key in ("psnr", "ssim", "biharmonic_psnr", "biharmonic_ssim", "seam_ratio")}
+    return {"cases": rows, "by_size": by_size, "mean": mean, "panels": panels}
+
+
+def summary_table(report: dict) -> str:
+    sizes = report["sizes"]
+    head = "| brain | ours (all sizes) | biharmonic | " + " | ".join(f"{s:g} mm: ours / biharmonic" for s in sizes) + " | seam |"
+    rows = [head, "|" + "---|" * (4 + len(sizes))]
+    for name, result in report["brains"].items():
+        m = result["mean"]
+        cells = [f"{name}", f"**{m['psnr']:.1f} dB / {m['ssim']:.2f}**", f"{m['biharmonic_psnr']:.1f} dB / {m['biharmonic_ssim']:.2f}"]
+        for s in sizes:
+            b = result["by_size"][str(s)]
+            cells.append(f"{b['psnr']:.1f} / {b['biharmonic_psnr']:.1f} dB, {b['ssim']:.2f} / {b['biharmonic_ssim']:.2f}")
+        cells.append(f"{m['seam_ratio']:.2f}")
+        rows.append("| " + " | ".join(cells) + " |")
+    rows += ["", f"PSNR / SSIM inside the region, {report['regions_per_size']} regions per size and brain, "
+             f"{report['steps']} steps; measured by `python benchmarks/unseen_inpainting.py` on {report['machine']} "
+             f"in {report['seconds']:.0f} s."]
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = common.argument_parser(__doc__)
+    parser.add_argument("--model", default="brain-t1-demo")
+    parser.add_argument("--brains", nargs="+", default=list(BRAINS), choices=BRAINS)
+    parser.add_argument("--sizes", nargs="+", type=float, default=[10, 15, 20, 30])
+    parser.add_argument("--regions-per-size", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    args = common.parse(parser, SMOKE, argv)
+    model = common.benchmark_model()[0] if args.smoke else load_for_benchmark(args.model, None)
+    started = time.perf_counter()
+    report = {"model": model.card.name, "model_version": model.card.version, "weights_sha256": model.weights_sha256,
+              "machine": f"{common.cpu_name()}, device {model.device}", "sizes": args.sizes,
+              "regions_per_size": args.regions_per_size, "steps": args.steps, "brains": {}}
+    panels = []
+    for name in args.brains:
+        result = evaluate_brain(model, name, args.sizes, args.regions_per_size, args.steps, args.seed)
+        panels += result.pop("panels")
+        report["brains"][name] = result
+        m = result["mean"]
+        print(f"{name:20s} ours {m['psnr']:.2f} dB / {m['ssim']:.3f}  biharmonic {m['biharmonic_psnr']:.2f} / "
+              f"{m['biharmonic_ssim']:.3f}  seam {m['seam_ratio']:.2f}", flush=True)
+        for size, b in result["by_size"].items():
+            print(f"    {float(size):4.0f} mm  ours {b['psnr']:.2f} / {b['ssim']:.3f}   biharmonic {b['biharmonic_psnr']:.2f} / "
+                  f"{b['biharmonic_ssim']:.3f}", flush=True)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    common.write_result("unseen_inpainting", report)
+    panel(panels[:6], common.result_path("unseen_inpainting.png"))
+    common.update_readme("unseen-inpainting-table", summary_table(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
