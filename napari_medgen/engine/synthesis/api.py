@@ -183,9 +183,11 @@ def region_thickness_mm(region: Volume) -> float:
     inpainting must reach from the known image (a 10 mm ball: about 10; a long 4 mm stripe: about 4)."""
     from scipy.ndimage import distance_transform_edt
 
-    inside = np.pad(np.asarray(region.array) > 0, 1)  # the volume's edge counts as known
+    inside = np.asarray(region.array) > 0  # nothing is known beyond the volume's edge
+    if inside.all():
+        return float("inf")
     if region.ndim == 3 and region.shape[0] == 1:  # one slice: distances within it
-        return 2.0 * float(distance_transform_edt(inside[1], sampling=region.spacing[1::-1]).max())
+        return 2.0 * float(distance_transform_edt(inside[0], sampling=region.spacing[1::-1]).max())
     return 2.0 * float(distance_transform_edt(inside, sampling=region.spacing[::-1]).max())
 
 
