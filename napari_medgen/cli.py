@@ -95,6 +95,10 @@ def _inpaint_arguments(inp: argparse.ArgumentParser) -> None:
     inp.add_argument("--out", required=True, type=Path, help="output file (.nii.gz, .mha, .nrrd)")
     inp.add_argument("--context-mm", type=float, default=default.context_mm, help="context margin around the region, in mm")
     inp.add_argument("--feather-mm", type=float, default=default.feather_mm, help="width of the seam blend inside the region, in mm")
+    inp.add_argument("--inpaint-estimate", choices=("auto", "sample", "mean"), default=default.inpaint_estimate,
+                     help="what fills the region: a draw from the model (sample: a scan's texture), the posterior mean "
+                     "(mean: the most faithful fill, smooth), or auto: the mean where the region is at most "
+                     f"{default.small_region_mm:g} mm thick")
     inp.add_argument("--jump-length", type=int, default=default.jump_length, help="RePaint jump length (models without inpainting inputs)")
     inp.add_argument("--jump-count", type=int, default=default.jump_count, help="RePaint resampling count")
     _sampling_arguments(inp)
@@ -308,7 +312,7 @@ def _sampling_options(args: argparse.Namespace) -> Any:
         preview_every=0,  # nobody looks at previews on the command line
         **(
             {"jump_length": args.jump_length, "jump_count": args.jump_count, "context_mm": args.context_mm,
-             "feather_mm": args.feather_mm}
+             "feather_mm": args.feather_mm, "inpaint_estimate": args.inpaint_estimate}
             if hasattr(args, "jump_length") else {}
         ),
     )

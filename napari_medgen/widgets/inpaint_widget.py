@@ -42,13 +42,18 @@ class InpaintWidget(RunButtons, Container):
         self.anatomy = ComboBox(label="anatomy (optional)", choices=optional_layer_choices(viewer, Labels))
         self.context_mm = FloatSpinBox(label="context (mm)", value=defaults.context_mm, min=0.0, max=200.0)
         self.feather_mm = FloatSpinBox(label="seam feather (mm)", value=defaults.feather_mm, min=0.0, max=50.0)
+        # What fills the region: a draw (a scan's texture), the posterior mean (faithful, smooth), or auto.
+        self.estimate = ComboBox(label="fill", value=defaults.inpaint_estimate,
+                                 choices=[("auto (mean if thin)", "auto"), ("sample (texture)", "sample"),
+                                          ("mean (most faithful)", "mean")])
         self.in_place = CheckBox(text="replace the image in place (undoable)", value=False)
         self.sampling = SamplingControls(self.session, variants=False)
         self._init_run_buttons(viewer, "Inpaint")
         self.undo_button = PushButton(text="Undo in-place inpaint", enabled=False)
         Container.__init__(
             self,
-            widgets=[self.image, self.region, self.anatomy, self.context_mm, self.feather_mm, self.in_place, self.sampling,
+            widgets=[self.image, self.region, self.anatomy, self.context_mm, self.feather_mm, self.estimate, self.in_place,
+                     self.sampling,
                      self.run_button, self.cancel_button, self.undo_button, self.status]
         )
         self.run_button.changed.connect(self.start)
@@ -80,7 +85,8 @@ class InpaintWidget(RunButtons, Container):
             return None
         try:
             image_layer, image, region, labels = self._inputs()
-            options = self.sampling.options(context_mm=self.context_mm.value, feather_mm=self.feather_mm.value)
+            options = self.sampling.options(context_mm=self.context_mm.value, feather_mm=self.feather_mm.value,
+                                            inpaint_estimate=self.estimate.value)
             run = inpaint(model, image, region, labels, options)
         except MedgenError as error:
             messages.notify("warning", f"Inpaint: {error}")
