@@ -276,11 +276,16 @@ def main(argv: list[str] | None = None) -> dict:
                   + ", ".join(f"{n} {np.mean([d['mean'] for d in v]):.3f}" for n, v in scores[arm].items()), file=sys.stderr, flush=True)
     table = {}
     for arm in ARMS:
-        deformed = [d for name, runs in scores[arm].items() if name.startswith("deformed") for d in runs]
-        row = {"deformed_t1": {k: round(float(np.mean([d[k] for d in deformed])), 4) for k in (*TISSUES.values(), "mean")}}
-        if "nibabel_anatomical" in scores[arm]:
-            runs = scores[arm]["nibabel_anatomical"]
-            row["nibabel_anatomical"] = {k: round(float(np.mean([d[k] for d in runs])), 4) for k in (*TISSUES.values(), "mean")}
+        row: dict = {}
+        for test in ("deformed_t1", "nibabel_anatomical"):
+            names = [name for name in scores[arm] if name.startswith(test)]
+            if not names:
+                continue
+            runs = [d for name in names for d in scores[arm][name]]
+            row[test] = {k: round(float(np.mean([d[k] for d in runs])), 4) for k in (*TISSUES.values(), "mean")}
+            # The spread between training seeds (each seed's mean over the test volumes).
+            per_seed = [float(np.mean([scores[arm][name][seed]["mean"] for name in names])) for seed in range(args.seeds)]
+            row[test]["mean_sd_over_seeds"] = round(float(np.std(per_seed, ddof=1)), 4) if len(per_seed) > 1 else None
         row["train_seconds"] = train_seconds[arm]
         table[arm] = row
     picture(volumes, (np.asarray(t1.array, np.float32), labels.array), common.result_path("synthetic_training_cases.png"))
@@ -310,14 +315,17 @@ def readme_table(result: dict) -> str:
         cells = []
         for test in ("deformed_t1", "nibabel_anatomical"):
             d = row.get(test)
-            cells.append(f"{d['CSF']:.3f} / {d['GM']:.3f} / {d['WM']:.3f} (**{d['mean']:.3f}**)" if d else "-")
+            spread = f" ± {d['mean_sd_over_seeds']:.3f}" if d and d.get("mean_sd_over_seeds") is not None else ""
+            cells.append(f"{d['CSF']:.3f} / {d['GM']:.3f} / {d['WM']:.3f} (**{d['mean']:.3f}**{spread})" if d else "-")
         rows.append(f"| {arm} | {cells[0]} | {cells[1]} |")
     s = result["synthesis"]
     t = result["training"]
     rows.append("")
-    rows.append(f"{s['cases']} synthetic cases ({s['augment']}, {s['sampler']} {s['steps']} steps, {s['where']}); "
+    made = s["where"] if s["made_now"] else "made earlier by `napari-medgen batch` into --data and reused"
+    rows.append(f"{s['cases']} synthetic cases of brain-t1-demo ({s['augment']}, {s['sampler']} {s['steps']} steps, {made}); "
                 f"{t['slices']['real']} real and {t['slices']['synthetic']} synthetic training slices; {t['steps']} steps of "
-                f"batch {t['batch_size']}, {t['seeds']} seed(s). Machine: {common.machine_line(result['machine'])}.")
+                f"batch {t['batch_size']}, {t['seeds']} training seed(s) (± is their standard deviation). "
+                f"Machine: {common.machine_line(result['machine'])}.")
     return "\n".join(rows)
 
 
