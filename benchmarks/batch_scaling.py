@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def readme_table(result: dict) -> str:
-    rows = ["| Run | Torch threads per process | Wall time | Cases per minute | Seconds per case in its process "
-            "(the first includes the model load) | Wall time beyond the cases' own work |",
+    rows = [("| Run | Torch threads per process | Wall time | Cases per minute | Seconds per case in its process "
+             "(the first includes the model load) | Wall time beyond the cases' own work |"),
             "|---|---|---|---|---|---|"]
     for row in result["rows"]:
         name = {0: "plain loop in one process", 1: "LocalCluster, 1 worker", 2: "LocalCluster, 2 workers"}[row["workers"]]
@@ -119,8 +119,8 @@ def readme_table(result: dict) -> str:
 def table_row(result: dict) -> tuple[str, str, str, str]:
     rows = {r["workers"]: r for r in result["rows"]}
     figure = (f"loop {rows[0]['cases_per_minute']:.2f}, 1 worker {rows[1]['cases_per_minute']:.2f}"
-              + (f", 2 workers {rows[2]['cases_per_minute']:.2f}" if 2 in rows else "") + " cases/min; "
-              f"overhead {100 * result['distributed_overhead_1_worker']:.0f} %")
+              + (f", 2 workers {rows[2]['cases_per_minute']:.2f}" if 2 in rows else "")
+              + f" cases/min; overhead {100 * result['distributed_overhead_1_worker']:.0f} %")
     return ("Batch synthesis throughput", figure, "-", "n/a")
 
 

@@ -126,7 +126,7 @@ def _elastic(volume: Volume, options: AugmentOptions, rng: np.random.Generator, 
     affine.SetMatrix(tuple((_rotation(np.deg2rad(angles), ndim) / scale).ravel()))  # maps output points to input
     # The B-spline's mesh covers the grid's physical extent with about control_spacing_mm between nodes.
     extent = np.asarray(volume.shape[::-1]) * np.asarray(volume.spacing)
-    mesh = [max(1, int(round(e / options.control_spacing_mm))) for e in extent]
+    mesh = [max(1, round(float(e) / options.control_spacing_mm)) for e in extent]
     bspline = sitk.BSplineTransformInitializer(image, mesh, order=3)
     sigma = float(rng.uniform(*options.displacement_mm))
     count = len(bspline.GetParameters())

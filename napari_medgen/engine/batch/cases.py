@@ -125,9 +125,9 @@ def make_case(
     failure nothing of the case is left in the data set. `torch_threads` sets this process's torch threads
     first (workers that share a machine split its cores).
     """
-    from ..synthesis import generate
-
     import torch
+
+    from ..synthesis import generate
 
     start = time.perf_counter()
     out_dir = Path(out_dir)

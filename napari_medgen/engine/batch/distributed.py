@@ -353,11 +353,9 @@ def _cluster(out_dir: Path, sources: list[tuple[str, Volume]], specs: list[CaseS
     finally:
         unfinished = [f for f in futures if f.status not in ("finished", "error")]
         if unfinished:
-            try:
+            with contextlib.suppress(Exception):  # the cluster may be gone already
                 Event(stop.name, client=client).set()  # running cases stop before their next network call
                 client.cancel(unfinished, force=True)
-            except Exception:  # noqa: BLE001 - the cluster may be gone already
-                pass
         if own_client is not None:
             own_client.close()
         if cluster is not None:
