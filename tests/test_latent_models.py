@@ -238,7 +238,7 @@ def test_napari_generate_widget_paints_ct(maisi_model, make_napari_viewer, qtbot
     ModelSession.of(viewer).set_model(maisi_model)
     _, widget = viewer.window.add_plugin_dock_widget("napari-medgen", "Generate")
     widget.label_layer.value = labels_layer
-    widget.scope.value = "whole volume"
+    assert widget.scope.value == "whole volume"  # a 3-D model makes the whole volume, not one padded slice
     widget.sampling.steps.value = 2
     widget.start()
     qtbot.waitUntil(lambda: widget.current_run is not None and not widget.current_run.running, timeout=120000)
@@ -248,6 +248,9 @@ def test_napari_generate_widget_paints_ct(maisi_model, make_napari_viewer, qtbot
     np.testing.assert_allclose(result.translate, labels_layer.translate)
     np.testing.assert_allclose(result.affine.affine_matrix, labels_layer.affine.affine_matrix)
     assert list(result.contrast_limits) == [-160.0, 240.0]
+    from napari_medgen.widgets.generate_widget import preview_contrast
+
+    assert preview_contrast(maisi_model.card) == [-160.0, 240.0]  # the preview in the same CT window
     assert any("body label" in n for n in result.metadata["provenance"]["notices"])
 
 

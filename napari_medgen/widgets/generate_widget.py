@@ -37,6 +37,13 @@ class GenerateWidget(RunButtons, Container):
             widgets=[self.label_layer, self.scope, self.sampling, self.run_button, self.cancel_button, self.status],
         )
         self.run_button.changed.connect(self.start)
+        self.session.changed.connect(self._suit_model)
+        self._suit_model(self.session.model)
+
+    def _suit_model(self, model) -> None:
+        """A 3-D model makes the whole volume at once (one slice would be only padding around it)."""
+        if model is not None and model.card.spatial_dims == 3:
+            self.scope.value = "whole volume"
 
     def start(self) -> EngineRun | None:
         """Start generating from the chosen label map; a wrong input is a notification and changes nothing."""
@@ -54,7 +61,7 @@ class GenerateWidget(RunButtons, Container):
             label_map = napari_layer_to_volume(layer)
             label_map = label_map.with_array(label_map.array.copy())  # painting may go on during the run
             slice_range = None
-            if self.scope.value == "current slice" and label_map.ndim == 3:
+            if self.scope.value == "current slice" and label_map.ndim == 3 and model.card.spatial_dims == 2:
                 k = current_slice(self._viewer, layer)
                 slice_range = (k, k + 1)
             options = self.sampling.options()
@@ -69,8 +76,17 @@ class GenerateWidget(RunButtons, Container):
                 name = f"{source} | {model.name} | seed {volume.metadata['provenance']['seed']}"
                 add_result_layer(self._viewer, volume, name)
 
-        norm = model.card.normalization
         return self.launch(
             run, f"Generate ({model.name}, seed {seed})", on_result,
-            output_template(label_map, slice_range), [norm.output_min, norm.output_max],
+            output_template(label_map, slice_range), preview_contrast(model.card),
         )
+
+
+def preview_contrast(card) -> list[float]:
+    """The preview's contrast: a CT model's display window in HU, else the card's output range."""
+    norm = card.normalization
+    if card.modality == "CT" and norm.kind == "ct_window":
+        from ..engine.synthesis.latent import CT_DISPLAY_WINDOW
+
+        return [float(v) for v in CT_DISPLAY_WINDOW]
+    return [norm.output_min, norm.output_max]
