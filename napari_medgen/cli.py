@@ -58,8 +58,8 @@ def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
     default = SamplingOptions()
 
     parser.add_argument("--model", default=None, help="model name or folder (default: the shipped demo model)")
-    parser.add_argument("--steps", type=int, default=default.steps, help="sampling steps (network calls per slice batch)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default=default.sampler, help="sampling method")
+    parser.add_argument("--steps", type=int, default=default.steps, help="sampling steps (network calls per slice batch; default: the model card's, else 20)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=default.sampler, help="sampling method (default: the model card's, else ddim)")
     parser.add_argument("--eta", type=float, default=default.eta, help="DDIM noise (0 = deterministic)")
     parser.add_argument("--seed", type=int, default=default.seed, help="random seed; variant k uses seed + k")
     parser.add_argument("--guidance", type=float, default=None,
