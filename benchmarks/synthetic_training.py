@@ -318,6 +318,12 @@ def readme_table(result: dict) -> str:
             spread = f" ± {d['mean_sd_over_seeds']:.3f}" if d and d.get("mean_sd_over_seeds") is not None else ""
             cells.append(f"{d['CSF']:.3f} / {d['GM']:.3f} / {d['WM']:.3f} (**{d['mean']:.3f}**{spread})" if d else "-")
         rows.append(f"| {arm} | {cells[0]} | {cells[1]} |")
+    gains = paired_gains(result)
+    for test, title in (("deformed_t1", "deformed real T1"), ("nibabel_anatomical", "nibabel's T1")):
+        if test in gains:
+            rows.append("")
+            rows.append(f"Gain over real-only training on {title}, same training seed (mean ± sd over seeds): " + "; ".join(
+                f"{arm} {g[0]:+.3f} ± {g[1]:.3f}" for arm, g in gains[test].items()))
     s = result["synthesis"]
     t = result["training"]
     rows.append("")
@@ -327,6 +333,25 @@ def readme_table(result: dict) -> str:
                 f"batch {t['batch_size']}, {t['seeds']} training seed(s) (± is their standard deviation). "
                 f"Machine: {common.machine_line(result['machine'])}.")
     return "\n".join(rows)
+
+
+def paired_gains(result: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per test set and arm: the mean Dice gain over `real` of the run with the same training seed (mean, sd, seeds)."""
+    gains: dict[str, dict[str, tuple[float, float, int]]] = {}
+    scores = result["per_test"]
+    for test in ("deformed_t1", "nibabel_anatomical"):
+        names = [name for name in scores["real"] if name.startswith(test)]
+        if not names:
+            continue
+        seeds = len(scores["real"][names[0]])
+        per_seed = {arm: [float(np.mean([scores[arm][n][k]["mean"] for n in names])) for k in range(seeds)] for arm in scores}
+        for arm in scores:
+            if arm == "real":
+                continue
+            diffs = np.asarray(per_seed[arm]) - np.asarray(per_seed["real"])
+            spread = float(np.std(diffs, ddof=1)) if seeds > 1 else float("nan")
+            gains.setdefault(test, {})[arm] = (float(diffs.mean()), spread, seeds)
+    return gains
 
 
 def table_row(result: dict) -> tuple[str, str, str, str]:
