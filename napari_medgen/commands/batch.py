@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="data set folder (imagesTr, labelsTr, dataset.json)")
     parser.add_argument("--cases", required=True, type=int, help="number of cases")
     parser.add_argument("--model", default=None, help="model name or folder (default: the shipped demo model)")
-    parser.add_argument("--steps", type=int, default=default.steps, help="sampling steps per case")
-    parser.add_argument("--sampler", choices=SAMPLERS, default=default.sampler, help="sampling method")
+    parser.add_argument("--steps", type=int, default=default.steps, help="sampling steps per case (default: the model card's, else 20)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=default.sampler, help="sampling method (default: the model card's, else ddim)")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (default: the card's)")
     parser.add_argument("--seed", type=int, default=0, help="case k uses seed + k (augmentation and noise)")
     parser.add_argument("--augment", default="elastic,flip",
