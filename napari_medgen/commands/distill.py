@@ -17,7 +17,7 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..engine.training.distill import DistillationConfig
+    from ..engine.training.distill_config import DistillationConfig
 
     default = DistillationConfig()
     parser.add_argument("--teacher", required=True, help="the trained model to distil (name or folder)")

@@ -28,7 +28,7 @@ import itertools
 import datetime as _dt
 import time
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -43,37 +43,13 @@ from ..model.loading import LoadedModel
 from ..model.weights import save_model
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .data import TrainingBatches, load_training_slices
+from .distill_config import DistillationConfig
 from .loop import CHECKPOINT_DIR, TrainingConfig, TrainingEvent, _loss_curve
 from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule
 
 METHOD = "progressive distillation step (Salimans & Ho 2022), one stage: DDIM teacher substeps -> one DDIM student step"
 # Batch settings taken from the teacher's own training (its card's provenance) unless the config sets them.
 _BATCH_SETTINGS = ("crop_size", "generation_fraction", "region_mm", "paste_fraction", "paste_mm")
-
-
-@dataclass
-class DistillationConfig:
-    """How a student is distilled (the teacher's card says what the model is)."""
-
-    student_steps: int = 4  # the student's DDIM steps (network calls per sample)
-    substeps: int = 6  # teacher DDIM steps per student step (4 x 6: about the teacher's 20-step path)
-    guidance: float | None = None  # folded into the student; None: the teacher card's default_guidance
-    steps: int = 2000  # student updates
-    batch_size: int = 12
-    learning_rate: float = 5e-5  # the student starts from the teacher's weights: a gentle rate
-    warmup_steps: int = 50
-    final_lr_fraction: float = 0.1
-    ema_decay: float = 0.995
-    # Batches as in the teacher's training; None: the teacher's own setting (its card's provenance).
-    crop_size: int | None = None
-    generation_fraction: float | None = None
-    region_mm: tuple[float, float] | None = None
-    paste_fraction: float | None = None
-    paste_mm: tuple[float, float] | None = None
-    checkpoint_every: int = 100
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
 
 
 def student_intervals(schedule: NoiseSchedule, student_steps: int, substeps: int) -> list[list[int]]:
