@@ -192,16 +192,18 @@ def region_thickness_mm(region: Volume) -> float:
 
 
 def _estimate_options(card: ModelCard, options: SamplingOptions, region: Volume, by_repaint: bool) -> SamplingOptions:
-    """The options an inpainting runs with once `inpaint_estimate` is settled: "auto" becomes the posterior
-    mean for thin regions (where fidelity matters more than texture) and a sample otherwise. Models that
-    predict the image or v give the mean's draws in one network call each (their image estimate from pure
-    noise is the posterior mean given the conditions); noise-predicting ones and RePaint need the full walk."""
+    """The options an inpainting runs with once `inpaint_estimate` is settled. Models that predict the image
+    or v give the mean's draws in one network call each (their image estimate from pure noise is the posterior
+    mean given the conditions); noise-predicting ones and RePaint need the whole walk per draw, so "auto"
+    takes the mean (for thin regions, where fidelity matters more than texture) only where it is cheap."""
+    one_call = not by_repaint and card.scheduler.prediction_type != "epsilon"
     estimate = options.inpaint_estimate
     if estimate == "auto":
-        estimate = "mean" if region_thickness_mm(region) <= options.small_region_mm else "sample"
+        thin = one_call and region_thickness_mm(region) <= options.small_region_mm
+        estimate = "mean" if thin else "sample"
     resolved = copy.copy(options)
     resolved.inpaint_estimate = estimate
-    if estimate == "mean" and not by_repaint and card.scheduler.prediction_type != "epsilon":
+    if estimate == "mean" and one_call:
         resolved.steps, resolved.sampler = 1, "ddim"
     return resolved
 

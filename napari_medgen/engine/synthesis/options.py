@@ -62,7 +62,8 @@ class SamplingOptions:
     # removing structures); "mean": the posterior mean, the average of `mean_draws` estimates of the image
     # from pure noise (one network call each for v- and x0-predicting models): the most faithful fill, and
     # smooth, for repairs; "auto": the mean where the region is at most `small_region_mm` thick (twice its
-    # deepest voxel's distance to the known image), where texture matters less than fidelity; else a sample.
+    # deepest voxel's distance to the known image), where texture matters less than fidelity, for models
+    # whose draws cost one call each (v- or x0-prediction); else a sample.
     inpaint_estimate: str = "auto"
     mean_draws: int = 4
     small_region_mm: float = 20.0
