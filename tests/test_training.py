@@ -62,6 +62,8 @@ def test_train_writes_loadable_model_card_and_curve(flat_dataset, tmp_path, tiny
     assert saved["provenance"]["training_data"] == "two slabs"
     assert saved["provenance"]["training"]["steps"] == 3
     assert saved["provenance"]["training_slices"]["slices"] == 6
+    levels = saved["normalization"]["label_levels"]  # the learned tissue levels inpainting harmonises to
+    assert -1.0 < levels["1"] < levels["2"] < levels["3"] <= 1.0  # T1: CSF darker than grey, grey than white
     model = load_model(out, device="cpu")
     label_map = read_volume(flat_dataset / "a_label.nii.gz")
     result, _ = _drive(generate(model, label_map, steps=2))

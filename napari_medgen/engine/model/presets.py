@@ -14,7 +14,7 @@ def brain_t1_demo_card() -> ModelCard:
     return ModelCard.model_validate(
         {
             "name": "brain-t1-demo",
-            "version": "1.2.0",
+            "version": "1.3.0",
             "description": "Slice-wise T1 brain MRI generator and inpainter conditioned on CSF / grey / white "
             "matter labels and slice position; trained on the ICBM152 2009 template at 2 mm.",
             "license": "BSD-3-Clause (weights); training data: ICBM152 2009 licence, see resources/sample",

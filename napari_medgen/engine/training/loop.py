@@ -33,6 +33,7 @@ from ..model.device import resolve_device
 from ..model.networks import build_networks
 from ..model.weights import save_model
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from ..intensity import label_levels
 from .data import TrainingBatches, load_training_slices
 from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule
 
@@ -124,6 +125,8 @@ def train(
     card.conditioning.condition_dropout = config.condition_dropout
     device = resolve_device(config.device)
     data = load_training_slices(card, pairs)
+    if card.normalization.kind == "mri_percentile":  # each tissue's learned level: inpainting harmonises to it
+        card.normalization.label_levels = label_levels(data.images, data.labels, card.normalization.background_label)
     # The card records the frame the network saw in training: inpainting never hands it a smaller one.
     divisor = card.downsampling_factor
     padded = [int(math.ceil(size / divisor) * divisor) for size in data.images.shape[1:]]
