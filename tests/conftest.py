@@ -24,6 +24,17 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_kept():
+    """Each test leaves torch's thread count as it found it: a command run in-process with --threads (distill,
+    a benchmark) would otherwise change the float rounding of later tests that compare against a subprocess."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    if before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def oblique_volume() -> Volume:
     """A float volume with anisotropic spacing, an off-centre origin and an oblique direction."""
