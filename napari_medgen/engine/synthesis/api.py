@@ -30,7 +30,6 @@ from .model_grid import (
     as_2d,
     as_3d,
     crop,
-    feather_weights,
     problem_on_model_grid,
     region_box,
     region_on_image,
@@ -137,17 +136,7 @@ def inpaint(
     inputs = {"image": image.content_hash(), "region": region_hash}
     if label_map is not None:
         inputs["label_map"] = label_map.content_hash()
-    task = InpaintTask(
-        name="inpaint",
-        problem=problem,
-        input_crop=image_crop,
-        inputs_sha256=inputs,
-        image=image,
-        region=region,
-        canonical_image=image3.with_array(np.asarray(image3.array, dtype=np.float32), metadata={}),
-        box=box,
-        seam_weight=feather_weights(region_crop.array > 0, image_crop.spacing, options.feather_mm),
-    )
+    task = InpaintTask.on_crop(problem, image, region, image3, box, image_crop, region_crop, inputs, options.feather_mm)
     return run_task(loaded, task, options)
 
 

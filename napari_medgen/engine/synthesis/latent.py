@@ -36,7 +36,6 @@ from .body_envelope import add_body_envelope
 from .model_grid import (
     ModelGridProblem,
     crop,
-    feather_weights,
     problem_on_model_grid,
     region_box,
     region_on_image,
@@ -125,17 +124,7 @@ def inpaint_latent(
     labels_crop = crop(labels3, box) if labels3 is not None else None
     intensity = intensity_map_for(card.normalization, np.asarray(image.array, dtype=np.float32))
     problem = _problem(card, image_crop, labels_crop, image_crop, region_crop, intensity)
-    task = InpaintTask(
-        name="inpaint",
-        problem=problem,
-        input_crop=image_crop,
-        inputs_sha256=inputs,
-        image=image,
-        region=region,
-        canonical_image=image3.with_array(np.asarray(image3.array, dtype=np.float32), metadata={}),
-        box=box,
-        seam_weight=feather_weights(region_crop.array > 0, image_crop.spacing, options.feather_mm),
-    )
+    task = InpaintTask.on_crop(problem, image, region, image3, box, image_crop, region_crop, inputs, options.feather_mm)
     return _run(loaded, task, options, notices)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..volume import Volume
-from .model_grid import ModelGridProblem, as_2d, back_to_source
+from .model_grid import ModelGridProblem, as_2d, back_to_source, feather_weights
 
 
 @dataclass
@@ -54,6 +54,24 @@ class InpaintTask(SynthesisTask):
     canonical_image: Volume  # float32
     box: tuple[slice, ...]  # the input crop within the canonical image
     seam_weight: np.ndarray  # on the crop: 1 deep inside the region, 0 outside
+
+    @classmethod
+    def on_crop(
+        cls, problem: ModelGridProblem, image: Volume, region: Volume, image3: Volume, box: tuple[slice, ...],
+        image_crop: Volume, region_crop: Volume, inputs: dict[str, str], feather_mm: float,
+    ) -> InpaintTask:
+        """The task of inpainting `region` of `image` through the crop `box` of its canonical form `image3`."""
+        return cls(
+            name="inpaint",
+            problem=problem,
+            input_crop=image_crop,
+            inputs_sha256=inputs,
+            image=image,
+            region=region,
+            canonical_image=image3.with_array(np.asarray(image3.array, dtype=np.float32), metadata={}),
+            box=box,
+            seam_weight=feather_weights(region_crop.array > 0, image_crop.spacing, feather_mm),
+        )
 
     def output_from_crop(self, on_crop: Volume) -> Volume:
         blended = self.canonical_image.array.copy()
