@@ -49,8 +49,11 @@ def client():
     distributed = pytest.importorskip("distributed")
     import logging
 
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                       silence_logs=logging.ERROR)
+    from napari_medgen.engine.batch.distributed import environment_kept
+
+    with environment_kept():  # later tests' subprocesses must not inherit the nanny's one-thread settings
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                           silence_logs=logging.ERROR)
     with distributed.Client(cluster) as dask_client:
         yield dask_client
     cluster.close()
@@ -217,3 +220,24 @@ def test_command_line_plain_loop_jsonl(tiny_model_folder, tmp_path, capsys):
     assert events[-2]["skipped"] == 2 and events[-2]["done"] == 0
     assert main([*argv[:5], "--cases", "0", *argv[7:]]) == 1  # refused before anything runs
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_a_local_cluster_leaves_the_callers_environment_as_it_was(tmp_path):
+    """distributed's nanny sets OMP_NUM_THREADS=1 (and more) in the process that starts it; a notebook's or a
+    test's later subprocesses would then run on one thread."""
+    pytest.importorskip("distributed")
+    import logging
+    import os
+
+    import distributed
+
+    from napari_medgen.engine.batch.distributed import environment_kept
+
+    before = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    with environment_kept():
+        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                           silence_logs=logging.ERROR)
+    try:
+        assert {name: os.environ.get(name) for name in before} == before
+    finally:
+        cluster.close()

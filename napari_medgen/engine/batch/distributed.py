@@ -91,6 +91,25 @@ def plan_cases(sources: Sequence[tuple[str, Volume]], cases: int, seed: int = 0,
     ]
 
 
+# distributed's nanny writes these into this process's environment before it spawns a worker and leaves them
+# there: every later subprocess of the caller (a notebook's, a test's) would run with one BLAS thread.
+_SPAWN_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
+
+@contextlib.contextmanager
+def environment_kept() -> Iterator[None]:
+    """The caller's environment as it was after starting a LocalCluster (its workers keep their own)."""
+    saved = {name: os.environ.get(name) for name in _SPAWN_ENVIRONMENT}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _read_sources(label_maps: Sequence[Volume | str | os.PathLike[str]]) -> list[tuple[str, Volume]]:
     from ..io import read_volume
 
@@ -324,8 +343,9 @@ def _cluster(out_dir: Path, sources: list[tuple[str, Volume]], specs: list[CaseS
             summary.where = f"the dask cluster at {scheduler}"
         else:
             workers = max(1, workers)
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                   silence_logs=logging.ERROR)
+            with environment_kept():
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                       silence_logs=logging.ERROR)
             own_client = Client(cluster)
             summary.where = f"a LocalCluster of {workers} worker process{'es' if workers > 1 else ''}"
         client = own_client
