@@ -45,7 +45,7 @@ from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .data import TrainingBatches, load_training_slices
 from .distill_config import DistillationConfig
 from .loop import CHECKPOINT_DIR, TrainingConfig, TrainingEvent, _loss_curve
-from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule
+from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule, update
 
 METHOD = "progressive distillation step (Salimans & Ho 2022), one stage: DDIM teacher substeps -> one DDIM student step"
 # Batch settings taken from the teacher's own training (its card's provenance) unless the config sets them.
@@ -252,13 +252,7 @@ def distill(
         prediction = network(torch.cat([x_t, conditioning], 1), t).float()
         per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3))
         loss = per_sample.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-        optimizer.step()
-        lr_schedule.step()
-        ema.update_parameters(network)
-        losses.append(loss.item())
+        losses.append(update(loss, network, optimizer, lr_schedule, ema))
         for i, value in zip(which.tolist(), per_sample.detach().tolist(), strict=True):
             interval_losses[i].append(value)
         done = step + 1

@@ -35,7 +35,7 @@ from ..model.weights import save_model
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from ..intensity import label_levels
 from .data import TrainingBatches, load_training_slices
-from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule
+from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule, update
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -170,13 +170,7 @@ def train(
         target = schedule.training_target(clean, noise, t)
         prediction = network(torch.cat([noisy, conditioning], 1), t.to(device))
         loss = torch.nn.functional.mse_loss(prediction.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-        optimizer.step()
-        lr_schedule.step()
-        ema.update_parameters(network)
-        losses.append(loss.item())
+        losses.append(update(loss, network, optimizer, lr_schedule, ema))
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
             elapsed = time.perf_counter() - started

@@ -24,6 +24,19 @@ def build_optimizer(network: torch.nn.Module, config: TrainingConfig) -> torch.o
     return torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
 
 
+def update(loss: torch.Tensor, network: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_schedule: LRScheduler,
+           ema: Any) -> float:
+    """One optimiser update, as training and distillation both make it: gradients clipped to norm 1, the
+    learning-rate schedule stepped, the weights' moving average (what ships) updated. Returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+    optimizer.step()
+    lr_schedule.step()
+    ema.update_parameters(network)
+    return loss.item()
+
+
 def build_lr_schedule(optimizer: torch.optim.Optimizer, config: TrainingConfig, start_step: int = 0) -> LRScheduler:
     """The warm-up + cosine schedule of `config`, set to the rate of step `start_step`."""
     for group in optimizer.param_groups:
