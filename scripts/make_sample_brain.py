@@ -37,12 +37,13 @@ def template_dir() -> Path:
     return Path(nilearn.datasets.__file__).parent / "data"
 
 
-def resample_to_spacing(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """Linear resampling onto a grid of `spacing_mm` covering the same physical extent."""
+def resample_to_spacing(image: sitk.Image, spacing_mm: float, shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> sitk.Image:
+    """Linear resampling onto a grid of `spacing_mm` covering the same physical extent, moved by `shift_mm`
+    along the image's axes (sub-voxel shifts give other, equally true, partial-volume samplings)."""
     size = [int(round(n * s / spacing_mm)) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
     # Keep the grid centred on the original extent.
     extent = np.array(image.GetSize()) * np.array(image.GetSpacing())
-    shift = (extent - np.array(size) * spacing_mm) / 2 + (spacing_mm - np.array(image.GetSpacing())) / 2
+    shift = (extent - np.array(size) * spacing_mm) / 2 + (spacing_mm - np.array(image.GetSpacing())) / 2 + np.asarray(shift_mm)
     origin = np.array(image.GetOrigin()) + np.array(image.GetDirection()).reshape(3, 3) @ shift
     return sitk.Resample(
         sitk.Cast(image, sitk.sitkFloat32),
@@ -57,10 +58,11 @@ def resample_to_spacing(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     )
 
 
-def main() -> None:
+def template_pair(spacing_mm: float = SPACING_MM, shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> tuple[Volume, Volume]:
+    """The template's T1 (brain only, 0-1000) and its tissue labels on a `spacing_mm` grid moved by `shift_mm`."""
     data = template_dir()
     read = lambda name: resample_to_spacing(  # noqa: E731
-        sitk.ReadImage(str(data / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz")), SPACING_MM
+        sitk.ReadImage(str(data / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz")), spacing_mm, shift_mm
     )
     t1_image, gm_image, wm_image = read("t1"), read("gm"), read("wm")
     t1 = sitk.GetArrayFromImage(t1_image)
@@ -73,22 +75,22 @@ def main() -> None:
     t1_scaled[~brain] = 0
 
     geometry = dict(spacing=t1_image.GetSpacing(), origin=t1_image.GetOrigin(), direction=t1_image.GetDirection())
-    source = "ICBM152 2009a symmetric template (nilearn copy), resampled to 2 mm; see LICENSE-ICBM152.txt"
+    source = f"ICBM152 2009a symmetric template (nilearn copy), resampled to {spacing_mm:g} mm; see LICENSE-ICBM152.txt"
+    image = Volume(t1_scaled, **geometry, metadata={"modality": "MR", "sequence": "T1w", "source": source})
+    label_map = Volume(
+        labels, **geometry,
+        metadata={"label_map": True, "label_names": {str(k): v for k, v in TISSUES.items()}, "source": source},
+    )
+    return image, label_map
+
+
+def main() -> None:
+    image, label_map = template_pair()
     OUT.mkdir(parents=True, exist_ok=True)
-    write_volume(
-        Volume(t1_scaled, **geometry, metadata={"modality": "MR", "sequence": "T1w", "source": source}),
-        OUT / "mni152_t1_2mm.nii.gz",
-    )
-    write_volume(
-        Volume(
-            labels,
-            **geometry,
-            metadata={"label_map": True, "label_names": {str(k): v for k, v in TISSUES.items()}, "source": source},
-        ),
-        OUT / "mni152_tissue_labels_2mm.nii.gz",
-    )
-    counts = {TISSUES[k]: int((labels == k).sum()) for k in TISSUES}
-    print(f"wrote {OUT}: shape {labels.shape}, voxels per tissue {counts}")
+    write_volume(image, OUT / "mni152_t1_2mm.nii.gz")
+    write_volume(label_map, OUT / "mni152_tissue_labels_2mm.nii.gz")
+    counts = {TISSUES[k]: int((label_map.array == k).sum()) for k in TISSUES}
+    print(f"wrote {OUT}: shape {label_map.shape}, voxels per tissue {counts}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -156,6 +157,23 @@ def _augmentation():
     return transforms
 
 
+def _scanner_look():
+    """Another scanner's look (MONAI), for inpainting samples: a smooth bias field, another contrast
+    (gamma), a coarser resolution (blur) and noise. The known image shows the look, and the network learns
+    to fill the region in it, so a scan from another scanner is not filled with the template's look.
+    Generation samples keep the training images' own look: that is what a generated image should have."""
+    from monai.transforms import Compose, RandAdjustContrastd, RandBiasFieldd, RandGaussianNoised, RandGaussianSmoothd
+
+    return Compose(
+        [
+            RandBiasFieldd(keys=["image"], coeff_range=(0.0, 0.3), degree=3, prob=0.5),
+            RandAdjustContrastd(keys=["image"], gamma=(0.6, 1.6), prob=0.5),
+            RandGaussianSmoothd(keys=["image"], sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), prob=0.4),
+            RandGaussianNoised(keys=["image"], mean=0.0, std=0.03, prob=0.4),
+        ]
+    )
+
+
 def random_region(shape: tuple[int, int], spacing_mm: float, size_mm: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
     """A random inpainting region: one to three boxes or ellipses of `size_mm`."""
     height, width = shape
@@ -198,44 +216,50 @@ def paste_tissue(
 class TrainingBatches:
     """Random batches of augmented slices with their conditioning, as network input stacks.
 
-    All their randomness comes from one numpy generator (MONAI's transforms are reseeded from it before
-    each batch), so `state` / `restore` (JSON-able) make a resumed run draw the batches it would have.
+    Batch `step` draws all its randomness from a generator seeded by (seed, step) (MONAI's transforms
+    are reseeded from it): any batch can be made alone, in any process and order, so batches are made
+    in parallel worker processes (`batch_stream`) and a resumed run draws exactly the batches it would have.
     """
 
     def __init__(self, card: ModelCard, data: TrainingSlices, config: TrainingConfig, seed: int) -> None:
-        self.card, self.data, self.config = card, data, config
-        self.rng = np.random.default_rng(seed)
+        self.card, self.data, self.config, self.seed = card, data, config, int(seed)
         self.augment = _augmentation()
+        self.scanner_look = _scanner_look()
         divisor = card.downsampling_factor
         height, width = data.images.shape[1:]
         self.padded = (int(math.ceil(height / divisor) * divisor), int(math.ceil(width / divisor) * divisor))
         self.crop = config.crop_size
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(clean images (B, 1, H, W), conditioning (B, C, H, W))."""
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `step`: (clean images (B, 1, H, W), conditioning (B, C, H, W))."""
         cfg = self.config
-        self.augment.set_random_state(seed=int(self.rng.integers(2**32)))
+        rng = np.random.default_rng([self.seed, int(step)])
+        self.augment.set_random_state(seed=int(rng.integers(2**32)))
+        self.scanner_look.set_random_state(seed=int(rng.integers(2**32)))
         images, labels, regions, positions = [], [], [], []
         for _ in range(cfg.batch_size):
-            i = int(self.rng.integers(len(self.data.images)))
+            i = int(rng.integers(len(self.data.images)))
             sample = self.augment(
                 {"image": (self.data.images[i][None] + 1.0) / 2.0, "label": self.data.labels[i][None].astype(np.float32)}
             )
             image = np.asarray(sample["image"])[0] * 2.0 - 1.0
             label = np.rint(np.asarray(sample["label"])[0]).astype(np.int64)
-            image, label = self._pad_and_crop(image, label)
-            if self.rng.random() < cfg.paste_fraction:
-                for _ in range(int(self.rng.integers(1, 4))):
-                    j = int(self.rng.integers(len(self.data.images)))
-                    diameter = self.rng.uniform(*cfg.paste_mm) / self.card.spacing_mm[0]
-                    image, label = paste_tissue(image, label, self.data.images[j], self.data.labels[j], diameter, self.rng)
-            if self.rng.random() < cfg.generation_fraction:
+            image, label = self._pad_and_crop(image, label, rng)
+            if rng.random() < cfg.paste_fraction:
+                for _ in range(int(rng.integers(1, 4))):
+                    j = int(rng.integers(len(self.data.images)))
+                    diameter = rng.uniform(*cfg.paste_mm) / self.card.spacing_mm[0]
+                    image, label = paste_tissue(image, label, self.data.images[j], self.data.labels[j], diameter, rng)
+            if rng.random() < cfg.generation_fraction:
                 region = np.ones(image.shape, bool)
             else:
-                region = random_region(image.shape, self.card.spacing_mm[0], cfg.region_mm, self.rng)
-            if self.rng.random() < cfg.condition_dropout:
+                region = random_region(image.shape, self.card.spacing_mm[0], cfg.region_mm, rng)
+                if rng.random() < cfg.scanner_fraction:
+                    looked = self.scanner_look({"image": np.clip(image, -1, 1)[None] * 0.5 + 0.5})
+                    image = np.asarray(looked["image"])[0] * 2.0 - 1.0
+            if rng.random() < cfg.condition_dropout:
                 label = None
-            images.append(np.clip(image, -1, 1))
+            images.append(np.clip(image, -1, 1).astype(np.float32))
             labels.append(label)
             regions.append(region)
             positions.append(self.data.positions[i])
@@ -251,14 +275,7 @@ class TrainingBatches:
             stacks.append(stack)
         return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.concatenate(stacks))
 
-    def state(self) -> dict[str, Any]:
-        """The random generator's state, as JSON-able data."""
-        return {"numpy": self.rng.bit_generator.state}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["numpy"]
-
-    def _pad_and_crop(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _pad_and_crop(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         height, width = self.padded
         image = np.pad(image, ((0, height - image.shape[0]), (0, width - image.shape[1])), constant_values=-1.0)
         label = np.pad(label, ((0, height - label.shape[0]), (0, width - label.shape[1])))
@@ -266,10 +283,69 @@ class TrainingBatches:
             return image, label
         # Crops centred on the brain more often than not: background-only crops teach little.
         foreground = np.argwhere(label > 0)
-        if len(foreground) and self.rng.random() < 0.9:
-            cy, cx = foreground[int(self.rng.integers(len(foreground)))]
+        if len(foreground) and rng.random() < 0.9:
+            cy, cx = foreground[int(rng.integers(len(foreground)))]
         else:
-            cy, cx = self.rng.integers(height), self.rng.integers(width)
+            cy, cx = rng.integers(height), rng.integers(width)
         y0 = int(np.clip(cy - self.crop // 2, 0, height - self.crop))
         x0 = int(np.clip(cx - self.crop // 2, 0, width - self.crop))
         return image[y0 : y0 + self.crop, x0 : x0 + self.crop], label[y0 : y0 + self.crop, x0 : x0 + self.crop]
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Batches start..stop-1 as a map-style data set, for a DataLoader's worker processes."""
+
+    def __init__(self, batches: TrainingBatches, start: int, stop: int) -> None:
+        self.batches, self.start, self.stop = batches, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batches.batch(self.start + index)
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # each worker is one process of many: no oversubscription
+
+
+def batch_stream(batches: TrainingBatches, start: int, stop: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches `start` .. `stop` - 1 in order; made by `workers` processes ahead of use when > 0 (a GPU
+    outruns one core's augmentation), in this process otherwise. The same batches either way."""
+    if workers <= 0:
+        return (batches.batch(step) for step in range(start, stop))
+    loader = torch.utils.data.DataLoader(
+        _Batches(batches, start, stop),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        prefetch_factor=4,
+        worker_init_fn=_one_thread,
+        pin_memory=torch.cuda.is_available(),
+    )
+    return iter(loader)
+
+
+def save_slices(data: TrainingSlices, path: str | Path) -> Path:
+    """Prepared training slices to one ``.npz`` file (arrays, and the description as JSON): read, resampled
+    and normalised once, trained on many times (and carried to a GPU machine without the image readers)."""
+    path = Path(path)
+    np.savez_compressed(
+        path, images=data.images, labels=data.labels.astype(np.int32), positions=data.positions,
+        description=np.array(json.dumps(data.description)),
+    )
+    return path
+
+
+def load_slices(path: str | Path) -> TrainingSlices:
+    """Training slices saved by `save_slices`."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as saved:
+            return TrainingSlices(
+                images=saved["images"].astype(np.float32),
+                labels=saved["labels"].astype(np.int64),
+                positions=saved["positions"].astype(np.float32),
+                description=json.loads(str(saved["description"])),
+            )
+    except (OSError, KeyError, ValueError) as error:
+        raise VolumeReadError(f"{path}: not a file of prepared training slices ({error})") from None

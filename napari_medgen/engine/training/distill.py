@@ -42,14 +42,14 @@ from ..model.device import resolve_device
 from ..model.loading import LoadedModel
 from ..model.weights import save_model
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from .data import TrainingBatches, load_training_slices
+from .data import TrainingBatches, TrainingSlices, batch_stream, load_training_slices
 from .distill_config import DistillationConfig
 from .loop import CHECKPOINT_DIR, TrainingConfig, TrainingEvent, _loss_curve
 from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule, update
 
 METHOD = "progressive distillation step (Salimans & Ho 2022), one stage: DDIM teacher substeps -> one DDIM student step"
 # Batch settings taken from the teacher's own training (its card's provenance) unless the config sets them.
-_BATCH_SETTINGS = ("crop_size", "generation_fraction", "region_mm", "paste_fraction", "paste_mm")
+_BATCH_SETTINGS = ("crop_size", "generation_fraction", "region_mm", "paste_fraction", "paste_mm", "scanner_fraction")
 
 
 def student_intervals(schedule: NoiseSchedule, student_steps: int, substeps: int) -> list[list[int]]:
@@ -173,7 +173,7 @@ def student_card(teacher: LoadedModel, config: DistillationConfig, name: str | N
 
 def distill(
     teacher: LoadedModel,
-    pairs: list[tuple[Path, Path]],
+    pairs: list[tuple[Path, Path]] | TrainingSlices,
     out: str | Path,
     config: DistillationConfig | None = None,
     resume: bool = False,
@@ -219,7 +219,7 @@ def distill(
     optimizer = build_optimizer(network, config)  # type: ignore[arg-type]  (the same schedule settings)
     lr_schedule = build_lr_schedule(optimizer, config)  # type: ignore[arg-type]
 
-    data = load_training_slices(card, pairs)
+    data = pairs if isinstance(pairs, TrainingSlices) else load_training_slices(card, pairs)
     batch_config = _batch_config(card, config)
     batches = TrainingBatches(card, data, batch_config, seed=config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -234,13 +234,12 @@ def distill(
         start_step, losses, seconds = record["step"], record["losses"], record.get("seconds", 0.0)
         interval_losses = record.get("interval_losses", interval_losses)
         lr_schedule = resume_lr_schedule(lr_schedule, optimizer, config, record, start_step)  # type: ignore[arg-type]
-        batches.restore(record["rng"]["batches"])
         generator.set_state(record["rng"]["torch"])
 
     started = time.perf_counter() - seconds
-    for step in range(start_step, config.steps):
-        clean, conditioning = batches.next()
-        clean, conditioning = clean.to(device), conditioning.to(device)
+    done = start_step
+    for step, (clean, conditioning) in enumerate(batch_stream(batches, start_step, config.steps, config.workers), start_step):
+        clean, conditioning = clean.to(device, non_blocking=True), conditioning.to(device, non_blocking=True)
         which = torch.randint(0, len(paths), (clean.shape[0],), generator=generator).to(device)
         path = paths[which]
         t, s = path[:, 0], path[:, -1]
@@ -256,12 +255,13 @@ def distill(
         for i, value in zip(which.tolist(), per_sample.detach().tolist(), strict=True):
             interval_losses[i].append(value)
         done = step + 1
-        if done % config.checkpoint_every == 0 or done == config.steps:
+        out_of_time = config.time_limit_s is not None and time.perf_counter() - started > config.time_limit_s
+        if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
             elapsed = time.perf_counter() - started
             states = {
                 "optimizer": optimizer.state_dict(),
                 "lr_schedule": lr_schedule.state_dict(),
-                "rng": {"batches": batches.state(), "torch": generator.get_state()},
+                "rng": {"torch": generator.get_state()},
             }
             record = {"step": done, "losses": losses, "interval_losses": interval_losses, "seconds": elapsed,
                       "config": asdict(config), "teacher_sha256": teacher.weights_sha256}
@@ -269,6 +269,8 @@ def distill(
             _loss_curve(losses, checkpoint / "loss_curve.png", card.scheduler.prediction_type)
         recent = float(np.mean(losses[-25:]))
         yield TrainingEvent(done, config.steps, recent, f"loss {recent:.4f}")
+        if out_of_time:
+            break
     elapsed = time.perf_counter() - started
 
     student = student_card(teacher, config, name, guidance)
@@ -287,7 +289,8 @@ def distill(
         },
         "distillation": {
             "method": METHOD,
-            **{k: v for k, v in asdict(config).items() if k not in ("device", "threads")},
+            **{k: v for k, v in asdict(config).items() if k not in ("device", "threads", "workers", "time_limit_s")},
+            "updates_done": done,
             "guidance_folded": guidance,
             "student_timesteps": schedule.timesteps(config.student_steps),
             "batch_settings": {k: getattr(batch_config, k) for k in _BATCH_SETTINGS + ("condition_dropout",)},

@@ -24,7 +24,10 @@ class DistillationConfig:
     region_mm: tuple[float, float] | None = None
     paste_fraction: float | None = None
     paste_mm: tuple[float, float] | None = None
+    scanner_fraction: float | None = None
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    workers: int = 0  # processes making batches ahead of use (0: in this process)
+    time_limit_s: float | None = None  # stop early, student written, when a lease of machine time runs out

@@ -34,7 +34,7 @@ from ..model.networks import build_networks
 from ..model.weights import save_model
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from ..intensity import label_levels
-from .data import TrainingBatches, load_training_slices
+from .data import TrainingBatches, TrainingSlices, batch_stream, load_training_slices
 from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule, update
 
 CHECKPOINT_DIR = "checkpoint"
@@ -59,10 +59,15 @@ class TrainingConfig:
     # with images that truly match them, so the labels rather than the place set the intensity.
     paste_fraction: float = 0.5
     paste_mm: tuple[float, float] = (6.0, 24.0)
+    # Inpainting samples given another scanner's look (bias field, gamma, blur, noise; see data._scanner_look).
+    scanner_fraction: float = 0.5
     checkpoint_every: int = 250
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    workers: int = 0  # processes making batches ahead of use (0: in this process)
+    mixed_precision: bool = False  # bfloat16 autocast on a GPU (weights and optimiser stay float32)
+    time_limit_s: float | None = None  # stop early, model written, when a lease of machine time runs out
 
 
 @dataclass
@@ -100,14 +105,15 @@ def _loss_curve(losses: list[float], path: Path, target: str = "network") -> Non
 # -- the loop -------------------------------------------------------------------------------------
 def train(
     card: ModelCard,
-    pairs: list[tuple[Path, Path]],
+    pairs: list[tuple[Path, Path]] | TrainingSlices,
     out: str | Path,
     config: TrainingConfig | None = None,
     resume: bool = False,
     data_description: str = "",
     checkpoint_dir: str | Path | None = None,
 ) -> Generator[TrainingEvent, None, Path]:
-    """Train `card`'s network on `pairs`; yields progress and returns the model folder `out`.
+    """Train `card`'s network on `pairs` (or slices prepared from them); yields progress and returns the
+    model folder `out`.
 
     Checkpoints go to `checkpoint_dir` (default ``out/checkpoint``); keep them out of a model folder
     that is shipped inside the package.
@@ -124,7 +130,7 @@ def train(
     card = card.model_copy(deep=True)
     card.conditioning.condition_dropout = config.condition_dropout
     device = resolve_device(config.device)
-    data = load_training_slices(card, pairs)
+    data = pairs if isinstance(pairs, TrainingSlices) else load_training_slices(card, pairs)
     if card.normalization.kind == "mri_percentile":  # each tissue's learned level: inpainting harmonises to it
         card.normalization.label_levels = label_levels(data.images, data.labels, card.normalization.background_label)
     # The card records the frame the network saw in training: inpainting never hands it a smaller one.
@@ -153,37 +159,40 @@ def train(
         start_step, losses, seconds = record["step"], record["losses"], record.get("seconds", 0.0)
         lr_schedule = resume_lr_schedule(lr_schedule, optimizer, config, record, start_step)
         if "rng" in record:
-            batches.restore(record["rng"]["batches"])
             generator.set_state(record["rng"]["torch"])
-        else:  # a checkpoint of an earlier version: fresh generators, seeded as it did
-            batches = TrainingBatches(card, data, config, seed=config.seed + start_step)
+        else:  # a checkpoint of an earlier version: a fresh generator, seeded as it did
             generator.manual_seed(config.seed + start_step)
 
+    autocast = config.mixed_precision and device.type == "cuda"
     network.train()
     started = time.perf_counter() - seconds
-    for step in range(start_step, config.steps):
-        clean, conditioning = batches.next()
-        clean, conditioning = clean.to(device), conditioning.to(device)
+    done = start_step
+    for step, (clean, conditioning) in enumerate(batch_stream(batches, start_step, config.steps, config.workers), start_step):
+        clean, conditioning = clean.to(device, non_blocking=True), conditioning.to(device, non_blocking=True)
         t = torch.randint(0, schedule.num_train_timesteps, (clean.shape[0],), generator=generator)
         noise = torch.randn(clean.shape, generator=generator).to(device)
         noisy = schedule.training_input(clean, noise, t)
         target = schedule.training_target(clean, noise, t)
-        prediction = network(torch.cat([noisy, conditioning], 1), t.to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            prediction = network(torch.cat([noisy, conditioning], 1), t.to(device))
         loss = torch.nn.functional.mse_loss(prediction.float(), target)
         losses.append(update(loss, network, optimizer, lr_schedule, ema))
         done = step + 1
-        if done % config.checkpoint_every == 0 or done == config.steps:
+        out_of_time = config.time_limit_s is not None and time.perf_counter() - started > config.time_limit_s
+        if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
             elapsed = time.perf_counter() - started
             states = {
                 "optimizer": optimizer.state_dict(),
                 "lr_schedule": lr_schedule.state_dict(),
-                "rng": {"batches": batches.state(), "torch": generator.get_state()},
+                "rng": {"torch": generator.get_state()},
             }
             record = {"step": done, "losses": losses, "seconds": elapsed, "config": asdict(config)}
             save_checkpoint(checkpoint, network, ema, states, record)
             # The curve so far goes beside the checkpoint: the model folder is written only at the end.
             _loss_curve(losses, checkpoint / "loss_curve.png", card.scheduler.prediction_type)
         yield TrainingEvent(done, config.steps, float(np.mean(losses[-25:])), f"loss {np.mean(losses[-25:]):.4f}")
+        if out_of_time:
+            break
     elapsed = time.perf_counter() - started
     card.provenance = {
         **card.provenance,
@@ -192,7 +201,8 @@ def train(
         "trained": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "code_version": f"napari-medgen {__version__}",
         "training": {
-            **{k: v for k, v in asdict(config).items() if k not in ("device", "threads")},
+            **{k: v for k, v in asdict(config).items() if k not in ("device", "threads", "workers", "time_limit_s")},
+            "steps_done": done,
             "device": str(device),
             "seconds": round(elapsed, 1),
             "final_loss": float(np.mean(losses[-100:])) if losses else None,
