@@ -106,8 +106,8 @@ def _inpaint_arguments(inp: argparse.ArgumentParser) -> None:
 
 def _train_arguments(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--data", type=Path, default=None,
-                    help="folder (imagesTr/labelsTr, or <case>_image / <case>_label files) or JSON manifest; "
-                         "default with --preset brain-t1-demo: the shipped sample brain")
+                    help="folder (imagesTr/labelsTr, or <case>_image / <case>_label files), JSON manifest, or prepared "
+                         "slices (.npz); default with --preset brain-t1-demo: the shipped sample brain")
     tr.add_argument("--out", required=True, type=Path, help="model folder to write (card, weights, loss curve)")
     tr.add_argument("--preset", default="brain-t1-demo", help="model card preset (architecture, spacing, labels)")
     tr.add_argument("--name", default=None, help="model name in the card (default: the preset's)")
@@ -115,8 +115,16 @@ def _train_arguments(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--batch-size", type=int, default=12)
     tr.add_argument("--learning-rate", type=float, default=3e-4)
     tr.add_argument("--crop", type=int, default=64, help="random crop size in pixels (0: whole slices)")
+    tr.add_argument("--field-of-view-fraction", type=float, default=0.0,
+                    help="fraction of batches cut to a smaller field of view (32-96 px), for whole-slice training")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto")
+    tr.add_argument("--workers", type=int, default=0, help="processes making batches ahead of use (for a GPU)")
+    tr.add_argument("--mixed-precision", action="store_true", help="bfloat16 autocast on a GPU")
+    tr.add_argument("--time-limit-minutes", type=float, default=None,
+                    help="stop early (the model is written) after this many minutes")
+    tr.add_argument("--initial", type=Path, default=None,
+                    help="a model folder of the same network whose weights training starts from")
     tr.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     tr.add_argument("--checkpoint-dir", type=Path, default=None, help="where checkpoints go (default: OUT/checkpoint)")
     tr.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
@@ -382,6 +390,11 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> list[str]:
             raise MedgenError("give the training data with --data")
         pairs = demo_training_pairs()
         description = "ICBM152 2009a symmetric T1 template and its tissue labels at 2 mm (the shipped sample brain)"
+    elif args.data.suffix == ".npz":
+        from .engine.training.data import load_slices
+
+        pairs = load_slices(args.data)
+        description = f"prepared slices {args.data.name}"
     else:
         pairs = find_training_pairs(args.data)
         description = f"{len(pairs)} image / label pairs from {args.data}"
@@ -390,10 +403,15 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> list[str]:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         crop_size=args.crop or None,
+        field_of_view_fraction=args.field_of_view_fraction,
         seed=args.seed,
         device=args.device,
+        workers=args.workers,
+        mixed_precision=args.mixed_precision,
+        time_limit_s=args.time_limit_minutes * 60 if args.time_limit_minutes else None,
     )
-    run = train(card, pairs, args.out, config, resume=args.resume, data_description=description, checkpoint_dir=args.checkpoint_dir)
+    run = train(card, pairs, args.out, config, resume=args.resume, data_description=description,
+                checkpoint_dir=args.checkpoint_dir, initial=args.initial)
     folder = _drive(run, reporter)
     return [str(folder)]
 

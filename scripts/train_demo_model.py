@@ -68,7 +68,7 @@ def _drive(run, label: str, every: int = 200):
             print(f"{label} {event.step}/{event.total} {event.message} {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def seconds_per_step(card, slices, config: TrainingConfig, steps: int = 30) -> float:
+def seconds_per_step(card, slices, config: TrainingConfig, steps: int = 40) -> float:
     """The speed of this machine on this configuration: a short throw-away run, first steps not counted."""
     with tempfile.TemporaryDirectory() as scratch:
         trial = TrainingConfig(**{**config.__dict__, "steps": steps, "checkpoint_every": 10**9, "time_limit_s": None})
@@ -95,6 +95,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=0, help="processes making batches")
     parser.add_argument("--mixed-precision", action="store_true", help="bfloat16 autocast on a GPU")
+    parser.add_argument("--initial", type=Path, default=None,
+                        help="a model folder whose weights the teacher starts from (a further training stage)")
+    parser.add_argument("--warmup-steps", type=int, default=200)
+    parser.add_argument("--field-of-view-fraction", type=float, default=0.5,
+                        help="batches cut to a smaller field of view (32-96 px)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--budget-minutes", type=float, default=None, help="fit the teacher's steps to this time")
     parser.add_argument("--student-budget-minutes", type=float, default=None, help="stop the student after this time")
     args = parser.parse_args()
@@ -109,9 +115,9 @@ def main() -> None:
     print(f"{len(slices.images)} training slices of {slices.images.shape[1:]} from {slices_path}", flush=True)
     card = preset_card("brain-t1-demo")
     config = TrainingConfig(
-        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=200,
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
         ema_decay=args.ema_decay, crop_size=None, checkpoint_every=1000, device=args.device, workers=args.workers,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=args.mixed_precision, field_of_view_fraction=args.field_of_view_fraction, threads=args.threads,
     )
     updates = args.updates
     if args.budget_minutes:
@@ -123,7 +129,8 @@ def main() -> None:
             updates = min(updates, max(50, int(args.student_budget_minutes * 60 / (3.2 * per_step))))
     shutil.rmtree(args.checkpoints / "teacher", ignore_errors=True)
     teacher_folder = _drive(
-        train(card, slices, args.out, config, data_description=DESCRIPTION, checkpoint_dir=args.checkpoints / "teacher"),
+        train(card, slices, args.out, config, data_description=DESCRIPTION, checkpoint_dir=args.checkpoints / "teacher",
+              initial=args.initial),
         "teacher",
     )
     print(f"teacher written to {teacher_folder}", flush=True)

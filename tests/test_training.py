@@ -308,3 +308,79 @@ def test_a_checkpoint_of_the_earlier_format_resumes(flat_dataset, tmp_path):
     tensors, state = _checkpoint(out)
     assert all(float(v) == 3 for k, v in tensors.items() if k.startswith("optimizer.state.") and k.endswith(".step"))
     assert state["lr_schedule"]["last_epoch"] == 3
+
+
+# -- batches made anywhere, prepared slices, further stages, time limits ----------------------------
+def test_batches_are_the_same_made_in_worker_processes(flat_dataset):
+    """Batch k depends on (seed, k) alone: made twice, out of order, or by worker processes (as on a GPU
+    machine), it is the same batch, so runs are repeatable however their batches are made."""
+    from napari_medgen.engine.training.data import TrainingBatches, batch_stream, load_training_slices
+
+    card = tiny_card()
+    data = load_training_slices(card, find_training_pairs(flat_dataset))
+    config = TrainingConfig(batch_size=3, crop_size=16, field_of_view_fraction=0.5, field_of_view_px=(8, 16))
+    batches = TrainingBatches(card, data, config, seed=4)
+    here = list(batch_stream(batches, 0, 4, workers=0))
+    in_workers = list(batch_stream(batches, 0, 4, workers=2))
+    for (image_a, stack_a), (image_b, stack_b) in zip(here, in_workers, strict=True):
+        assert torch.equal(image_a, image_b) and torch.equal(stack_a, stack_b)
+    again = batches.batch(2)
+    assert torch.equal(again[0], here[2][0]) and not torch.equal(here[1][0], here[2][0])
+
+
+def test_field_of_view_batches_are_smaller_squares_the_network_divides(flat_dataset):
+    from napari_medgen.engine.training.data import TrainingBatches, load_training_slices
+
+    card = tiny_card()
+    data = load_training_slices(card, find_training_pairs(flat_dataset))
+    whole = TrainingBatches(card, data, TrainingConfig(batch_size=2, crop_size=None), seed=0).batch(0)[0]
+    config = TrainingConfig(batch_size=2, crop_size=None, field_of_view_fraction=1.0, field_of_view_px=(16, 40))
+    shapes = {tuple(TrainingBatches(card, data, config, seed=0).batch(k)[0].shape[2:]) for k in range(6)}
+    divisor = card.downsampling_factor
+    assert all(h == w and 16 <= h <= 40 and h % divisor == 0 and h < whole.shape[2] for h, w in shapes)
+
+
+def test_prepared_slices_round_trip_and_train_the_same(flat_dataset, tmp_path):
+    from napari_medgen.engine.errors import VolumeReadError
+    from napari_medgen.engine.training.data import load_slices, load_training_slices, save_slices
+
+    card = tiny_card()
+    data = load_training_slices(card, find_training_pairs(flat_dataset))
+    again = load_slices(save_slices(data, tmp_path / "slices.npz"))
+    assert np.array_equal(again.images, data.images) and np.array_equal(again.labels, data.labels)
+    assert np.array_equal(again.positions, data.positions) and again.description == data.description
+    from_pairs, from_file = tmp_path / "a", tmp_path / "b"
+    _drive(train(card, find_training_pairs(flat_dataset), from_pairs, _config(2)))
+    _drive(train(card, again, from_file, _config(2)))
+    assert _same(load_file(from_pairs / "weights.safetensors"), load_file(from_file / "weights.safetensors"))
+    (tmp_path / "broken.npz").write_bytes(b"not a zip file")
+    with pytest.raises(VolumeReadError, match="prepared training slices"):
+        load_slices(tmp_path / "broken.npz")
+
+
+def test_a_further_stage_starts_from_the_earlier_weights_and_records_them(flat_dataset, tmp_path):
+    from napari_medgen.engine.model.weights import weights_sha256
+
+    pairs = find_training_pairs(flat_dataset)
+    first = _drive(train(tiny_card(), pairs, tmp_path / "first", _config(2)))[0]
+    config = TrainingConfig(steps=1, batch_size=2, crop_size=16, learning_rate=1e-12, warmup_steps=1, ema_decay=0.0,
+                            device="cpu")
+    second = _drive(train(tiny_card(), pairs, tmp_path / "second", config, initial=first))[0]
+    start, end = load_file(first / "weights.safetensors"), load_file(second / "weights.safetensors")
+    assert all(torch.allclose(start[k].float(), end[k].float(), atol=1e-6) for k in start)  # a step of ~0
+    record = json.loads((second / "model.json").read_text())["provenance"]["training"]["started_from"]
+    assert record["weights_sha256"] == weights_sha256(first / "weights.safetensors")
+    assert record["training"]["steps"] == 2
+    other = tiny_card()
+    other.network.kwargs["channels"] = [16, 16]
+    with pytest.raises(MedgenError):
+        _drive(train(other, pairs, tmp_path / "third", config, initial=first))
+
+
+def test_time_limit_stops_early_and_still_writes_the_model(flat_dataset, tmp_path):
+    config = TrainingConfig(steps=50, batch_size=2, crop_size=16, warmup_steps=1, device="cpu", time_limit_s=0.0)
+    folder, events = _drive(train(tiny_card(), find_training_pairs(flat_dataset), tmp_path / "m", config))
+    assert [e.step for e in events] == [1]
+    training = json.loads((folder / "model.json").read_text())["provenance"]["training"]
+    assert training["steps_done"] == 1 and training["steps"] == 50
+    assert json.loads((tmp_path / "m" / "checkpoint" / "training_state.json").read_text())["step"] == 1

@@ -236,6 +236,13 @@ class TrainingBatches:
         rng = np.random.default_rng([self.seed, int(step)])
         self.augment.set_random_state(seed=int(rng.integers(2**32)))
         self.scanner_look.set_random_state(seed=int(rng.integers(2**32)))
+        crop = self.crop
+        if cfg.field_of_view_fraction and rng.random() < cfg.field_of_view_fraction:
+            # A smaller field of view for the whole batch: a scan that shows part of the anatomy (a block,
+            # a slab) must not look foreign to a network trained on whole slices.
+            divisor = self.card.downsampling_factor
+            sizes = np.arange(cfg.field_of_view_px[0] // divisor, cfg.field_of_view_px[1] // divisor + 1) * divisor
+            crop = int(rng.choice(sizes))
         images, labels, regions, positions = [], [], [], []
         for _ in range(cfg.batch_size):
             i = int(rng.integers(len(self.data.images)))
@@ -244,7 +251,7 @@ class TrainingBatches:
             )
             image = np.asarray(sample["image"])[0] * 2.0 - 1.0
             label = np.rint(np.asarray(sample["label"])[0]).astype(np.int64)
-            image, label = self._pad_and_crop(image, label, rng)
+            image, label = self._pad_and_crop(image, label, rng, crop)
             if rng.random() < cfg.paste_fraction:
                 for _ in range(int(rng.integers(1, 4))):
                     j = int(rng.integers(len(self.data.images)))
@@ -275,11 +282,13 @@ class TrainingBatches:
             stacks.append(stack)
         return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.concatenate(stacks))
 
-    def _pad_and_crop(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _pad_and_crop(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         height, width = self.padded
         image = np.pad(image, ((0, height - image.shape[0]), (0, width - image.shape[1])), constant_values=-1.0)
         label = np.pad(label, ((0, height - label.shape[0]), (0, width - label.shape[1])))
-        if self.crop is None or self.crop >= min(height, width):
+        if crop is None or crop >= min(height, width):
             return image, label
         # Crops centred on the brain more often than not: background-only crops teach little.
         foreground = np.argwhere(label > 0)
@@ -287,9 +296,9 @@ class TrainingBatches:
             cy, cx = foreground[int(rng.integers(len(foreground)))]
         else:
             cy, cx = rng.integers(height), rng.integers(width)
-        y0 = int(np.clip(cy - self.crop // 2, 0, height - self.crop))
-        x0 = int(np.clip(cx - self.crop // 2, 0, width - self.crop))
-        return image[y0 : y0 + self.crop, x0 : x0 + self.crop], label[y0 : y0 + self.crop, x0 : x0 + self.crop]
+        y0 = int(np.clip(cy - crop // 2, 0, height - crop))
+        x0 = int(np.clip(cx - crop // 2, 0, width - crop))
+        return image[y0 : y0 + crop, x0 : x0 + crop], label[y0 : y0 + crop, x0 : x0 + crop]
 
 
 class _Batches(torch.utils.data.Dataset):

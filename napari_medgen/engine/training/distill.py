@@ -49,7 +49,8 @@ from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule, u
 
 METHOD = "progressive distillation step (Salimans & Ho 2022), one stage: DDIM teacher substeps -> one DDIM student step"
 # Batch settings taken from the teacher's own training (its card's provenance) unless the config sets them.
-_BATCH_SETTINGS = ("crop_size", "generation_fraction", "region_mm", "paste_fraction", "paste_mm", "scanner_fraction")
+_BATCH_SETTINGS = ("crop_size", "generation_fraction", "region_mm", "paste_fraction", "paste_mm", "scanner_fraction",
+                   "field_of_view_fraction", "field_of_view_px")
 
 
 def student_intervals(schedule: NoiseSchedule, student_steps: int, substeps: int) -> list[list[int]]:

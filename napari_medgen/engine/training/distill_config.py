@@ -25,6 +25,8 @@ class DistillationConfig:
     paste_fraction: float | None = None
     paste_mm: tuple[float, float] | None = None
     scanner_fraction: float | None = None
+    field_of_view_fraction: float | None = None
+    field_of_view_px: tuple[int, int] | None = None
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "auto"

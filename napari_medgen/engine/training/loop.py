@@ -51,6 +51,10 @@ class TrainingConfig:
     final_lr_fraction: float = 0.1  # ... down to this fraction of learning_rate at the last step
     ema_decay: float = 0.998
     crop_size: int | None = 64  # random square crops (px) of the slices; None: whole slices
+    # The fraction of batches cut to a smaller square field of view (px, drawn from this range), so that a
+    # network trained on whole slices still fills a region of a scan that shows only part of the anatomy.
+    field_of_view_fraction: float = 0.0
+    field_of_view_px: tuple[int, int] = (32, 96)
     condition_dropout: float = 0.15
     generation_fraction: float = 0.5  # samples with the image fully voided (plain generation)
     region_mm: tuple[float, float] = (5.0, 40.0)  # sizes of the random inpainting regions
@@ -111,9 +115,12 @@ def train(
     resume: bool = False,
     data_description: str = "",
     checkpoint_dir: str | Path | None = None,
+    initial: str | Path | None = None,
 ) -> Generator[TrainingEvent, None, Path]:
     """Train `card`'s network on `pairs` (or slices prepared from them); yields progress and returns the
-    model folder `out`.
+    model folder `out`. `initial`: a model folder of the same network whose weights training starts from
+    (a further stage of a run whose checkpoint is gone, e.g. on a GPU machine given back); its card's
+    training record is kept in the new card's provenance.
 
     Checkpoints go to `checkpoint_dir` (default ``out/checkpoint``); keep them out of a model folder
     that is shipped inside the package.
@@ -141,7 +148,21 @@ def train(
     else:
         card.tile_size = [padded[1], padded[0]]  # (x, y)
     torch.manual_seed(config.seed)
-    network = build_networks(card)["network"].to(device)
+    network = build_networks(card)["network"]
+    earlier = None
+    if initial is not None:
+        from ..model.card import load_card
+        from ..model.weights import _load_weights, weights_sha256
+
+        initial = Path(initial)
+        earlier_card = load_card(initial)
+        _load_weights(earlier_card, initial, {"network": network})  # raises if the networks differ
+        earlier = {
+            "version": earlier_card.version,
+            "weights_sha256": weights_sha256(initial / earlier_card.weights),
+            "training": earlier_card.provenance.get("training"),
+        }
+    network = network.to(device)
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     ema = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
@@ -206,6 +227,7 @@ def train(
             "device": str(device),
             "seconds": round(elapsed, 1),
             "final_loss": float(np.mean(losses[-100:])) if losses else None,
+            **({"started_from": earlier} if earlier else {}),
         },
     }
     save_model(card, {"network": ema.module}, out)
