@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--substeps", type=int, default=default.substeps,
                         help="teacher DDIM steps per student step (the teacher path the student learns)")
     parser.add_argument("--updates", type=int, default=default.steps, help="student optimiser updates")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="training image / label pairs, as for train (default for brain-t1-demo: the shipped sample brain)")
+    parser.add_argument("--data", type=Path, default=None,  # also prepared slices (.npz)
+                        help="training image / label pairs or prepared slices (.npz), as for train (default for brain-t1-demo: the shipped sample brain)")
     parser.add_argument("--name", default=None, help="the student's model name (default: TEACHER-fast)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance folded into the student (default: the teacher card's)")
@@ -57,6 +57,11 @@ def run(args: argparse.Namespace, reporter: Any) -> list[str]:
             raise MedgenError(f"give the training data of {teacher.card.name} with --data (the pairs it was trained on)")
         pairs = demo_training_pairs()
         description = teacher.card.provenance.get("training_data", "the shipped sample brain")
+    elif args.data.suffix == ".npz":
+        from ..engine.training.data import load_slices
+
+        pairs = load_slices(args.data)
+        description = teacher.card.provenance.get("training_data", f"prepared slices {args.data.name}")
     else:
         pairs = find_training_pairs(args.data)
         description = f"{len(pairs)} image / label pairs from {args.data}"

@@ -15,7 +15,7 @@ from .card import CARD_FILE, ModelCard
 from .device import resolve_device, resolve_precision
 from .networks import build_networks
 from .registry import ModelEntry, find_model
-from .weights import _load_weights, check_weights_fit, weights_sha256
+from .weights import load_weights, check_weights_fit, weights_sha256
 
 
 @dataclass
@@ -70,7 +70,7 @@ def load_model(
             return _CACHE[key]
     check_weights_fit(entry.card, entry.folder)  # before building: a wrong or huge card costs no memory
     networks = build_networks(entry.card)
-    _load_weights(entry.card, entry.folder, networks)
+    load_weights(entry.card, entry.folder, networks)
     for module in networks.values():
         module.to(device=torch_device, dtype=dtype).eval().requires_grad_(False)
     loaded = LoadedModel(
@@ -110,7 +110,7 @@ def cpu_copy(loaded: LoadedModel) -> LoadedModel:
                 f"{loaded.folder}: cannot move model {loaded.name} to the CPU: its weights file changed since it "
                 "was loaded; load the model again"
             ) from None
-        _load_weights(loaded.card, loaded.folder, networks)
+        load_weights(loaded.card, loaded.folder, networks)
     for module in networks.values():
         module.to(device="cpu", dtype=dtype).eval().requires_grad_(False)
     return LoadedModel(

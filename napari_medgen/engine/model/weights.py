@@ -88,7 +88,8 @@ def check_weights_fit(card: ModelCard, folder: Path) -> None:
     _check_shapes(shapes, expected, str(path))
 
 
-def _load_weights(card: ModelCard, folder: Path, networks: dict[str, torch.nn.Module]) -> None:
+def load_weights(card: ModelCard, folder: Path, networks: dict[str, torch.nn.Module]) -> None:
+    """Load a model folder's safetensors weights into `networks` (role -> module); ModelWeightsError if they do not fit."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -152,11 +152,11 @@ def train(
     earlier = None
     if initial is not None:
         from ..model.card import load_card
-        from ..model.weights import _load_weights, weights_sha256
+        from ..model.weights import load_weights, weights_sha256
 
         initial = Path(initial)
         earlier_card = load_card(initial)
-        _load_weights(earlier_card, initial, {"network": network})  # raises if the networks differ
+        load_weights(earlier_card, initial, {"network": network})  # raises if the networks differ
         earlier = {
             "version": earlier_card.version,
             "weights_sha256": weights_sha256(initial / earlier_card.weights),
