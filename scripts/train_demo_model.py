@@ -15,6 +15,20 @@ Three stages, each skipped when its output is given or exists:
 
 `--budget-minutes` (for a lease of GPU time) measures the speed of a few steps first and sets the steps to fit;
 the card's provenance records the steps taken, so the run can be repeated with ``--steps``.
+
+The shipped teacher (card 2.0.0) was made in three stages, each starting from the one before (``--initial``),
+because a GPU lease here is 15 minutes and one command 10 (the card's provenance nests each stage's settings):
+
+    python scripts/train_demo_model.py --device cuda --workers 14 --mixed-precision --batch-size 48 \
+        --steps 2822 --field-of-view-fraction 0 --updates 0 --out runs/stage1             # H200, 340 s
+    python scripts/train_demo_model.py --slices runs/brain-t1-demo-data/slices.npz --initial runs/stage1 \
+        --device cuda --workers 15 --mixed-precision --batch-size 48 --learning-rate 2e-4 --warmup-steps 50 \
+        --steps 1191 --field-of-view-fraction 0 --updates 0 --out runs/stage2             # H200, 141 s
+    python scripts/train_demo_model.py --slices runs/brain-t1-demo-data/slices.npz --initial runs/stage2 \
+        --device cpu --threads 2 --batch-size 12 --learning-rate 1e-4 --warmup-steps 20 --ema-decay 0.995 \
+        --steps 508 --field-of-view-fraction 0.5 --updates 0                               # 2-core CPU, 22 min
+
+and the student by ``napari-medgen distill`` on the 2-core CPU (the README gives the command).
 """
 
 from __future__ import annotations

@@ -54,10 +54,11 @@ def brain_t1_demo_card() -> ModelCard:
                 "slice_position": True,
                 "position_frequencies": 4,
                 "condition_dropout": 0.15,
-                # Measured with benchmarks/realism.py (30 axial slices of the sample map, DDIM 20, ratios to
-                # the real T1): guidance 2 posterizes (within-tissue spread 0.79 / 0.75 / 0.73 for CSF / GM / WM,
-                # histogram distance 0.035), 1.25 still does (0.98 / 0.87 / 0.87, 0.023); 1 is as varied as the
-                # scan (1.13 / 0.96 / 1.01, 0.0125) and needs half the network calls.
+                # Measured with benchmarks/realism.py (30 axial slices of the sample map, DDIM 20, ratios to the
+                # real T1; the README's Realism table has all guidance settings). Card 2.0.0 at guidance 1:
+                # within-tissue spread 1.08 / 0.96 / 1.00 (CSF / GM / WM), histogram distance 0.0125, mask
+                # Dice 0.91; higher guidance flattens the tissues again (card 1.x at 2: 0.83 / 0.74 / 0.74,
+                # 0.031), and guidance 1 needs half the network calls.
                 "default_guidance": 1.0,
                 # Half of each slice's noise shared with every other slice: with each slice's own noise the
                 # through-plane / in-plane gradient energy was 1.20x the real T1's (stripes in sagittal views),
