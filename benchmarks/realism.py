@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from napari_medgen.engine.diffusion.methods import DEFAULT_SAMPLER
 from napari_medgen.engine.synthesis import generate
 from napari_medgen.engine.volume import Volume
 
@@ -193,7 +194,7 @@ def guidance_table(model, t1: Volume, labels: Volume, steps: int, block: slice, 
         row = relative(figures(image, labels.array[block], spacing, background), real)
         dice = tissue_dice(kmeans_tissues(image, brain), labels.array[block])
         row.update(guidance=setting["guidance"], guidance_rescale=setting.get("guidance_rescale", 0.0),
-                   sampler=setting.get("sampler", model.card.sampling.sampler if model.card.sampling else "ddim"),
+                   sampler=setting.get("sampler", model.card.sampling.sampler if model.card.sampling else DEFAULT_SAMPLER),
                    steps=run_steps, slice_noise_correlation=setting.get("slice_noise_correlation"),
                    mean_dice=round(float(np.mean(list(dice.values()))), 3), seconds=round(seconds, 1))
         rows.append(row)
