@@ -95,6 +95,9 @@ def _inpaint_arguments(inp: argparse.ArgumentParser) -> None:
     inp.add_argument("--out", required=True, type=Path, help="output file (.nii.gz, .mha, .nrrd)")
     inp.add_argument("--context-mm", type=float, default=default.context_mm, help="context margin around the region, in mm")
     inp.add_argument("--feather-mm", type=float, default=default.feather_mm, help="width of the seam blend inside the region, in mm")
+    inp.add_argument("--border-interpolation-mm", type=float, default=default.border_interpolation_mm,
+                     help="with the mean: how far in from the region's border the biharmonic interpolation of the "
+                     "surrounding voxels is blended in (its weight falls as exp(-depth/this)); 0: the mean alone")
     inp.add_argument("--inpaint-estimate", choices=("auto", "sample", "mean"), default=default.inpaint_estimate,
                      help="what fills the region: a draw from the model (sample: a scan's texture), the posterior mean "
                      "(mean: the most faithful fill, smooth), or auto: the mean where the region is at most "
@@ -320,7 +323,8 @@ def _sampling_options(args: argparse.Namespace) -> Any:
         preview_every=0,  # nobody looks at previews on the command line
         **(
             {"jump_length": args.jump_length, "jump_count": args.jump_count, "context_mm": args.context_mm,
-             "feather_mm": args.feather_mm, "inpaint_estimate": args.inpaint_estimate}
+             "feather_mm": args.feather_mm, "inpaint_estimate": args.inpaint_estimate,
+             "border_interpolation_mm": args.border_interpolation_mm}
             if hasattr(args, "jump_length") else {}
         ),
     )

@@ -22,7 +22,7 @@ from napari_medgen.engine.model.networks import build_networks  # noqa: E402
 from napari_medgen.engine.model.weights import save_model  # noqa: E402
 from napari_medgen.engine.synthesis import inpaint  # noqa: E402
 from napari_medgen.engine.synthesis.api import region_thickness_mm  # noqa: E402
-from napari_medgen.engine.synthesis.tasks import matched_to_border  # noqa: E402
+from napari_medgen.engine.synthesis.tasks import interpolated_near_border, matched_to_border  # noqa: E402
 from napari_medgen.engine.volume import Volume  # noqa: E402
 
 LEVELS = {"1": -0.1, "2": 0.45, "3": 0.85}
@@ -117,6 +117,55 @@ def test_matched_to_border_removes_the_step_at_the_seam_and_keeps_the_inside_det
     np.testing.assert_array_equal(corrected[~region], generated[~region])  # outside: untouched here
     centre_contrast = corrected[:, 15, 15] - corrected[:, 15, 12]
     assert np.all(centre_contrast > 60.0)  # the inner structure's contrast survives
+
+
+def test_near_the_border_the_fill_follows_the_known_tissue_and_deep_inside_the_network():
+    # Known tissue: a smooth ramp. The network's estimate is 50 too bright everywhere inside the region.
+    known = np.tile(np.linspace(100, 300, 40, dtype=np.float32), (1, 40, 1))
+    region = np.zeros(known.shape, bool)
+    region[:, 8:32, 8:32] = True
+    estimate = known + 50.0
+    garbage = known.copy()
+    garbage[region] = 1e6  # what the image held inside the region must never be used
+    blended = interpolated_near_border(estimate, garbage, region, (2.0, 2.0), reach_mm=2.0)
+    outer = region & ~np.stack([binary_erosion(s) for s in region])
+    assert np.abs(blended - known)[outer].max() < 1.0  # the ramp's continuation, not the estimate's offset
+    np.testing.assert_allclose(blended[:, 20, 20], estimate[:, 20, 20], atol=0.5)  # 24 mm in: the network's
+    np.testing.assert_array_equal(blended[~region], estimate[~region])
+
+    # Air beyond the anatomy on one side says nothing of the tissue next to it.
+    background = np.zeros(known.shape, bool)
+    background[:, :, :8] = True
+    air = known.copy()
+    air[background] = 0.0
+    beside_air = interpolated_near_border(estimate, air, region, (2.0, 2.0), 2.0, background)
+    assert beside_air[0, 20, 8] > 0.9 * known[0, 20, 8]  # not pulled towards the air's 0
+    ignoring = interpolated_near_border(estimate, air, region, (2.0, 2.0), 2.0)
+    assert ignoring[0, 20, 8] < beside_air[0, 20, 8]
+
+
+def test_the_mean_records_and_applies_its_border_interpolation(tmp_path, scan_and_labels):
+    model = load_model(v_model(tmp_path / "v"))
+    image, labels = scan_and_labels
+    region = ball_region(image, 5)
+    common = dict(seed=2, preview_every=0, inpaint_estimate="mean")
+    plain = run(inpaint(model, image, region, labels, border_interpolation_mm=0.0, **common))[0]
+    blended = run(inpaint(model, image, region, labels, **common))[0]
+    assert blended.metadata["provenance"]["border_interpolation_mm"] == 2.0
+    assert plain.metadata["provenance"]["border_interpolation_mm"] == 0.0
+    inside = region.array > 0
+    np.testing.assert_array_equal(blended.array[~inside], image.array[~inside])
+    truth = image.array[inside]
+    # The tiny random network knows nothing of the tissue; next to it the interpolation does.
+    assert np.abs(blended.array[inside] - truth).mean() < np.abs(plain.array[inside] - truth).mean()
+    sample = run(inpaint(model, image, region, labels, seed=2, steps=2, preview_every=0, inpaint_estimate="sample"))[0]
+    assert "border_interpolation_mm" not in sample.metadata["provenance"]  # a draw keeps its own texture
+
+
+def test_a_negative_border_interpolation_is_refused(scan_and_labels):
+    image, labels = scan_and_labels
+    with pytest.raises(MedgenError, match="border_interpolation_mm"):
+        inpaint(None, image, ball_region(image, 3), labels, border_interpolation_mm=-1.0)
 
 
 def v_model(folder: Path) -> Path:

@@ -136,7 +136,8 @@ def inpaint(
     inputs = {"image": image.content_hash(), "region": region_hash}
     if label_map is not None:
         inputs["label_map"] = label_map.content_hash()
-    task = InpaintTask.on_crop(problem, image, region, image3, box, image_crop, region_crop, inputs, options.feather_mm)
+    task = InpaintTask.on_crop(problem, image, region, image3, box, image_crop, region_crop, inputs, options,
+                               background=_outside_anatomy(card, image_crop, labels_crop))
     return run_task(loaded, task, options)
 
 
@@ -195,6 +196,17 @@ def _estimate_options(card: ModelCard, options: SamplingOptions, region: Volume,
     if estimate == "mean" and one_call:
         resolved.steps, resolved.sampler = 1, "ddim"
     return resolved
+
+
+def _outside_anatomy(card: ModelCard, image_crop: Volume, labels_crop: Volume | None) -> np.ndarray | None:
+    """The crop's voxels outside the anatomy: the label map's background label where a label map is given,
+    else an MR image's voxels at or below the card's background value (a skull-stripped scan's zeros)."""
+    norm = card.normalization
+    if labels_crop is not None and norm.background_label is not None:
+        return np.asarray(labels_crop.array) == norm.background_label
+    if norm.kind == "mri_percentile":
+        return np.asarray(image_crop.array) <= norm.background
+    return None
 
 
 def _background(card: ModelCard) -> tuple[int, float] | None:

@@ -124,7 +124,7 @@ def inpaint_latent(
     labels_crop = crop(labels3, box) if labels3 is not None else None
     intensity = intensity_map_for(card.normalization, np.asarray(image.array, dtype=np.float32))
     problem = _problem(card, image_crop, labels_crop, image_crop, region_crop, intensity)
-    task = InpaintTask.on_crop(problem, image, region, image3, box, image_crop, region_crop, inputs, options.feather_mm)
+    task = InpaintTask.on_crop(problem, image, region, image3, box, image_crop, region_crop, inputs, options)
     return _run(loaded, task, options, notices)
 
 

@@ -29,7 +29,8 @@ def provenance(loaded: LoadedModel, options: SamplingOptions, task: str, variant
             "seed": options.seed + variant,
             "variant": variant,
             **({"inpaint_estimate": options.inpaint_estimate} if task == "inpaint" else {}),
-            **({"mean_draws": options.mean_draws} if task == "inpaint" and options.inpaint_estimate == "mean" else {}),
+            **({"mean_draws": options.mean_draws, "border_interpolation_mm": options.border_interpolation_mm}
+               if task == "inpaint" and options.inpaint_estimate == "mean" else {}),
             "inputs_sha256": inputs,
             "device": str(loaded.device),
             "precision": str(loaded.dtype).replace("torch.", ""),

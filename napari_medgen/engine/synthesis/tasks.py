@@ -9,6 +9,7 @@ import numpy as np
 
 from ..volume import Volume
 from .model_grid import ModelGridProblem, as_2d, back_to_source, feather_weights
+from .options import SamplingOptions
 
 
 @dataclass
@@ -54,13 +55,21 @@ class InpaintTask(SynthesisTask):
     canonical_image: Volume  # float32
     box: tuple[slice, ...]  # the input crop within the canonical image
     seam_weight: np.ndarray  # on the crop: 1 deep inside the region, 0 outside
+    # The posterior mean's blend with the known image's interpolation near the border (0: none), and the crop's
+    # in-plane spacing (y, x) it is measured in.
+    border_interpolation_mm: float = 0.0
+    spacing_yx: tuple[float, float] = (1.0, 1.0)
+    background: np.ndarray | None = None  # on the crop: voxels outside the anatomy (None: not known)
 
     @classmethod
     def on_crop(
         cls, problem: ModelGridProblem, image: Volume, region: Volume, image3: Volume, box: tuple[slice, ...],
-        image_crop: Volume, region_crop: Volume, inputs: dict[str, str], feather_mm: float,
+        image_crop: Volume, region_crop: Volume, inputs: dict[str, str], options: SamplingOptions,
+        background: np.ndarray | None = None,
     ) -> InpaintTask:
-        """The task of inpainting `region` of `image` through the crop `box` of its canonical form `image3`."""
+        """The task of inpainting `region` of `image` through the crop `box` of its canonical form `image3`,
+        with the estimate `options.inpaint_estimate` already settled; `background`: the crop's voxels outside
+        the anatomy, when known."""
         return cls(
             name="inpaint",
             problem=problem,
@@ -70,12 +79,18 @@ class InpaintTask(SynthesisTask):
             region=region,
             canonical_image=image3.with_array(np.asarray(image3.array, dtype=np.float32), metadata={}),
             box=box,
-            seam_weight=feather_weights(region_crop.array > 0, image_crop.spacing, feather_mm),
+            seam_weight=feather_weights(region_crop.array > 0, image_crop.spacing, options.feather_mm),
+            border_interpolation_mm=options.border_interpolation_mm if options.inpaint_estimate == "mean" else 0.0,
+            spacing_yx=(float(image_crop.spacing[1]), float(image_crop.spacing[0])),
+            background=background,
         )
 
     def output_from_crop(self, on_crop: Volume) -> Volume:
         blended = self.canonical_image.array.copy()
         filled = matched_to_border(on_crop.array, blended[self.box], self.seam_weight > 0)
+        if self.border_interpolation_mm > 0:
+            filled = interpolated_near_border(filled, blended[self.box], self.seam_weight > 0, self.spacing_yx,
+                                              self.border_interpolation_mm, self.background)
         blended[self.box] = self.seam_weight * filled + (1.0 - self.seam_weight) * blended[self.box]
         generated = back_to_source(self.canonical_image.with_array(blended, metadata={}), self.image).array
         if not np.issubdtype(self.image.array.dtype, np.floating):
@@ -111,3 +126,37 @@ def matched_to_border(
         fade = np.exp(-(distance_transform_edt(inside) - 1.0) / reach)
         corrected[z] += np.where(inside, field * fade, 0.0).astype(np.float32)
     return corrected
+
+
+def interpolated_near_border(
+    estimate: np.ndarray,
+    known: np.ndarray,
+    region: np.ndarray,
+    spacing_yx: tuple[float, float],
+    reach_mm: float,
+    background: np.ndarray | None = None,
+) -> np.ndarray:
+    """`estimate` inside `region` blended, slice by slice, with the biharmonic interpolation of the known
+    voxels around it: the interpolation's weight is 1 on the region's voxels nearest the known tissue and
+    falls as exp(-depth / `reach_mm`) inwards. Only voxels outside the region and outside `background` (air
+    beyond the anatomy, which says nothing of the tissue next to it) feed the interpolation; whatever `known`
+    holds inside the region is never used.
+
+    Why: next to known tissue a smooth interpolation of it is the better guess of a missing voxel, while a few
+    millimetres in, the network's anatomy beats any interpolation (benchmarks/unseen_inpainting.py: the
+    posterior mean alone loses to biharmonic interpolation on 10 mm regions; blended like this it wins at
+    every size on three real brains, two never seen in training)."""
+    from scipy.ndimage import distance_transform_edt
+    from skimage.restoration import inpaint_biharmonic
+
+    out = estimate.astype(np.float32, copy=True)
+    for z in np.flatnonzero(region.reshape(region.shape[0], -1).any(1)):
+        inside = region[z]
+        unknown = inside if background is None else inside | background[z]
+        if unknown.all():  # no known tissue in this slice to interpolate from
+            continue
+        interpolated = inpaint_biharmonic(np.where(unknown, 0.0, known[z]).astype(np.float64), unknown)
+        depth = distance_transform_edt(unknown, sampling=spacing_yx)
+        weight = np.exp(-(depth - depth[inside].min()) / reach_mm)
+        out[z] = np.where(inside, weight * interpolated + (1.0 - weight) * estimate[z], estimate[z])
+    return out
