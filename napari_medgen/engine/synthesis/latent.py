@@ -92,7 +92,7 @@ def inpaint_latent(
     loaded: LoadedModel, image: Volume, region: Volume, label_map: Volume | None, options: SamplingOptions
 ) -> Generator[ProgressEvent, None, list[Volume]]:
     """`api.inpaint` for a latent model: outside the region every voxel is the input's own, bit for bit."""
-    from .api import _check_label_map
+    from .api import _check_label_map, _outside_anatomy
 
     card = loaded.card
     if image.is_label_map and image.metadata.get("label_map"):
@@ -124,7 +124,8 @@ def inpaint_latent(
     labels_crop = crop(labels3, box) if labels3 is not None else None
     intensity = intensity_map_for(card.normalization, np.asarray(image.array, dtype=np.float32))
     problem = _problem(card, image_crop, labels_crop, image_crop, region_crop, intensity)
-    task = InpaintTask.on_crop(problem, image, region, image3, box, image_crop, region_crop, inputs, options)
+    task = InpaintTask.on_crop(problem, image, region, image3, box, image_crop, region_crop, inputs, options,
+                               background=_outside_anatomy(card, image_crop, labels_crop))
     return _run(loaded, task, options, notices)
 
 
