@@ -20,13 +20,13 @@ The shipped teacher (card 2.0.0) was made in three stages, each starting from th
 because a GPU lease here is 15 minutes and one command 10 (the card's provenance nests each stage's settings):
 
     python scripts/train_demo_model.py --device cuda --workers 14 --mixed-precision --batch-size 48 \
-        --steps 2822 --field-of-view-fraction 0 --updates 0 --out runs/stage1             # H200, 340 s
+        --steps 2822 --field-of-view-fraction 0 --updates 0 --warp-interpolation bilinear --out runs/stage1  # H200, 340 s
     python scripts/train_demo_model.py --slices runs/brain-t1-demo-data/slices.npz --initial runs/stage1 \
         --device cuda --workers 15 --mixed-precision --batch-size 48 --learning-rate 2e-4 --warmup-steps 50 \
-        --steps 1191 --field-of-view-fraction 0 --updates 0 --out runs/stage2             # H200, 141 s
+        --steps 1191 --field-of-view-fraction 0 --updates 0 --warp-interpolation bilinear --out runs/stage2  # H200, 141 s
     python scripts/train_demo_model.py --slices runs/brain-t1-demo-data/slices.npz --initial runs/stage2 \
         --device cpu --threads 2 --batch-size 12 --learning-rate 1e-4 --warmup-steps 20 --ema-decay 0.995 \
-        --steps 508 --field-of-view-fraction 0.5 --updates 0                               # 2-core CPU, 22 min
+        --steps 508 --field-of-view-fraction 0.5 --updates 0 --warp-interpolation bilinear  # 2-core CPU, 22 min
 
 and the student by ``napari-medgen distill`` on the 2-core CPU (the README gives the command).
 """
@@ -114,6 +114,9 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=200)
     parser.add_argument("--field-of-view-fraction", type=float, default=0.5,
                         help="batches cut to a smaller field of view (32-96 px)")
+    parser.add_argument("--warp-interpolation", default="bicubic", choices=("bicubic", "bilinear"),
+                        help="how warped training images are resampled (card 2.0.0's stages: bilinear)")
+    parser.add_argument("--warp-fraction", type=float, default=0.7, help="training samples warped")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--budget-minutes", type=float, default=None, help="fit the teacher's steps to this time")
     parser.add_argument("--student-budget-minutes", type=float, default=None, help="stop the student after this time")
@@ -132,6 +135,7 @@ def main() -> None:
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
         ema_decay=args.ema_decay, crop_size=None, checkpoint_every=1000, device=args.device, workers=args.workers,
         mixed_precision=args.mixed_precision, field_of_view_fraction=args.field_of_view_fraction, threads=args.threads,
+        warp_interpolation=args.warp_interpolation, warp_fraction=args.warp_fraction,
     )
     updates = args.updates
     if args.budget_minutes:

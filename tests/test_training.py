@@ -384,3 +384,42 @@ def test_time_limit_stops_early_and_still_writes_the_model(flat_dataset, tmp_pat
     training = json.loads((folder / "model.json").read_text())["provenance"]["training"]
     assert training["steps_done"] == 1 and training["steps"] == 50
     assert json.loads((tmp_path / "m" / "checkpoint" / "training_state.json").read_text())["step"] == 1
+
+
+def _inside_tissue_gradient(image: np.ndarray, label: np.ndarray) -> float:
+    from scipy import ndimage
+
+    edges = np.zeros(label.shape, bool)
+    for k in np.unique(label[label > 0]):
+        tissue = label == k
+        edges |= tissue & ~ndimage.binary_erosion(tissue)
+    inside = (label > 0) & ~ndimage.binary_dilation(edges)
+    return float(np.hypot(*np.gradient(image))[inside].mean())
+
+
+def test_warped_training_slices_keep_the_scans_texture():
+    """The geometric augmentation resamples the image bicubically by default: warped slices keep the gradient
+    inside tissues the scan has (bilinear resampling smooths it, and a network trained on it renders flat tissues)."""
+    from napari_medgen.engine.training.data import _augmentation
+
+    t1 = read_volume(sample_dir() / "mni152_t1_2mm.nii.gz").array.astype(np.float32)
+    labels = read_volume(sample_dir() / "mni152_tissue_labels_2mm.nii.gz").array
+    slices = [(t1[z] / t1.max(), labels[z]) for z in range(30, 60, 3)]
+    original = np.mean([_inside_tissue_gradient(image, label) for image, label in slices])
+    ratios = {}
+    for interpolation in ("bicubic", "bilinear"):
+        augment = _augmentation(warp_fraction=1.0, warp_interpolation=interpolation)
+        augment.set_random_state(seed=3)
+        warped = [augment({"image": image[None], "label": label[None].astype(np.float32)}) for image, label in slices]
+        ratios[interpolation] = np.mean([
+            _inside_tissue_gradient(np.asarray(w["image"])[0], np.rint(np.asarray(w["label"])[0]).astype(int)) for w in warped
+        ]) / original
+    assert 0.95 <= ratios["bicubic"] <= 1.08 and ratios["bilinear"] < ratios["bicubic"] - 0.04, ratios
+
+
+def test_unknown_warp_interpolation_is_refused_before_training(flat_dataset, tmp_path):
+    config = _config(2)
+    config.warp_interpolation = "lanczos"
+    with pytest.raises(MedgenError, match="warp_interpolation"):
+        _drive(train(tiny_card(), find_training_pairs(flat_dataset), tmp_path / "model", config))
+    assert not (tmp_path / "model").exists()

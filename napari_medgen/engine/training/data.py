@@ -130,7 +130,7 @@ def load_training_slices(card: ModelCard, pairs: list[tuple[Path, Path]]) -> Tra
 
 
 # -- augmentation and masks -----------------------------------------------------------------------
-def _augmentation():
+def _augmentation(warp_fraction: float = 0.7, warp_interpolation: str = "bicubic"):
     """Geometric augmentation of image and labels together, then a mild intensity jitter (MONAI);
     seeded by `TrainingBatches` before each batch."""
     from monai.transforms import Compose, Rand2DElasticd, RandAdjustContrastd, RandFlipd, RandScaleIntensityd
@@ -143,11 +143,11 @@ def _augmentation():
                 keys=["image", "label"],
                 spacing=(16, 16),
                 magnitude_range=(0.0, 2.0),
-                prob=0.7,
+                prob=warp_fraction,
                 rotate_range=0.2,
                 scale_range=0.1,
                 translate_range=8,
-                mode=["bilinear", "nearest"],
+                mode=[warp_interpolation, "nearest"],
                 padding_mode="zeros",
             ),
             RandScaleIntensityd(keys=["image"], factors=0.05, prob=0.5),
@@ -223,7 +223,7 @@ class TrainingBatches:
 
     def __init__(self, card: ModelCard, data: TrainingSlices, config: TrainingConfig, seed: int) -> None:
         self.card, self.data, self.config, self.seed = card, data, config, int(seed)
-        self.augment = _augmentation()
+        self.augment = _augmentation(config.warp_fraction, config.warp_interpolation)
         self.scanner_look = _scanner_look()
         divisor = card.downsampling_factor
         height, width = data.images.shape[1:]
