@@ -209,6 +209,7 @@ def test_thin_regions_get_the_posterior_mean_and_say_so(tmp_path, scan_and_label
     np.testing.assert_array_equal(result.array[small.array == 0], image.array[small.array == 0])
     again = run(inpaint(model, image, small, labels, seed=3, preview_every=0))[0]
     np.testing.assert_array_equal(again.array, result.array)  # the same seed, the same fill
+    # 56 mm across, thicker than small_region_mm (45 mm): a draw keeps the scan's texture in so large a fill
     large = run(inpaint(model, image, ball_region(image, 14), labels, seed=3, steps=3, preview_every=0))[0]
     assert large.metadata["provenance"]["inpaint_estimate"] == "sample"
     assert large.metadata["provenance"]["steps"] == 3

@@ -62,11 +62,14 @@ class SamplingOptions:
     # removing structures); "mean": the posterior mean, the average of `mean_draws` estimates of the image
     # from pure noise (one network call each for v- and x0-predicting models): the most faithful fill, and
     # smooth, for repairs; "auto": the mean where the region is at most `small_region_mm` thick (twice its
-    # deepest voxel's distance to the known image), where texture matters less than fidelity, for models
-    # whose draws cost one call each (v- or x0-prediction); else a sample.
+    # deepest voxel's distance to the known image), for models whose draws cost one call each (v- or
+    # x0-prediction); else a sample. 45 mm covers regions up to 40 mm across, the largest measured: on the
+    # training brain and two unseen ones the mean beat both a draw and biharmonic interpolation in PSNR and
+    # SSIM at every size from 10 to 40 mm, where a draw lost to interpolation at 20-30 mm
+    # (benchmarks/unseen_inpainting.py). Beyond that a draw keeps the scan's texture in a large fill.
     inpaint_estimate: str = "auto"
     mean_draws: int = 4
-    small_region_mm: float = 20.0
+    small_region_mm: float = 45.0
     # Inpainting with the mean: near the region's border the known image predicts the missing voxels better
     # than the network does (biharmonic interpolation of the known voxels beats the mean within a voxel or two
     # of them, the network's anatomy wins deeper in); the two are blended with the interpolation's weight
