@@ -181,12 +181,14 @@ def guidance_table(model, t1: Volume, labels: Volume, steps: int, block: slice, 
     real = figures(t1.array[block], labels.array[block], spacing, None)
     brain = labels.array[block] > 0
     rows = []
-    settings = [{"guidance": 1.0}, {"guidance": 1.25}]
+    # The guidance sweep with the card's sampler and slice-noise correlation, then the other samplers, step
+    # counts and correlations at guidance 1 (DDIM's few steps pull towards the mean: smooth tissues).
+    settings = [{"guidance": 1.0}, {"guidance": 1.15}, {"guidance": 1.25}]
     settings += [{"guidance": g, "guidance_rescale": r} for g in (1.5, 2.0, 3.0) for r in (0.0, 0.7)]
-    # The sampler and the slice-noise correlation at guidance 1 and 1.25: DDIM's few steps smooth the tissues,
-    # DPM-Solver++ 2M's log-SNR steps keep their texture (the card's defaults are chosen from these rows too).
-    settings += [{"guidance": 1.0, "steps": 2 * steps}, {"guidance": 1.0, "slice_noise_correlation": 0.0}]
-    settings += [{"guidance": g, "sampler": "dpm++2m", "slice_noise_correlation": c} for g in (1.0, 1.25) for c in (0.5, 0.7)]
+    settings += [{"guidance": 1.0, "sampler": "ddim"}, {"guidance": 1.0, "sampler": "ddim", "steps": 2 * steps},
+                 {"guidance": 1.0, "sampler": "ddim", "slice_noise_correlation": 0.5},
+                 {"guidance": 1.0, "steps": 2 * steps}, {"guidance": 1.0, "sampler": "dpm++2m-sde"}]
+    settings += [{"guidance": 1.0, "slice_noise_correlation": c} for c in (0.0, 0.5, 0.85)]
     for setting in settings:
         options = {key: value for key, value in setting.items() if key != "steps"}
         run_steps = setting.get("steps", steps)
@@ -283,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     report["guidance_table"] = guidance_table(model, t1, labels, args.steps, block, background)
     guidance = model.card.conditioning.default_guidance
     correlation = getattr(model.card.conditioning, "default_slice_noise_correlation", 0.0)
-    report["defaults"] = f"DDIM {args.steps} steps, guidance {guidance:g}, slice-noise correlation {correlation:g}"
+    sampler = model.card.sampling.sampler if model.card.sampling else DEFAULT_SAMPLER
+    report["defaults"] = f"{sampler} {args.steps} steps, guidance {guidance:g}, slice-noise correlation {correlation:g}"
     report["machine"] = common.machine()
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     common.write_result("realism", report)

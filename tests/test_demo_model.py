@@ -17,6 +17,7 @@ from napari_medgen.engine.model.loading import load_model
 from napari_medgen.engine.model.registry import DEFAULT_MODEL, find_model
 from napari_medgen.engine.orientation import to_canonical
 from napari_medgen.engine.synthesis import generate
+from napari_medgen.engine.synthesis.options import resolve_options
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,15 @@ def test_demo_model_is_the_default_and_ships_with_the_package():
     assert entry.card.name == DEFAULT_MODEL == "brain-t1-demo"
     assert entry.source == "shipped" and (entry.folder / "weights.safetensors").is_file()
     assert set(entry.card.tasks) == {"generate", "inpaint"}
+
+
+def test_demo_model_runs_at_its_measured_defaults():
+    """A run that asks for nothing gets the card's measured sampler, steps, guidance and slice-noise correlation
+    (benchmarks/realism.py chose them), and the card says why."""
+    card = find_model(None).card
+    options = resolve_options(None, {}, card)
+    assert (options.sampler, options.steps, options.guidance, options.slice_noise_correlation) == ("dpm++2m", 20, 1.0, 0.7)
+    assert "DPM-Solver++ 2M" in card.sampling.reason
 
 
 def test_demo_model_follows_painted_tissue(painted_slice):

@@ -132,11 +132,13 @@ class AtlasSpec(_Strict):
 
 
 class SamplingDefaults(_Strict):
-    """How the model is meant to be sampled when the user asks for nothing else (a distilled few-step
-    model was trained for its own step count and sampler; other settings would leave its training)."""
+    """How the model is meant to be sampled when the user asks for nothing else: a distilled few-step model
+    was trained for its own step count and sampler (other settings would leave its training); a teacher's
+    sampler is chosen by measurement. `reason` says why, for the user reading the card."""
 
     steps: int = Field(ge=1, le=10000)
     sampler: str = Field(min_length=1)
+    reason: str = ""
 
     @field_validator("sampler")
     @classmethod

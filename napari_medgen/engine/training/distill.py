@@ -166,7 +166,10 @@ def student_card(teacher: LoadedModel, config: DistillationConfig, name: str | N
         f"{config.student_steps}-step DDIM student of {teacher.card.name} {teacher.card.version} (step distillation): "
         + teacher.card.description
     )
-    card.sampling = SamplingDefaults(steps=config.student_steps, sampler="ddim")
+    card.sampling = SamplingDefaults(
+        steps=config.student_steps, sampler="ddim",
+        reason=f"distilled for {config.student_steps} DDIM steps: other steps or samplers leave its training",
+    )
     if guidance != 1.0:  # folded in: asking for it again would apply it twice
         card.conditioning.default_guidance = 1.0
     return card
