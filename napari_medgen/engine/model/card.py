@@ -112,6 +112,21 @@ class Conditioning(_Strict):
     default_slice_noise_correlation: float = Field(
         0.0, ge=0, le=1, description="2-D models: correlation of the noise of different slices when none is asked for"
     )
+    # A tissue's texture continues through slices as the tissue does (white matter smooth, folded grey matter
+    # changing from slice to slice), so a card may give some labels their own correlation.
+    slice_noise_correlation_by_label: dict[str, float] = Field(
+        default_factory=dict,
+        description="2-D models: the slice-noise correlation of the voxels of these label indices, when none is "
+        "asked for; other voxels use default_slice_noise_correlation",
+    )
+
+    @field_validator("slice_noise_correlation_by_label")
+    @classmethod
+    def _correlations(cls, by_label: dict[str, float]) -> dict[str, float]:
+        for key, value in by_label.items():
+            if not key.isdigit() or not 0.0 <= value <= 1.0:
+                raise ValueError(f"slice_noise_correlation_by_label needs label indices and values in 0..1, got {key!r}: {value}")
+        return by_label
 
 
 class AtlasSpec(_Strict):

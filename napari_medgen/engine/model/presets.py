@@ -8,10 +8,13 @@ from .labels import TISSUE_SCHEMA
 
 # Why the demo model is sampled as it is (shown to users with the card; benchmarks/realism.py measured it).
 SAMPLING_REASON = (
-    "DPM-Solver++ 2M, 20 steps, guidance 1, slice-noise correlation 0.7: on 30 axial slices of the sample map the "
-    "closest to the real T1 of the settings measured (inside-tissue gradient 0.99x, neighbouring-slice difference "
-    "1.13x, histogram distance 0.007, mask Dice 0.86); DDIM 20 smoothed the tissues (0.83x, 0.0125) and guidance "
-    "above 1 flattened them (1.15: 0.86x, 0.012)"
+    "DPM-Solver++ 2M, 20 steps, guidance 1, slice-noise correlation 0.7 (grey matter 0.5, white matter 0.9): on 30 "
+    "axial slices of the sample map the closest to the real T1 of the settings measured (grey-matter texture inside "
+    "the tissue 0.83x in-plane; neighbouring-slice difference 1.16x; histogram distance 0.007; mask Dice 0.86), "
+    "with white matter rougher than the scan in-plane (1.43x); DDIM 20 smoothed grey matter (0.61x, histogram "
+    "distance 0.0125) and guidance above 1 flattened it (1.15: 0.77x, 0.012); one correlation of 0.7 for all "
+    "tissues left grey matter too alike through-plane (0.57x) and white matter too unlike (1.41x), 0.5 / 0.9 gave "
+    "0.71x and 0.91x"
 )
 
 
@@ -22,7 +25,7 @@ def brain_t1_demo_card() -> ModelCard:
     return ModelCard.model_validate(
         {
             "name": "brain-t1-demo",
-            "version": "2.1.0",
+            "version": "2.2.0",
             "description": "Slice-wise T1 brain MRI generator and inpainter conditioned on CSF / grey / white "
             "matter labels and slice position; trained on the ICBM152 2009 template at 2 mm.",
             "license": "BSD-3-Clause (weights); training data: ICBM152 2009 licence, see resources/sample",
@@ -73,6 +76,11 @@ def brain_t1_demo_card() -> ModelCard:
                 # with DPM-Solver++ 2M at 0.5 the neighbouring-slice difference was 1.25x, at 0.7 1.13x (inside
                 # tissues 0.99x), at 0.85 1.02x but tissues smoother (0.93x).
                 "default_slice_noise_correlation": 0.7,
+                # Per tissue (card 2.2.0), since one correlation made grey matter's texture too alike from slice to
+                # slice (inside grey matter, through-plane gradient 0.57x) and white matter's too unlike (1.41x):
+                # grey matter 0.5 and white matter 0.9 gave 0.71x and 0.91x with the neighbouring-slice
+                # difference at 1.16x (0.4 / 0.9: 0.77x, 0.92x, 1.20x).
+                "slice_noise_correlation_by_label": {"2": 0.5, "3": 0.9},
             },
             "scheduler": {
                 "class_name": "DDPMScheduler",

@@ -26,6 +26,8 @@ def provenance(loaded: LoadedModel, options: SamplingOptions, task: str, variant
             "guidance": options.guidance,
             "guidance_rescale": options.guidance_rescale,
             "slice_noise_correlation": options.slice_noise_correlation,
+            **({"slice_noise_correlation_by_label": {str(k): v for k, v in options.slice_noise_correlation_by_label.items()}}
+               if options.slice_noise_correlation_by_label else {}),
             "seed": options.seed + variant,
             "variant": variant,
             **({"inpaint_estimate": options.inpaint_estimate} if task == "inpaint" else {}),

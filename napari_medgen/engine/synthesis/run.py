@@ -260,7 +260,8 @@ def _prepare_unit(loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, op
         shape=(n_samples,) + tuple(spatial),
     )
     conditioning = torch.from_numpy(stack).to(device)
-    noise = _SliceNoise(keys, seed, (options.slice_noise_correlation or 0.0) if card.spatial_dims == 2 else 0.0)
+    correlation = _slice_correlation(options, labels) if card.spatial_dims == 2 else 0.0
+    noise = _SliceNoise(keys, seed, correlation)
 
     def noise_like(x: torch.Tensor) -> torch.Tensor:
         return noise.draw(tuple(x.shape[1:])).to(device)
@@ -274,27 +275,44 @@ def _prepare_unit(loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, op
     return denoise, x_t, noise_like, known_t, keep_t
 
 
+def _slice_correlation(options: SamplingOptions, labels: np.ndarray | None) -> float | np.ndarray:
+    """The slice-noise correlation of a unit's voxels: one number, or (slices, 1, y, x) where labels have their own."""
+    default = options.slice_noise_correlation or 0.0
+    by_label = options.slice_noise_correlation_by_label
+    if not by_label or labels is None:
+        return default
+    correlation = np.full(labels.shape, default, dtype=np.float32)
+    for label, value in by_label.items():
+        correlation[labels == label] = value
+    return correlation[:, None]
+
+
 class _SliceNoise:
     """Seeded noise for a unit's samples: each slice's own draw, mixed with a draw every slice shares.
 
     Each slice has its own generator (keyed by seed and slice, so a seed gives the same image whatever the
     batch size) and one of its own seeded alike for all slices; mixed as sqrt(1 - c) own + sqrt(c) shared,
-    every slice's noise is still standard normal and any two slices' noise has correlation c.
+    every voxel's noise is still standard normal and the same voxel in two slices has correlation c (with a
+    correlation per voxel, c1 and c2: sqrt(c1 c2)).
     """
 
-    def __init__(self, keys: list[int], seed: int, correlation: float) -> None:
+    def __init__(self, keys: list[int], seed: int, correlation: float | np.ndarray) -> None:
         self.own = [torch.Generator(device="cpu").manual_seed(int(k) % (2**63)) for k in keys]
-        self.correlation = float(correlation)
+        c = np.asarray(correlation, dtype=np.float64)
+        if c.ndim == 0:
+            self.own_weight, self.shared_weight = float(np.sqrt(1.0 - c)), float(np.sqrt(c))
+        else:
+            self.own_weight = torch.from_numpy(np.sqrt(1.0 - c).astype(np.float32))
+            self.shared_weight = torch.from_numpy(np.sqrt(c).astype(np.float32))
         shared_key = (seed * 100003 - 1) % (2**63)
-        self.shared = [torch.Generator(device="cpu").manual_seed(shared_key) for _ in keys] if correlation > 0 else []
+        self.shared = [torch.Generator(device="cpu").manual_seed(shared_key) for _ in keys] if bool((c > 0).any()) else []
 
     def draw(self, shape: tuple[int, ...]) -> torch.Tensor:
         own = torch.stack([torch.randn(shape, generator=g) for g in self.own])
         if not self.shared:
             return own
         shared = torch.stack([torch.randn(shape, generator=g) for g in self.shared])
-        c = self.correlation
-        return float(np.sqrt(1.0 - c)) * own + float(np.sqrt(c)) * shared
+        return self.own_weight * own + self.shared_weight * shared
 
 
 def _unit_to_array(x0: torch.Tensor, problem: ModelGridProblem, unit: Unit) -> np.ndarray:
