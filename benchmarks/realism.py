@@ -86,7 +86,7 @@ def figures(image: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, ...
         out[f"inside_through_plane_{TISSUES[k]}"] = (
             float(np.abs(gradient[0][tissue_inside]).mean()) if enough and image.shape[0] > 1 else float("nan"))
     core = ndimage.binary_erosion(brain, iterations=2)
-    in_plane = 0.5 * ((gradient[1][core] ** 2).mean() + (gradient[2][core] ** 2).mean())
+    in_plane = 0.5 * ((gradient[1][core] ** 2).mean() + (gradient[2][core] ** 2).mean()) if core.any() else 0.0
     out["through_in_plane"] = float((gradient[0][core] ** 2).mean() / in_plane) if core.any() and in_plane > 0 else float("nan")
     # Seams between slices: the mean absolute difference between neighbouring slices, inside the brain.
     both = brain[1:] & brain[:-1]
@@ -207,7 +207,7 @@ def guidance_table(model, t1: Volume, labels: Volume, steps: int, block: slice, 
     settings += [{"guidance": 1.0, "sampler": "ddim"}, {"guidance": 1.0, "sampler": "ddim", "steps": 2 * steps},
                  {"guidance": 1.0, "sampler": "ddim", "slice_noise_correlation": 0.5},
                  {"guidance": 1.0, "steps": 2 * steps}, {"guidance": 1.0, "sampler": "dpm++2m-sde"}]
-    settings += [{"guidance": 1.0, "slice_noise_correlation": c} for c in (0.0, 0.5, 0.85)]
+    settings += [{"guidance": 1.0, "slice_noise_correlation": c} for c in (0.0, 0.5, 0.7, 0.85)]  # one for every tissue
     for setting in settings:
         options = {key: value for key, value in setting.items() if key != "steps"}
         run_steps = setting.get("steps", steps)
@@ -312,7 +312,11 @@ def main(argv: list[str] | None = None) -> None:
     guidance = model.card.conditioning.default_guidance
     correlation = getattr(model.card.conditioning, "default_slice_noise_correlation", 0.0)
     sampler = model.card.sampling.sampler if model.card.sampling else DEFAULT_SAMPLER
-    report["defaults"] = f"{sampler} {args.steps} steps, guidance {guidance:g}, slice-noise correlation {correlation:g}"
+    by_label = getattr(model.card.conditioning, "slice_noise_correlation_by_label", {})
+    names = {str(c.index): c.name for c in model.card.label_schema.classes}
+    per_tissue = ", ".join(f"{names.get(k, k)} {v:g}" for k, v in by_label.items())
+    report["defaults"] = (f"{sampler} {args.steps} steps, guidance {guidance:g}, slice-noise correlation {correlation:g}"
+                          + (f" ({per_tissue})" if per_tissue else ""))
     report["machine"] = common.machine()
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     common.write_result("realism", report)
