@@ -9,7 +9,7 @@ label map, and divided by the same figure of the real T1 (so 1.0 = as the real s
   two or more voxels from any tissue boundary; flat tissues: too little, speckle: too much);
 - the same inside-tissue gradient per tissue (grey and white matter), in-plane and through-plane apart: the
   whole-brain figure can hide a tissue that is too rough behind one that is too smooth (card 2.1.0's middle
-  block read 0.99 from white matter at 1.37 and grey matter at 0.85), and texture copied from slice to slice
+  block read 0.99 from white matter at 1.44 and grey matter at 0.83), and texture copied from slice to slice
   (correlated noise) shows only through-plane;
 - the ratio of through-plane to in-plane gradient energy (stripes across slices: too much);
 - the 1-D Wasserstein distance between the brain's intensity histograms (0 = the same histogram), and within
@@ -312,9 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     guidance = model.card.conditioning.default_guidance
     correlation = getattr(model.card.conditioning, "default_slice_noise_correlation", 0.0)
     sampler = model.card.sampling.sampler if model.card.sampling else DEFAULT_SAMPLER
-    by_label = getattr(model.card.conditioning, "slice_noise_correlation_by_label", {})
-    names = {str(c.index): c.name for c in model.card.label_schema.classes}
-    per_tissue = ", ".join(f"{names.get(k, k)} {v:g}" for k, v in by_label.items())
+    by_label = model.card.conditioning.slice_noise_correlation_by_label
+    per_tissue = ", ".join(f"{model.card.label_schema.name_of(int(k)) or k} {v:g}" for k, v in by_label.items())
     report["defaults"] = (f"{sampler} {args.steps} steps, guidance {guidance:g}, slice-noise correlation {correlation:g}"
                           + (f" ({per_tissue})" if per_tissue else ""))
     report["machine"] = common.machine()
