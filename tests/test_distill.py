@@ -18,7 +18,7 @@ from tiny_models import make_tiny_model, tiny_card
 from napari_medgen._paths import sample_dir
 from napari_medgen.cli import main
 from napari_medgen.engine.diffusion.methods import DEFAULT_SAMPLER
-from napari_medgen.engine.diffusion.samplers import _ddim_update
+from napari_medgen.engine.diffusion.samplers import _ddim_update, sample
 from napari_medgen.engine.diffusion.schedule import NoiseSchedule
 from napari_medgen.engine.errors import MedgenError, ModelCardError
 from napari_medgen.engine.io import read_volume, write_volume
@@ -65,7 +65,7 @@ def teacher_folder(tmp_path_factory) -> Path:
 
 
 def _config(updates: int, **kw) -> DistillationConfig:
-    return DistillationConfig(student_steps=3, substeps=2, steps=updates, batch_size=2, crop_size=16, warmup_steps=1,
+    return DistillationConfig(student_steps=3, teacher_steps=5, teacher_sampler="dpm++2m", steps=updates, batch_size=2, crop_size=16, warmup_steps=1,
                               checkpoint_every=2, device="cpu", **kw)
 
 
@@ -87,33 +87,48 @@ def test_student_target_lands_on_the_teacher_path_through_the_ddim_sampler(predi
         torch.testing.assert_close(landed, x_s, rtol=1e-4, atol=1e-4)
 
 
-def test_teacher_path_is_the_ddim_sampler_on_the_substeps():
-    """`teacher_path` (per-sample timesteps, batched) equals the sampling loop's DDIM on those timesteps."""
+def test_teacher_path_is_the_teachers_grid_cut_at_the_students_timesteps():
+    schedule = NoiseSchedule(tiny_card().scheduler)  # 100 training steps
+    ddim = student_intervals(schedule, 3, 5, "ddim")
+    assert ddim == [[99, 74, 50], [50, 25, 0]]  # the 3-step DDIM grid 99, 50, 0 (the last call only cleans up)
+    dpm = student_intervals(schedule, 3, 8, "dpm++2m")
+    teacher_grid = schedule.timesteps(8, "log_snr")
+    assert [dpm[0][0], dpm[0][-1], dpm[1][0], dpm[1][-1]] == [99, 50, 50, 0]
+    assert sorted({u for path in dpm for u in path}, reverse=True) == sorted(set(teacher_grid) | {50}, reverse=True)
+    assert all(a > b for path in dpm for a, b in zip(path, path[1:]))
+    with pytest.raises(MedgenError, match="no longer than"):
+        student_intervals(schedule, 4, 4, "dpm++2m")
+
+
+@pytest.mark.parametrize(("sampler", "steps"), [("ddim", 5), ("dpm++2m", 8), ("dpm++2m-sde", 8)])
+def test_teacher_path_is_where_the_teachers_own_sampling_loop_goes(sampler, steps):
+    """From the top of the schedule, `teacher_path` lands where the sampling loop of the teacher's sampler (a
+    stochastic one's deterministic form) is at the student's next timestep."""
     card = tiny_card()
     schedule = NoiseSchedule(card.scheduler)
-    maths = _ScheduleTensors(schedule, torch.device("cpu"))
-    intervals = student_intervals(schedule, 3, 2)
-    assert intervals == [[99, 74, 50], [50, 25, 0]]  # the 3-step DDIM grid 99, 50, 0 (the last call only cleans up)
     torch.manual_seed(1)
     teacher = torch.nn.Conv2d(1 + 4, 1, 3, padding=1)
     net = lambda stack, t: teacher(stack) * (1 + t.view(-1, 1, 1, 1).float() / 100)
     x_t, cond = torch.randn(2, 1, 8, 8), torch.randn(2, 4, 8, 8)
-    path = torch.tensor([intervals[0], intervals[1]])
-    got = teacher_path(net, maths, x_t, cond, path)
-    for i in range(2):
-        x = x_t[i : i + 1]
-        for t, s in zip(intervals[i][:-1], intervals[i][1:], strict=True):
-            with torch.no_grad():
-                out = net(torch.cat([x, cond[i : i + 1]], 1), torch.tensor([t]))
-            x0, eps = schedule.split(out, x, t)
-            x = _ddim_update(schedule, x0, eps, t, s, 0.0, torch.randn_like, x)
-        torch.testing.assert_close(got[i : i + 1], x, rtol=1e-5, atol=1e-5)
+    first = student_intervals(schedule, 3, steps, sampler)[0]
+    got = teacher_path(net, schedule, x_t, cond, first, sampler)
+    seen = {}
 
+    def denoise(x, t):
+        seen[t] = x.clone()
+        with torch.no_grad():
+            return net(torch.cat([x, cond], 1), torch.full((2,), t))
 
-def test_too_many_substeps_for_the_gaps_is_refused():
-    schedule = NoiseSchedule(tiny_card().scheduler)  # 100 training steps
-    with pytest.raises(MedgenError, match="substeps"):
-        student_intervals(schedule, 50, 4)
+    loop = sample("dpm++2m" if sampler.startswith("dpm") else "ddim", denoise, x_t, schedule, steps, torch.randn_like)
+    for _ in loop:
+        pass
+    if sampler == "ddim":  # DDIM's even grid: the path's end is on it
+        torch.testing.assert_close(got, seen[first[-1]], rtol=1e-5, atol=1e-5)
+    else:  # the student's timestep is added to the log-SNR grid: the loop passes it between two of its steps
+        assert first[-1] not in seen
+        assert (got - seen[first[-2]]).abs().mean() < (x_t - seen[first[-2]]).abs().mean()
+        inner = teacher_path(net, schedule, x_t, cond, first[:-1], sampler)
+        torch.testing.assert_close(inner, seen[first[-2]], rtol=1e-5, atol=1e-5)
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -126,7 +141,8 @@ def test_distillation_writes_a_loadable_student_whose_runs_follow_its_card(slabs
     saved = json.loads((out / "model.json").read_text())
     assert saved["name"] == "tiny-teacher-fast" and {k: saved["sampling"][k] for k in ("steps", "sampler")} == {"steps": 3, "sampler": "ddim"}
     record = saved["provenance"]["distillation"]
-    assert record["student_steps"] == 3 and record["substeps"] == 2 and record["steps"] == 3
+    assert record["student_steps"] == 3 and record["teacher_path"]["sampler"] == "dpm++2m" and record["steps"] == 3
+    assert record["teacher_path"]["steps"] == 5 and [p[-1] for p in record["teacher_path"]["intervals"]] == [50, 0]
     assert record["student_timesteps"] == [99, 50, 0] and len(record["final_loss_per_student_step"]) == 2
     assert saved["provenance"]["teacher"]["name"] == "tiny-teacher"
     assert saved["provenance"]["teacher"]["weights_sha256"] == teacher.weights_sha256
@@ -168,7 +184,7 @@ def test_resumed_distillation_continues_the_same_run(slabs, teacher_folder, tmp_
 def test_distill_command_line(slabs, teacher_folder, tmp_path, capsys):
     out = tmp_path / "cli-student"
     code = main(["distill", "--teacher", str(teacher_folder), "--out", str(out), "--data", str(slabs), "--steps", "3",
-                 "--substeps", "2", "--updates", "2", "--batch-size", "2", "--name", "tiny-quick", "--progress", "none",
+                 "--teacher-steps", "5", "--updates", "2", "--batch-size", "2", "--name", "tiny-quick", "--progress", "none",
                  "--device", "cpu"])
     assert code == 0 and capsys.readouterr().out.strip() == str(out)
     card = json.loads((out / "model.json").read_text())

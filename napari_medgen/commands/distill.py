@@ -1,6 +1,6 @@
 """`napari-medgen distill`: a few-step student of a trained model (step distillation), resumable like `train`.
 
-    napari-medgen distill --teacher MODEL --out DIR [--steps 4] [--substeps 6] [--updates 2000] [--data DATA]
+    napari-medgen distill --teacher MODEL --out DIR [--steps 4] [--teacher-steps N] [--teacher-sampler S] [--updates 2000] [--data DATA]
                           [--name NAME] [--guidance W] [--batch-size 12] [--learning-rate 5e-5] [--threads N]
                           [--checkpoint-dir DIR] [--checkpoint-every 100] [--resume]
 
@@ -23,8 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", required=True, help="the trained model to distil (name or folder)")
     parser.add_argument("--out", required=True, type=Path, help="the student's model folder (card, weights, loss curve)")
     parser.add_argument("--steps", type=int, default=default.student_steps, help="the student's sampling steps (DDIM)")
-    parser.add_argument("--substeps", type=int, default=default.substeps,
-                        help="teacher DDIM steps per student step (the teacher path the student learns)")
+    from ..engine.diffusion.methods import SAMPLERS
+
+    parser.add_argument("--teacher-steps", type=int, default=default.teacher_steps,
+                        help="steps of the teacher's path the student learns (default: the teacher card's)")
+    parser.add_argument("--teacher-sampler", choices=SAMPLERS, default=default.teacher_sampler,
+                        help="the teacher's sampler along that path, taken deterministically (default: the teacher card's)")
     parser.add_argument("--updates", type=int, default=default.steps, help="student optimiser updates")
     parser.add_argument("--data", type=Path, default=None,  # also prepared slices (.npz)
                         help="training image / label pairs or prepared slices (.npz), as for train (default for brain-t1-demo: the shipped sample brain)")
@@ -67,7 +71,8 @@ def run(args: argparse.Namespace, reporter: Any) -> list[str]:
         description = f"{len(pairs)} image / label pairs from {args.data}"
     config = DistillationConfig(
         student_steps=args.steps,
-        substeps=args.substeps,
+        teacher_steps=args.teacher_steps,
+        teacher_sampler=args.teacher_sampler,
         guidance=args.guidance,
         steps=args.updates,
         batch_size=args.batch_size,

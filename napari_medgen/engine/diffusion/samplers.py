@@ -63,6 +63,34 @@ def sample_ddpm(
     return (yield from sample_ddim(denoise, x_t, schedule, steps, noise_like, eta=1.0))
 
 
+def dpmpp_2m_update(
+    schedule: NoiseSchedule, x_t: torch.Tensor, x0: torch.Tensor, t: int, s: int,
+    history: tuple[torch.Tensor, float] | None, eta: float = 0.0, noise_like: NoiseFn | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, float]]:
+    """One DPM-Solver++(2M) step from t to s >= 0 given the clean estimate at t; `history` is the previous
+    step's (x0, h) or None (a first-order step). Returns x_s and the history for the next step."""
+    a_t, a_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
+    h = _log_snr(a_s) - _log_snr(a_t)
+    sigma_ratio = ((1 - a_s) / (1 - a_t)) ** 0.5
+    if history is None:
+        d = x0
+    else:
+        previous_x0, previous_h = history
+        r = previous_h / h
+        d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous_x0
+    # x_s = (sigma_s/sigma_t) e^(-eta h) x_t + alpha_s (1 - e^(-(1+eta) h)) d + sigma_s sqrt(1 - e^(-2 eta h)) z
+    x_s = sigma_ratio * float(np.exp(-eta * h)) * x_t + a_s**0.5 * float(-np.expm1(-(1 + eta) * h)) * d
+    if eta > 0:
+        assert noise_like is not None
+        x_s = x_s + (1 - a_s) ** 0.5 * float(-np.expm1(-2 * eta * h)) ** 0.5 * noise_like(x_t)
+    return x_s, (x0, h)
+
+
+def _log_snr(alpha_bar: float) -> float:
+    """Half the log signal-to-noise ratio (DPM-Solver's lambda)."""
+    return float(0.5 * np.log(alpha_bar / (1 - alpha_bar)))
+
+
 def sample_dpmpp_2m(
     denoise: DenoiseFn, x_t: torch.Tensor, schedule: NoiseSchedule, steps: int, noise_like: NoiseFn, eta: float = 0.0
 ) -> StepEvents:
@@ -76,13 +104,7 @@ def sample_dpmpp_2m(
     few steps.
     """
     timesteps = schedule.timesteps(steps, "log_snr")
-
-    def lam(t: int) -> float:
-        a = schedule.alpha_bar(t)
-        return 0.5 * np.log(a / (1 - a))
-
-    previous_x0: torch.Tensor | None = None
-    previous_h: float | None = None
+    history: tuple[torch.Tensor, float] | None = None
     x0 = x_t
     for i, t in enumerate(timesteps):
         s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
@@ -90,19 +112,7 @@ def sample_dpmpp_2m(
         if s < 0:
             x_t = x0
         else:
-            a_t, a_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
-            h = lam(s) - lam(t)
-            sigma_ratio = ((1 - a_s) / (1 - a_t)) ** 0.5
-            if previous_x0 is None or previous_h is None:
-                d = x0
-            else:
-                r = previous_h / h
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous_x0
-            # x_s = (sigma_s/sigma_t) e^(-eta h) x_t + alpha_s (1 - e^(-(1+eta) h)) d + sigma_s sqrt(1 - e^(-2 eta h)) z
-            x_t = sigma_ratio * float(np.exp(-eta * h)) * x_t + a_s**0.5 * float(-np.expm1(-(1 + eta) * h)) * d
-            if eta > 0:
-                x_t = x_t + (1 - a_s) ** 0.5 * float(-np.expm1(-2 * eta * h)) ** 0.5 * noise_like(x_t)
-            previous_x0, previous_h = x0, h
+            x_t, history = dpmpp_2m_update(schedule, x_t, x0, t, s, history, eta, noise_like)
         yield i + 1, len(timesteps), x0
     return x0
 

@@ -3,8 +3,11 @@
 The method is progressive distillation's step (Salimans & Ho, 2022, "Progressive Distillation for Fast
 Sampling of Diffusion Models"), taken in one stage: the student's timesteps are the ones DDIM uses at
 `student_steps` (`NoiseSchedule.timesteps`, evenly spaced), and between two of them, t and s, the teacher
-takes `substeps` deterministic DDIM steps. The student learns the one prediction at t whose DDIM step lands
-exactly where the teacher's steps landed:
+walks its own sampling path: the deterministic form of its card's sampler (DPM-Solver++ 2M, or DDIM) on the
+timesteps that sampler takes at the card's steps, cut at t and s. So the student learns the path the teacher
+ships with, not another one (the first brain-t1-demo-fast learned a DDIM path while its teacher sampled with
+DPM-Solver++, whose images have more texture inside tissues). The student learns the one prediction at t
+whose DDIM step lands exactly where the teacher's steps landed:
 
     x0~ = (x_s - (sigma_s / sigma_t) x_t) / (alpha_s - (sigma_s / sigma_t) alpha_t)
 
@@ -14,8 +17,9 @@ says `sampling: {steps, sampler: ddim}`. Noisy inputs x_t are drawn as in traini
 to t), with the teacher's conditioning mixes (labels dropped, generation or inpainting, pasted tissue), so
 labels, slice position and the inpainting inputs keep their meaning; classifier-free guidance, when asked
 for (`guidance` != 1), is folded in: the teacher's targets are guided, and the student needs one pass.
-The last timestep of the student's grid (t = 0, the final clean-up call) is not trained: there the teacher
-and the student both return x_t less a 1 % noise estimate.
+Each update trains one of the student's steps (a batch shares its interval, so the teacher's multistep
+solver runs batched). The last timestep of the student's grid (t = 0, the final clean-up call) is not
+trained: there the teacher and the student both return x_t less a 1 % noise estimate.
 
 `distill` is a generator like `train`: `TrainingEvent`s, checkpoints (safetensors + JSON, resumable as
 the same run), a loss curve, and the student's model folder at the end.
@@ -35,6 +39,8 @@ import numpy as np
 import torch
 
 from ... import __version__
+from ..diffusion.methods import DEFAULT_SAMPLER, TIMESTEP_SPACING
+from ..diffusion.samplers import _ddim_update, dpmpp_2m_update
 from ..diffusion.schedule import NoiseSchedule
 from ..errors import MedgenError
 from ..model.card import ModelCard, SamplingDefaults
@@ -47,27 +53,26 @@ from .distill_config import DistillationConfig
 from .loop import CHECKPOINT_DIR, TrainingConfig, TrainingEvent, _loss_curve
 from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule, update
 
-METHOD = "progressive distillation step (Salimans & Ho 2022), one stage: DDIM teacher substeps -> one DDIM student step"
+METHOD = ("progressive distillation step (Salimans & Ho 2022), one stage: the teacher's own sampler path between two "
+          "student timesteps -> one DDIM student step")
+# The deterministic path a teacher's sampler follows: a stochastic sampler's is its ODE form.
+TEACHER_PATHS = {"ddim": "ddim", "ddpm": "ddim", "dpm++2m": "dpm++2m", "dpm++2m-sde": "dpm++2m"}
 # Batch settings taken from the teacher's own training (its card's provenance) unless the config sets them.
 _BATCH_SETTINGS = ("crop_size", "generation_fraction", "region_mm", "paste_fraction", "paste_mm", "scanner_fraction",
                    "field_of_view_fraction", "field_of_view_px")
 
 
-def student_intervals(schedule: NoiseSchedule, student_steps: int, substeps: int) -> list[list[int]]:
-    """For each student step but the last, the teacher's DDIM path from its timestep t to the next one s:
-    `substeps` + 1 timesteps, t first and s last."""
+def student_intervals(schedule: NoiseSchedule, student_steps: int, teacher_steps: int, teacher_sampler: str) -> list[list[int]]:
+    """For each student step but the last, the teacher's path from its timestep t to the next one s: the
+    timesteps `teacher_sampler` takes at `teacher_steps` that lie between them, t first and s last."""
     grid = schedule.timesteps(student_steps)
     if len(grid) < 2:
         raise MedgenError("a student needs at least 2 steps (the last one only cleans up)")
-    paths = []
-    for t, s in itertools.pairwise(grid):
-        if t - s < substeps:
-            raise MedgenError(
-                f"{substeps} teacher substeps do not fit between timesteps {t} and {s}; use fewer substeps "
-                f"or fewer student steps"
-            )
-        paths.append(np.linspace(t, s, substeps + 1).round().astype(int).tolist())
-    return paths
+    if teacher_steps <= student_steps:
+        raise MedgenError(f"a teacher path of {teacher_steps} steps is no longer than the student's {student_steps}; "
+                          "give the teacher more steps")
+    teacher_grid = schedule.timesteps(teacher_steps, TIMESTEP_SPACING.get(teacher_sampler, "even"))
+    return [[t, *(u for u in teacher_grid if s < u < t), s] for t, s in itertools.pairwise(grid)]
 
 
 class _ScheduleTensors:
@@ -82,24 +87,6 @@ class _ScheduleTensors:
         """(alpha_t, sigma_t), shaped (B, 1, 1, 1)."""
         a = self.alphas[t].view(-1, 1, 1, 1)
         return a.sqrt(), (1 - a).clamp_min(0).sqrt()
-
-    def clean_estimate(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network output's x0, clipped to [-1, 1] as `NoiseSchedule.split` does in sampling."""
-        alpha, sigma = self.coefficients(t)
-        if self.prediction_type == "epsilon":
-            x0 = (x_t - sigma * output) / alpha
-        elif self.prediction_type == "v_prediction":
-            x0 = alpha * x_t - sigma * output
-        else:
-            x0 = output
-        return x0.clamp(-1.0, 1.0)
-
-    def ddim_step(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """Deterministic DDIM from t to s given the clean estimate (as `samplers._ddim_update` with eta 0)."""
-        alpha_t, sigma_t = self.coefficients(t)
-        alpha_s, sigma_s = self.coefficients(s)
-        eps = (x_t - alpha_t * x0) / sigma_t
-        return alpha_s * x0 + sigma_s * eps
 
     def target(self, x_t: torch.Tensor, x_s: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """What the student predicts at t so that one DDIM step lands on x_s (in the card's prediction type)."""
@@ -129,19 +116,38 @@ def _teacher_output(teacher: torch.nn.Module, x_t: torch.Tensor, conditioning: t
 @torch.inference_mode()
 def teacher_path(
     teacher: torch.nn.Module,
-    maths: _ScheduleTensors,
+    schedule: NoiseSchedule,
     x_t: torch.Tensor,
     conditioning: torch.Tensor,
-    path: torch.Tensor,
+    path: list[int],
+    sampler: str = "ddim",
     guidance: float = 1.0,
     label_channels: int = 0,
 ) -> torch.Tensor:
-    """The teacher's deterministic DDIM steps along `path` ((B, K + 1) timesteps per sample): x at path[:, -1]."""
-    for k in range(path.shape[1] - 1):
-        t, s = path[:, k], path[:, k + 1]
-        output = _teacher_output(teacher, x_t, conditioning, t, guidance, label_channels)
-        x_t = maths.ddim_step(maths.clean_estimate(output, x_t, t), x_t, t, s)
+    """The teacher's deterministic steps along `path` (timesteps, descending), as the sampling loop of
+    `sampler` takes them from path[0] (first order there, as at the start of sampling): x at path[-1]."""
+    method = TEACHER_PATHS[sampler]
+    history = None
+    for t, s in itertools.pairwise(path):
+        timestep = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+        x0, eps = schedule.split(_teacher_output(teacher, x_t, conditioning, timestep, guidance, label_channels), x_t, t)
+        if method == "dpm++2m":
+            x_t, history = dpmpp_2m_update(schedule, x_t, x0, t, s, history)
+        else:
+            x_t = _ddim_update(schedule, x0, eps, t, s, 0.0, torch.randn_like, x_t)
     return x_t
+
+
+def teacher_sampling(card: ModelCard, config: DistillationConfig) -> tuple[int, str]:
+    """The teacher's steps and sampler for its path: the config's, else its card's sampling defaults."""
+    from ..synthesis.options import DEFAULT_STEPS
+
+    defaults = card.sampling
+    steps = config.teacher_steps or (defaults.steps if defaults and defaults.steps else DEFAULT_STEPS)
+    sampler = config.teacher_sampler or (defaults.sampler if defaults and defaults.sampler else DEFAULT_SAMPLER)
+    if sampler not in TEACHER_PATHS:
+        raise MedgenError(f"unknown teacher sampler {sampler!r}; choose one of {', '.join(TEACHER_PATHS)}")
+    return int(steps), sampler
 
 
 def _batch_config(teacher_card: ModelCard, config: DistillationConfig) -> TrainingConfig:
@@ -197,8 +203,8 @@ def distill(
             f"makes them); {card.name} is a {card.spatial_dims}-D {card.network.class_name} with label_map="
             f"{card.conditioning.label_map!r}"
         )
-    if config.student_steps < 2 or config.substeps < 1 or config.steps < 1:
-        raise MedgenError("a student needs at least 2 steps, at least 1 teacher substep and at least 1 update")
+    if config.student_steps < 2 or config.steps < 1:
+        raise MedgenError("a student needs at least 2 steps and at least 1 update")
     guidance = float(config.guidance if config.guidance is not None else card.conditioning.default_guidance)
     if guidance != 1.0 and not card.supports_guidance:
         raise MedgenError(f"{card.name} was not trained for classifier-free guidance; distil with guidance 1")
@@ -207,7 +213,8 @@ def distill(
     device = resolve_device(config.device)
     schedule = NoiseSchedule(card.scheduler)
     maths = _ScheduleTensors(schedule, device)
-    paths = torch.tensor(student_intervals(schedule, config.student_steps, config.substeps), device=device)
+    teacher_steps, teacher_sampler = teacher_sampling(card, config)
+    paths = student_intervals(schedule, config.student_steps, teacher_steps, teacher_sampler)
     label_channels = card.num_label_channels
 
     teacher_network = copy.deepcopy(teacher.networks["network"]).to(device=device, dtype=torch.float32).eval()
@@ -244,20 +251,19 @@ def distill(
     done = start_step
     for step, (clean, conditioning) in enumerate(batch_stream(batches, start_step, config.steps, config.workers), start_step):
         clean, conditioning = clean.to(device, non_blocking=True), conditioning.to(device, non_blocking=True)
-        which = torch.randint(0, len(paths), (clean.shape[0],), generator=generator).to(device)
+        which = int(torch.randint(0, len(paths), (1,), generator=generator))
         path = paths[which]
-        t, s = path[:, 0], path[:, -1]
+        t, s = (torch.full((clean.shape[0],), u, dtype=torch.long, device=device) for u in (path[0], path[-1]))
         noise = torch.randn(clean.shape, generator=generator).to(device)
         alpha_t, sigma_t = maths.coefficients(t)
         x_t = alpha_t * clean + sigma_t * noise
-        x_s = teacher_path(teacher_network, maths, x_t, conditioning, path, guidance, label_channels)
+        x_s = teacher_path(teacher_network, schedule, x_t, conditioning, path, teacher_sampler, guidance, label_channels)
         target = maths.target(x_t, x_s, t, s)
         prediction = network(torch.cat([x_t, conditioning], 1), t).float()
         per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3))
         loss = per_sample.mean()
         losses.append(update(loss, network, optimizer, lr_schedule, ema))
-        for i, value in zip(which.tolist(), per_sample.detach().tolist(), strict=True):
-            interval_losses[i].append(value)
+        interval_losses[which].extend(per_sample.detach().tolist())
         done = step + 1
         out_of_time = config.time_limit_s is not None and time.perf_counter() - started > config.time_limit_s
         if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
@@ -300,7 +306,8 @@ def distill(
             "batch_settings": {k: getattr(batch_config, k) for k in _BATCH_SETTINGS + ("condition_dropout",)},
             "device": str(device),
             "seconds": round(elapsed, 1),
-            "teacher_calls_per_update": config.substeps * (2 if guidance != 1.0 else 1),
+            "teacher_path": {"sampler": TEACHER_PATHS[teacher_sampler], "steps": teacher_steps, "intervals": paths},
+            "teacher_calls_per_update": round(float(np.mean([len(p) - 1 for p in paths])) * (2 if guidance != 1.0 else 1), 2),
             "final_loss": float(np.mean(losses[-100:])) if losses else None,
             "final_loss_per_student_step": [
                 float(np.mean(v[-max(1, len(v) // 10):])) if v else None for v in interval_losses

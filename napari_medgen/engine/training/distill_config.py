@@ -10,7 +10,9 @@ class DistillationConfig:
     """How a student is distilled (the teacher's card says what the model is)."""
 
     student_steps: int = 4  # the student's DDIM steps (network calls per sample)
-    substeps: int = 6  # teacher DDIM steps per student step (4 x 6: about the teacher's 20-step path)
+    # The path the student learns: the teacher's sampler at these steps; None: the teacher card's sampling defaults.
+    teacher_steps: int | None = None
+    teacher_sampler: str | None = None
     guidance: float | None = None  # folded into the student; None: the teacher card's default_guidance
     steps: int = 2000  # student updates
     batch_size: int = 12
