@@ -4,6 +4,7 @@ run, runs follow the card's sampling defaults, and the shipped fast model follow
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def test_teacher_path_is_the_teachers_grid_cut_at_the_students_timesteps():
     teacher_grid = schedule.timesteps(8, "log_snr")
     assert [dpm[0][0], dpm[0][-1], dpm[1][0], dpm[1][-1]] == [99, 50, 50, 0]
     assert sorted({u for path in dpm for u in path}, reverse=True) == sorted(set(teacher_grid) | {50}, reverse=True)
-    assert all(a > b for path in dpm for a, b in zip(path, path[1:]))
+    assert all(a > b for path in dpm for a, b in itertools.pairwise(path))
     with pytest.raises(MedgenError, match="no longer than"):
         student_intervals(schedule, 4, 4, "dpm++2m")
 

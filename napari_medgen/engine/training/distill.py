@@ -28,8 +28,8 @@ the same run), a loss curve, and the student's model folder at the end.
 from __future__ import annotations
 
 import copy
-import itertools
 import datetime as _dt
+import itertools
 import time
 from collections.abc import Generator
 from dataclasses import asdict, fields
