@@ -3,10 +3,12 @@
     python benchmarks/distilled.py [--student brain-t1-demo-fast] [--teacher brain-t1-demo] [--fidelity-slices 8]
                                    [--inpaint-cases 4] [--repeats 3] [--smoke]
 
-Three rows, one run: the teacher at its card's defaults (DDIM 20), the teacher cut to the student's steps with
-no distillation (what the student has to beat), and the student at its card's defaults (DDIM 4). For each:
+Three rows, one run: the teacher at its card's defaults (brain-t1-demo 2.2.0: DPM-Solver++ 2M, 20 steps, the path
+its student learns), the teacher cut to the student's steps with no distillation (what the student has to beat),
+and the student at its card's defaults (DDIM 4). For each:
 - the whole sample brain's label map generated (every slice), its time and the realism figures of that volume
-  against the real T1 (`realism.figures` / `relative`: spreads, gradients, through-plane energy, histogram W1);
+  against the real T1 (`realism.figures` / `relative`: spreads, gradients, the texture inside grey and white matter
+  in-plane and through-plane, through-plane energy, histogram W1);
 - the current-slice latency: one axial slice, model loaded, median of `--repeats` runs;
 - mask-fidelity Dice on held-out maps (`quality.mask_fidelity`) and inpainting PSNR / SSIM / seam inside random
   regions (`quality.inpainting`), the quality benchmark's own functions.
@@ -111,7 +113,7 @@ def quality_figures(model: LoadedModel, steps: int, sampler: str, name: str, t1,
     original, redirected = _with_inpaint_panel(None if args.smoke else common.result_path(f"distilled_inpaint_{name}.png"))
     quality.panel = redirected
     try:
-        # The inpainting run's sampler is the model's default (the teacher's and the student's are both DDIM).
+        # The inpainting run's sampler is the model's default (the teacher's DPM-Solver++, the student's DDIM).
         inpainting = quality.inpainting(model, t1, labels, args.inpaint_cases, steps, args.seed)
     finally:
         quality.panel = original
@@ -187,8 +189,8 @@ def _cpu_has_bf16() -> bool:
 # -- report ----------------------------------------------------------------------------------------
 def table(report: dict) -> str:
     lines = [
-        "| Model (steps, sampler) | Whole volume | One slice | Mask Dice | Inpainting PSNR / SSIM / seam | Spread CSF / GM / WM | Gradient edge / inside | Through/in-plane | Histogram W1 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Model (steps, sampler) | Whole volume | One slice | Mask Dice | Inpainting PSNR / SSIM / seam | Spread CSF / GM / WM | Gradient edge / inside | Inside GM / WM: in-plane, through-plane | Through/in-plane | Histogram W1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in report["rows"].items():
         r, q = row["volume"]["realism"], row["quality"]
@@ -198,7 +200,9 @@ def table(report: dict) -> str:
             f"| {row['slice']['median_s']:.3f} s ({row['slice']['median_cpu_s']:.3f} CPU s) "
             f"| {q['mask_fidelity_mean_dice']:.3f} | {inp['psnr']:.1f} dB / {inp['ssim']:.3f} / {inp['seam_ratio']:.2f} "
             f"| {r['spread_CSF']:.2f} / {r['spread_GM']:.2f} / {r['spread_WM']:.2f} "
-            f"| {r['gradient_gm_wm_boundary']:.2f} / {r['gradient_inside_tissue']:.2f} | {r['through_in_plane']:.2f} | {r['histogram_w1']:.4f} |"
+            f"| {r['gradient_gm_wm_boundary']:.2f} / {r['gradient_inside_tissue']:.2f} "
+            f"| {r['inside_in_plane_GM']:.2f} / {r['inside_in_plane_WM']:.2f}, {r['inside_through_plane_GM']:.2f} / {r['inside_through_plane_WM']:.2f} "
+            f"| {r['through_in_plane']:.2f} | {r['histogram_w1']:.4f} |"
         )
     lines.append("")
     levers = report.get("speed_levers")
