@@ -109,8 +109,8 @@ def quality_figures(model: LoadedModel, steps: int, sampler: str, name: str, t1,
     block = slice(middle - args.fidelity_slices // 2, middle + (args.fidelity_slices + 1) // 2)
     maps = args.fidelity_maps.split(",") if args.fidelity_maps else None
     fidelity = quality.mask_fidelity(model, t1, labels, block, steps, sampler, args.seed, maps=maps,
-                                     panel_path=False if args.smoke else common.result_path(f"distilled_fidelity_{name}.png"))
-    original, redirected = _with_inpaint_panel(None if args.smoke else common.result_path(f"distilled_inpaint_{name}.png"))
+                                     panel_path=False if args.smoke else common.result_path(f"{args.result_name}_fidelity_{name}.png"))
+    original, redirected = _with_inpaint_panel(None if args.smoke else common.result_path(f"{args.result_name}_inpaint_{name}.png"))
     quality.panel = redirected
     try:
         # The inpainting run's sampler is the model's default (the teacher's DPM-Solver++, the student's DDIM).
@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levers", action=__import__("argparse").BooleanOptionalAction, default=True,
                         help="measure the per-call speed levers")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--result-name", default="distilled",
+                        help="name of the results (benchmarks/results/NAME.json and its pictures); another student measured "
+                             "beside the shipped one takes another name, and only the default updates the README")
     args = common.parse(parser, SMOKE, argv)
     common.note_start()
     teacher, student = _models(args)
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         print(name, rows[name], flush=True)
     planes.append(("real T1", t1.array[volume_slices]))
     if not args.smoke:
-        realism.planes_picture(planes, common.result_path("distilled_planes.png"))
+        realism.planes_picture(planes, common.result_path(f"{args.result_name}_planes.png"))
     names = {row["key"]: name for name, row in rows.items()}
     s, t = rows[names["student"]], rows[names["teacher"]]
     dice_gap = s["quality"]["mask_fidelity_mean_dice"] - t["quality"]["mask_fidelity_mean_dice"]
@@ -314,11 +317,12 @@ def main(argv: list[str] | None = None) -> None:
         },
         "seconds": round(time.perf_counter() - started, 1),
     }
-    path = common.write_result("distilled", report)
+    path = common.write_result(args.result_name, report)
     text = table(report)
     print(text)
     print(f"wrote {path}")
-    common.update_readme("distilled-table", text)
+    if args.result_name == "distilled":
+        common.update_readme("distilled-table", text)
 
 
 if __name__ == "__main__":
