@@ -159,8 +159,7 @@ def main() -> None:
 
     teacher = load_model(str(teacher_folder), device=args.device)
     student_config = DistillationConfig(
-        student_steps=4, teacher_sampler="ddim", teacher_steps=19,  # the shipped student's path (distill.py says why)
-        steps=updates, batch_size=args.batch_size, learning_rate=1e-4, ema_decay=0.995,
+        student_steps=4, steps=updates, batch_size=args.batch_size, learning_rate=1e-4, ema_decay=0.995,
         checkpoint_every=500, device=args.device, workers=args.workers,
         time_limit_s=args.student_budget_minutes * 60 if args.student_budget_minutes else None,
     )

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace, reporter: Any) -> list[str]:
         if teacher.card.name != "brain-t1-demo":
             raise MedgenError(f"give the training data of {teacher.card.name} with --data (the pairs it was trained on)")
         pairs = demo_training_pairs()
-        description = teacher.card.provenance.get("training_data", "the shipped sample brain")
+        # Only the shipped sample brain: the first of the grids the teacher's card may list as its training data.
+        description = "the shipped sample brain (ICBM152 2009a symmetric T1 and its tissue labels at 2 mm)"
     elif args.data.suffix == ".npz":
         from ..engine.training.data import load_slices
 
