@@ -1,7 +1,7 @@
 """The distilled few-step model beside its teacher (issue 16): speed, mask fidelity, realism, inpainting, speed levers.
 
     python benchmarks/distilled.py [--student brain-t1-demo-fast] [--teacher brain-t1-demo] [--fidelity-slices 8]
-                                   [--inpaint-cases 4] [--repeats 3] [--smoke]
+                                   [--inpaint-cases 4] [--repeats 3] [--result-name distilled] [--smoke]
 
 Three rows, one run: the teacher at its card's defaults (brain-t1-demo 2.2.0: DPM-Solver++ 2M, 20 steps, the path
 its student learns), the teacher cut to the student's steps with no distillation (what the student has to beat),
@@ -17,7 +17,8 @@ bf16 vs fp32 (where this CPU runs it), and torch.compile (inductor), with the co
 
 Targets: the whole 91-slice volume in under 30 s and one slice in under 0.3 s on the 2-core CPU, Dice within 0.02
 of the teacher at 20 steps, inpainting no worse. Writes benchmarks/results/distilled.json, pictures
-distilled_fidelity_<row>.png / distilled_inpaint_<row>.png / distilled_planes.png, and the README's distilled table.
+distilled_fidelity_<row>.png / distilled_inpaint_<row>.png / distilled_planes.png, and the README's distilled table;
+with `--result-name NAME` (another student measured beside the shipped one) NAME.json and NAME_*.png, README untouched.
 `--smoke`: a tiny random-weight teacher and the same weights as a 2-step "student" (a card with sampling
 defaults), three slices, one inpainting case: a check that the script runs.
 """

@@ -143,7 +143,7 @@ def main() -> None:
         config.steps = max(100, int(args.budget_minutes * 60 / per_step))
         config.time_limit_s = args.budget_minutes * 60 * 1.1
         print(f"{per_step * 1000:.1f} ms per step: {config.steps} steps fit {args.budget_minutes} minutes", flush=True)
-        if args.student_budget_minutes:  # an update costs about 3 training steps (6 teacher passes, no gradients)
+        if args.student_budget_minutes:  # an update costs about 3 training steps (7 teacher passes on average, no gradients)
             updates = min(updates, max(50, int(args.student_budget_minutes * 60 / (3.2 * per_step))))
     shutil.rmtree(args.checkpoints / "teacher", ignore_errors=True)
     teacher_folder = _drive(

@@ -99,9 +99,12 @@ def test_teacher_path_is_the_teachers_grid_cut_at_the_students_timesteps():
     assert all(a > b for path in dpm for a, b in itertools.pairwise(path))
     with pytest.raises(MedgenError, match="no longer than"):
         student_intervals(schedule, 4, 4, "dpm++2m")
+    with pytest.raises(MedgenError, match="no step between"):  # 5 log-SNR steps on 100: none between 99 and 66
+        student_intervals(schedule, 4, 5, "dpm++2m")
 
 
-@pytest.mark.parametrize(("sampler", "steps"), [("ddim", 5), ("dpm++2m", 8), ("dpm++2m-sde", 8)])
+# dpm++2m at 12 steps: the first path is 99, 81, 63, 50, so the path without its end holds a second-order step.
+@pytest.mark.parametrize(("sampler", "steps"), [("ddim", 5), ("dpm++2m", 12), ("dpm++2m-sde", 12)])
 def test_teacher_path_is_where_the_teachers_own_sampling_loop_goes(sampler, steps):
     """From the top of the schedule, `teacher_path` lands where the sampling loop of the teacher's sampler (a
     stochastic one's deterministic form) is at the student's next timestep."""
@@ -180,6 +183,29 @@ def test_resumed_distillation_continues_the_same_run(slabs, teacher_folder, tmp_
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     with pytest.raises(MedgenError, match="no checkpoint"):
         _drive(distill(teacher, pairs, tmp_path / "nothing", _config(2), resume=True))
+
+
+def test_the_path_defaults_to_the_teacher_cards_sampling_and_a_resume_keeps_it(slabs, tmp_path):
+    folder = make_tiny_model(tmp_path / "dpm-teacher", name="dpm-teacher")
+    card = json.loads((folder / "model.json").read_text())
+    card["sampling"] = {"steps": 8, "sampler": "dpm++2m"}
+    (folder / "model.json").write_text(json.dumps(card))
+    teacher = load_model(folder, device="cpu")
+    pairs = find_training_pairs(slabs)
+    config = DistillationConfig(student_steps=3, steps=2, batch_size=2, crop_size=16, warmup_steps=1, checkpoint_every=1,
+                                device="cpu")
+    out, _ = _drive(distill(teacher, pairs, tmp_path / "student", config))
+    record = json.loads((out / "model.json").read_text())["provenance"]["distillation"]
+    schedule = NoiseSchedule(teacher.card.scheduler)
+    assert record["teacher_path"] == {"sampler": "dpm++2m", "steps": 8,
+                                      "intervals": student_intervals(schedule, 3, 8, "dpm++2m")}
+    assert record["teacher_calls_per_update"] == 4.0  # 2 and 6 calls on the paths 99-70-50 and 50-...-0
+    # The same weights sampled another way make another path: its checkpoint is not resumed by mistake.
+    other = DistillationConfig(**{**config.__dict__, "steps": 3, "teacher_sampler": "ddim", "teacher_steps": 5})
+    with pytest.raises(MedgenError, match="another teacher path"):
+        _drive(distill(teacher, pairs, tmp_path / "student", other, resume=True))
+    with pytest.raises(MedgenError, match="unknown teacher sampler"):
+        _drive(distill(teacher, pairs, tmp_path / "x", DistillationConfig(**{**config.__dict__, "teacher_sampler": "euler"})))
 
 
 def test_distill_command_line(slabs, teacher_folder, tmp_path, capsys):

@@ -81,7 +81,8 @@ def dpmpp_2m_update(
     # x_s = (sigma_s/sigma_t) e^(-eta h) x_t + alpha_s (1 - e^(-(1+eta) h)) d + sigma_s sqrt(1 - e^(-2 eta h)) z
     x_s = sigma_ratio * float(np.exp(-eta * h)) * x_t + a_s**0.5 * float(-np.expm1(-(1 + eta) * h)) * d
     if eta > 0:
-        assert noise_like is not None
+        if noise_like is None:
+            raise ValueError("a stochastic DPM-Solver++ step (eta > 0) needs noise_like")
         x_s = x_s + (1 - a_s) ** 0.5 * float(-np.expm1(-2 * eta * h)) ** 0.5 * noise_like(x_t)
     return x_s, (x0, h)
 

@@ -73,7 +73,14 @@ def student_intervals(schedule: NoiseSchedule, student_steps: int, teacher_steps
         raise MedgenError(f"a teacher path of {teacher_steps} steps is no longer than the student's {student_steps}; "
                           "give the teacher more steps")
     teacher_grid = schedule.timesteps(teacher_steps, TIMESTEP_SPACING.get(teacher_sampler, "even"))
-    return [[t, *(u for u in teacher_grid if s < u < t), s] for t, s in itertools.pairwise(grid)]
+    paths = [[t, *(u for u in teacher_grid if s < u < t), s] for t, s in itertools.pairwise(grid)]
+    for path in paths:
+        if len(path) < 3:  # one teacher step is the student's own DDIM step: nothing to learn there
+            raise MedgenError(
+                f"the teacher's {teacher_sampler} path of {teacher_steps} steps takes no step between the student's "
+                f"timesteps {path[0]} and {path[-1]}; give more teacher steps or fewer student steps"
+            )
+    return paths
 
 
 class _ScheduleTensors:
@@ -243,6 +250,12 @@ def distill(
         record = load_checkpoint(checkpoint, network, ema, optimizer, ("lr_schedule", "rng"))
         if record.get("teacher_sha256") not in (None, teacher.weights_sha256):
             raise MedgenError(f"{checkpoint}: the checkpoint distils another teacher; give that one or start afresh")
+        if record.get("teacher_paths") != paths:  # the same weights can ship with another sampler or steps
+            raise MedgenError(
+                f"{checkpoint}: the checkpoint learned another teacher path ({record.get('teacher_paths')}) than this "
+                f"run's {teacher_sampler} at {teacher_steps} steps ({paths}); give the run's own --teacher-sampler, "
+                "--teacher-steps and --steps, or start afresh"
+            )
         start_step, losses, seconds = record["step"], record["losses"], record.get("seconds", 0.0)
         interval_losses = record.get("interval_losses", interval_losses)
         lr_schedule = resume_lr_schedule(lr_schedule, optimizer, config, record, start_step)  # type: ignore[arg-type]
@@ -275,7 +288,7 @@ def distill(
                 "rng": {"torch": generator.get_state()},
             }
             record = {"step": done, "losses": losses, "interval_losses": interval_losses, "seconds": elapsed,
-                      "config": asdict(config), "teacher_sha256": teacher.weights_sha256}
+                      "config": asdict(config), "teacher_sha256": teacher.weights_sha256, "teacher_paths": paths}
             save_checkpoint(checkpoint, network, ema, states, record)
             _loss_curve(losses, checkpoint / "loss_curve.png", card.scheduler.prediction_type)
         recent = float(np.mean(losses[-25:]))
