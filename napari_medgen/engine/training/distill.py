@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from ... import __version__
-from ..diffusion.methods import DEFAULT_SAMPLER, TIMESTEP_SPACING
+from ..diffusion.methods import TIMESTEP_SPACING
 from ..diffusion.samplers import _ddim_update, dpmpp_2m_update
 from ..diffusion.schedule import NoiseSchedule
 from ..errors import MedgenError
@@ -147,15 +147,14 @@ def teacher_path(
 
 
 def teacher_sampling(card: ModelCard, config: DistillationConfig) -> tuple[int, str]:
-    """The teacher's steps and sampler for its path: the config's, else its card's sampling defaults."""
-    from ..synthesis.options import DEFAULT_STEPS
+    """The teacher's steps and sampler for its path: the config's, else what a run of the teacher that asks for
+    nothing takes (its card's sampling defaults, else the engine's)."""
+    from ..synthesis.options import SamplingOptions, resolve_options
 
-    defaults = card.sampling
-    steps = config.teacher_steps or (defaults.steps if defaults and defaults.steps else DEFAULT_STEPS)
-    sampler = config.teacher_sampler or (defaults.sampler if defaults and defaults.sampler else DEFAULT_SAMPLER)
-    if sampler not in TEACHER_PATHS:
-        raise MedgenError(f"unknown teacher sampler {sampler!r}; choose one of {', '.join(TEACHER_PATHS)}")
-    return int(steps), sampler
+    if config.teacher_sampler is not None and config.teacher_sampler not in TEACHER_PATHS:
+        raise MedgenError(f"unknown teacher sampler {config.teacher_sampler!r}; choose one of {', '.join(TEACHER_PATHS)}")
+    options = resolve_options(SamplingOptions(sampler=config.teacher_sampler, steps=config.teacher_steps), {}, card)
+    return int(options.steps), str(options.sampler)
 
 
 def _batch_config(teacher_card: ModelCard, config: DistillationConfig) -> TrainingConfig:
