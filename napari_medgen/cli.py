@@ -81,6 +81,9 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--labels", required=True, type=Path, help="label map file or DICOM folder")
+    gen.add_argument("--fractions", type=Path, nargs="+", default=None, metavar="MAP",
+                     help="tissue fraction maps on the label map's grid, one per class from 1 in the schema's order "
+                     "(a segmentation's probability maps, 0-1), for a model trained on them")
     gen.add_argument("--out", required=True, type=Path, help="output file (.nii.gz, .mha, .nrrd)")
     _sampling_arguments(gen)
 
@@ -347,8 +350,9 @@ def cmd_generate(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     options = _sampling_options(args)
     options.check()
     label_map = read_volume(args.labels)
+    fractions = [read_volume(path) for path in args.fractions] if args.fractions else None
     model = load_model(args.model, device=args.device, precision=args.precision)
-    results = _drive(generate(model, label_map, options), reporter)
+    results = _drive(generate(model, label_map, options, tissue_fractions=fractions), reporter)
     return _write_results(results, paths)
 
 

@@ -58,8 +58,8 @@ def resample_to_spacing(image: sitk.Image, spacing_mm: float, shift_mm: tuple[fl
     )
 
 
-def template_pair(spacing_mm: float = SPACING_MM, shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> tuple[Volume, Volume]:
-    """The template's T1 (brain only, 0-1000) and its tissue labels on a `spacing_mm` grid moved by `shift_mm`."""
+def _template_maps(spacing_mm: float, shift_mm: tuple[float, float, float]):
+    """The template's T1 image on the grid, its array, the brain mask and the CSF / GM / WM fractions there."""
     data = template_dir()
     read = lambda name: resample_to_spacing(  # noqa: E731
         sitk.ReadImage(str(data / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz")), spacing_mm, shift_mm
@@ -70,7 +70,15 @@ def template_pair(spacing_mm: float = SPACING_MM, shift_mm: tuple[float, float, 
     wm = sitk.GetArrayFromImage(wm_image) / 255.0
     brain = t1 > 0.2 * t1.max()
     csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
-    labels = np.where(brain, np.argmax(np.stack([csf, gm, wm]), axis=0) + 1, 0).astype(np.uint8)
+    fractions = np.stack([csf, gm, wm])
+    fractions = np.where(brain, fractions / np.maximum(fractions.sum(axis=0), 1e-6), 0.0).astype(np.float32)
+    return t1_image, t1, brain, fractions
+
+
+def template_pair(spacing_mm: float = SPACING_MM, shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> tuple[Volume, Volume]:
+    """The template's T1 (brain only, 0-1000) and its tissue labels on a `spacing_mm` grid moved by `shift_mm`."""
+    t1_image, t1, brain, fractions = _template_maps(spacing_mm, shift_mm)
+    labels = np.where(brain, np.argmax(fractions, axis=0) + 1, 0).astype(np.uint8)
     t1_scaled = np.round(np.clip(t1, 0, None) / t1.max() * 1000).astype(np.int16)
     t1_scaled[~brain] = 0
 
@@ -82,6 +90,16 @@ def template_pair(spacing_mm: float = SPACING_MM, shift_mm: tuple[float, float, 
         metadata={"label_map": True, "label_names": {str(k): v for k, v in TISSUES.items()}, "source": source},
     )
     return image, label_map
+
+
+def template_fractions(spacing_mm: float = SPACING_MM, shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> list[Volume]:
+    """Each tissue's fraction of every voxel (CSF, grey matter, white matter; 0 outside the brain) on the grid of
+    `template_pair`: the partial volume the hard labels are the argmax of."""
+    t1_image, _, _, fractions = _template_maps(spacing_mm, shift_mm)
+    geometry = dict(spacing=t1_image.GetSpacing(), origin=t1_image.GetOrigin(), direction=t1_image.GetDirection())
+    source = f"ICBM152 2009a symmetric template's tissue probabilities (nilearn copy), resampled to {spacing_mm:g} mm"
+    return [Volume(fraction, **geometry, metadata={"source": source, "tissue": TISSUES[k]})
+            for k, fraction in enumerate(fractions, start=1)]
 
 
 def main() -> None:

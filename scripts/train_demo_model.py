@@ -57,17 +57,18 @@ DESCRIPTION = (
 def prepare(folder: Path) -> Path:
     """Write the eight shifted 2 mm pairs and their prepared slices into `folder`; returns ``slices.npz``."""
     sys.path.insert(0, str(REPO / "scripts"))
-    from make_sample_brain import template_pair
+    from make_sample_brain import template_fractions, template_pair
 
     from napari_medgen.engine.io import write_volume
 
     folder.mkdir(parents=True, exist_ok=True)
-    pairs = []
+    pairs, fractions = [], []
     for shift in itertools.product((0.0, 1.0), repeat=3):
         name = "icbm152_2mm_shift" + "".join(str(int(v)) for v in shift)
         image, label_map = template_pair(2.0, shift)
         pairs.append((write_volume(image, folder / f"{name}_image.nii.gz"), write_volume(label_map, folder / f"{name}_label.nii.gz")))
-    slices = load_training_slices(preset_card("brain-t1-demo"), pairs)
+        fractions.append(template_fractions(2.0, shift))
+    slices = load_training_slices(preset_card("brain-t1-demo"), pairs, fractions)
     return save_slices(slices, folder / "slices.npz")
 
 
@@ -117,6 +118,8 @@ def main() -> None:
     parser.add_argument("--warp-interpolation", default="bicubic", choices=("bicubic", "bilinear"),
                         help="how warped training images are resampled (card 2.0.0's stages: bilinear)")
     parser.add_argument("--warp-fraction", type=float, default=0.7, help="training samples warped")
+    parser.add_argument("--fraction-share", type=float, default=0.0,
+                        help="share of samples conditioned on the template's tissue fractions instead of hard labels")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--budget-minutes", type=float, default=None, help="fit the teacher's steps to this time")
     parser.add_argument("--student-budget-minutes", type=float, default=None, help="stop the student after this time")
@@ -135,7 +138,7 @@ def main() -> None:
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
         ema_decay=args.ema_decay, crop_size=None, checkpoint_every=1000, device=args.device, workers=args.workers,
         mixed_precision=args.mixed_precision, field_of_view_fraction=args.field_of_view_fraction, threads=args.threads,
-        warp_interpolation=args.warp_interpolation, warp_fraction=args.warp_fraction,
+        warp_interpolation=args.warp_interpolation, warp_fraction=args.warp_fraction, fraction_share=args.fraction_share,
     )
     updates = args.updates
     if args.budget_minutes:

@@ -282,7 +282,7 @@ def test_pasted_tissue_keeps_image_and_labels_paired():
     label = np.zeros((32, 32), np.int64)
     label[4:28, 4:28] = 3
     image = np.where(label > 0, 99.0, -1.0)
-    pasted_image, pasted_label = paste_tissue(image, label, source_image, source_label, 10.0, rng)
+    pasted_image, pasted_label, _ = paste_tissue(image, label, source_image, source_label, 10.0, rng)
     changed = pasted_label != label
     assert changed.any() and np.array_equal(pasted_image[changed], pasted_label[changed] * 10.0 + 0.5)
     moved = pasted_image != image

@@ -1,4 +1,5 @@
-"""Classical label-map editing for painting anatomy: remapping and filling gaps between slices."""
+"""Classical label-map editing for painting anatomy (remapping, filling gaps between slices), and tissue
+fractions on a grid."""
 
 from __future__ import annotations
 
@@ -7,6 +8,22 @@ from scipy.ndimage import distance_transform_edt
 
 from .errors import LabelSchemaError
 from .model.labels import LabelSchema
+from .resample import Grid, resample
+from .volume import Volume
+
+
+def fractions_on_grid(maps: list[Volume], grid: Grid, channels: int) -> np.ndarray:
+    """(channels, z, y, x) tissue fractions on `grid` from the fraction maps of classes 1 .. channels - 1.
+
+    Resampled linearly (a fraction is an average over the voxel); where the classes' fractions sum past 1
+    (resampling overshoot, maps that do not quite add up) they are scaled to 1; the background, class 0,
+    takes what is left. Outside the maps the voxel is all background.
+    """
+    if len(maps) != channels - 1:
+        raise LabelSchemaError(f"{len(maps)} tissue fraction maps given; the model has {channels - 1} classes besides background")
+    shares = np.stack([np.clip(resample(m, grid, "linear").array.astype(np.float32), 0.0, 1.0) for m in maps])
+    shares /= np.maximum(shares.sum(axis=0), 1.0)
+    return np.concatenate([1.0 - shares.sum(axis=0, keepdims=True), shares]).astype(np.float32)
 
 
 def remap_labels(label_map: np.ndarray, mapping: dict[int, int], schema: LabelSchema) -> np.ndarray:

@@ -28,6 +28,21 @@ def one_hot(label_map: np.ndarray, channels: int) -> np.ndarray:
     return np.moveaxis(eye[label_map.astype(np.int64)], -1, 1)
 
 
+def label_channels(label_map: np.ndarray, channels: int) -> np.ndarray:
+    """The label-map input channels: (N, ...) integer labels -> their one-hot; (N, channels, ...) floats are
+    tissue fractions (each voxel's share of every class, summing to 1) and go in as they are.
+
+    Fractions carry what hard labels cannot: how much of a voxel at a boundary is each tissue (partial
+    volume). On the demo's template they explain about half of CSF's and two thirds of grey matter's
+    intensity spread within the label (benchmarks/realism.py notes).
+    """
+    if np.issubdtype(label_map.dtype, np.floating):
+        if label_map.ndim < 3 or label_map.shape[1] != channels:
+            raise ValueError(f"tissue fractions need shape (N, {channels}, ...), got {label_map.shape}")
+        return np.ascontiguousarray(label_map, dtype=np.float32)
+    return one_hot(label_map, channels)
+
+
 def position_channels(positions: np.ndarray, frequencies: int, spatial_shape: tuple[int, ...]) -> np.ndarray:
     """Sinusoidal embedding of each sample's normalised slice position, as constant channels.
 
@@ -48,7 +63,8 @@ def conditioning_stack(
     positions: np.ndarray | None,
     shape: tuple[int, ...] | None = None,
 ) -> np.ndarray:
-    """The (N, C, ...) conditioning channels for N samples (label_map: (N, ...) integers, etc.).
+    """The (N, C, ...) conditioning channels for N samples (label_map: (N, ...) integers or (N, classes, ...)
+    tissue fractions, see `label_channels`; known, region: (N, ...)).
 
     With no known image the known channel is empty and the mask covers everything: plain
     generation, as in training (a fully voided image). `shape` is (N, ...spatial); it is needed
@@ -59,14 +75,15 @@ def conditioning_stack(
         given = label_map if label_map is not None else known
         if given is None:
             raise ValueError("conditioning_stack needs a label map, a known image or an explicit shape")
-        shape = tuple(given.shape)
+        fractions = given is label_map and np.issubdtype(given.dtype, np.floating)
+        shape = given.shape[:1] + given.shape[2:] if fractions else tuple(given.shape)
     n, spatial = int(shape[0]), tuple(int(v) for v in shape[1:])
     parts = []
     if cond.label_map != "none":
         if label_map is None:
             parts.append(np.zeros((n, card.num_label_channels) + spatial, np.float32))
         else:
-            parts.append(one_hot(label_map, card.num_label_channels))
+            parts.append(label_channels(label_map, card.num_label_channels))
     if cond.known_image:
         if known is None:
             parts.append(np.zeros((n, 1) + spatial, np.float32))

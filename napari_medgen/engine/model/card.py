@@ -112,6 +112,11 @@ class Conditioning(_Strict):
     default_slice_noise_correlation: float = Field(
         0.0, ge=0, le=1, description="2-D models: correlation of the noise of different slices when none is asked for"
     )
+    # Trained with the label channels sometimes carrying tissue fractions (partial volume) instead of the one-hot,
+    # the network takes either at inference: hard painted labels, or fractions from a segmentation's probabilities.
+    tissue_fractions: bool = Field(
+        False, description="the label channels also take tissue fractions (each voxel's share of every class)"
+    )
     # A tissue's texture continues through slices as the tissue does (white matter smooth, folded grey matter
     # changing from slice to slice), so a card may give some labels their own correlation.
     slice_noise_correlation_by_label: dict[str, float] = Field(

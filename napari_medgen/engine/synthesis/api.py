@@ -45,37 +45,52 @@ def generate(
     label_map: Volume,
     options: SamplingOptions | None = None,
     slice_range: tuple[int, int] | None = None,
+    tissue_fractions: list[Volume] | None = None,
     **option_overrides: Any,
 ) -> Generator[ProgressEvent, None, list[Volume]]:
     """Synthesize images that follow `label_map`, in its exact geometry; one per variant.
 
     `slice_range` (canonical axial slices, as napari shows them) limits a 3-D run to those slices,
-    and the results then cover just those slices.
+    and the results then cover just those slices. `tissue_fractions`, for a model trained on them
+    (``conditioning.tissue_fractions``), are each class's share of every voxel (classes 1, 2, ... in the
+    schema's order, on the label map's grid: a segmentation's probability maps): the network is then told
+    how much of a voxel at a boundary is each tissue, which the hard labels cannot say.
     """
     loaded, options = _model_for("generate", model, options, option_overrides)
     card = loaded.card
     if card.latent is not None:  # latent models (MAISI, MONAI bundles): their own path
+        if tissue_fractions is not None:
+            raise TaskNotSupportedError(f"model {card.name} takes hard labels only, not tissue fractions")
         from .latent import generate_latent
 
         return generate_latent(loaded, label_map, options, slice_range)
     label_map.require_finite("label map")
     _check_label_map(loaded, label_map)
+    if tissue_fractions is not None:
+        _check_fractions(card, tissue_fractions, label_map)
     canonical = to_canonical(as_3d(label_map))
+    fractions = [to_canonical(as_3d(f)) for f in tissue_fractions] if tissue_fractions is not None else None
     total_slices = canonical.shape[0]
     offset = 0
     if slice_range is not None:
         start, stop = _check_slice_range(slice_range, total_slices)
-        canonical = crop(canonical, (slice(start, stop), slice(None), slice(None)))
+        box = (slice(start, stop), slice(None), slice(None))
+        canonical = crop(canonical, box)
+        fractions = [crop(f, box) for f in fractions] if fractions is not None else None
         offset = start
-    problem = problem_on_model_grid(card, canonical, labels=canonical, known=None, region=None, intensity=None)
+    problem = problem_on_model_grid(card, canonical, labels=canonical, known=None, region=None, intensity=None,
+                                    fractions=fractions)
     if card.spatial_dims == 2:
         problem.positions = slice_positions(canonical.shape[0], offset, total_slices)
     problem.slice_offset = offset
+    inputs = {"label_map": label_map.content_hash()}
+    if tissue_fractions is not None:
+        inputs.update({f"tissue_fractions_{k}": f.content_hash() for k, f in enumerate(tissue_fractions, start=1)})
     task = GenerateTask(
         name="generate",
         problem=problem,
         input_crop=canonical,
-        inputs_sha256={"label_map": label_map.content_hash()},
+        inputs_sha256=inputs,
         label_map=label_map,
         whole_volume=slice_range is None,
         background=_background(card),
@@ -224,6 +239,27 @@ def _check_label_map(loaded: LoadedModel, label_map: Volume) -> None:
     if label_map.ndim == 2 and card.spatial_dims == 3:
         raise InvalidVolumeError(f"model {card.name} is 3-D and needs a 3-D label map")
     card.label_schema.validate_label_map(label_map.array)
+
+
+def _check_fractions(card: ModelCard, tissue_fractions: list[Volume], label_map: Volume) -> None:
+    if not card.conditioning.tissue_fractions:
+        raise TaskNotSupportedError(
+            f"model {card.name} was trained on hard labels only; generate from the label map alone, or use a model "
+            "whose card says conditioning.tissue_fractions"
+        )
+    wanted = card.num_label_channels - 1
+    if len(tissue_fractions) != wanted:
+        names = ", ".join(c.name for c in card.label_schema.classes if c.index > 0)
+        raise LabelSchemaError(f"model {card.name} needs {wanted} tissue fraction maps ({names}), got {len(tissue_fractions)}")
+    for k, fraction in enumerate(tissue_fractions, start=1):
+        fraction.require_finite(f"tissue fraction map {k}")
+        fraction.require_same_grid(label_map, what=f"tissue fraction map {k}", ref="label map")
+        low, high = float(fraction.array.min()), float(fraction.array.max())
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise InvalidVolumeError(
+                f"tissue fraction map {k} holds values from {low:g} to {high:g}; fractions lie in 0..1 (a probability "
+                "map in percent or 0-255 needs rescaling)"
+            )
 
 
 def _check_slice_range(slice_range: tuple[int, int], total: int) -> tuple[int, int]:

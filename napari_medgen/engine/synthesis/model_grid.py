@@ -15,6 +15,7 @@ import numpy as np
 from .. import memory
 from ..errors import GeometryMismatchError, InvalidVolumeError, RegionError
 from ..intensity import IntensityMap, intensity_map_for
+from ..label_tools import fractions_on_grid
 from ..model.card import ModelCard
 from ..orientation import canonical_axes, unorient_array
 from ..resample import Grid, grid_at_spacing, resample
@@ -37,6 +38,8 @@ class ModelGridProblem:
     slice_offset: int = 0
     # Inpainting with a model that has no known-image inputs: RePaint's resampling walk.
     by_repaint: bool = False
+    # (classes, z, y, x) tissue fractions, given in place of the labels' one-hot to a model trained on them.
+    fractions: np.ndarray | None = None
 
     @property
     def unpadded_shape(self) -> tuple[int, ...]:
@@ -56,8 +59,10 @@ def problem_on_model_grid(
     known: Volume | None,
     region: Volume | None,
     intensity: IntensityMap | None,
+    fractions: list[Volume] | None = None,
 ) -> ModelGridProblem:
-    """Resample the crop's label map, known image and region onto the model grid, padded for the UNet."""
+    """Resample the crop's label map (and tissue fraction maps), known image and region onto the model grid,
+    padded for the UNet."""
     if card.spatial_dims == 2:
         spacing = (card.spacing_mm[0], card.spacing_mm[1], input_crop.spacing[2])
     else:
@@ -83,7 +88,12 @@ def problem_on_model_grid(
         size = grid.shape[axis]
         pad[axis] = (0, int(np.ceil(max(size, 8) / divisor) * divisor) - size)
     padded_shape = tuple(s + p[1] for s, p in zip(grid.shape, pad, strict=True))
+    fractions_m = None
+    if fractions is not None:
+        fractions_m = np.pad(fractions_on_grid(fractions, grid, card.num_label_channels), [(0, 0)] + pad)
+        fractions_m[0] = 1.0 - fractions_m[1:].sum(axis=0)  # the padding is background
     return ModelGridProblem(
+        fractions=fractions_m,
         grid=Grid(tuple(padded_shape[::-1]), grid.spacing, grid.origin, grid.direction),
         labels=np.pad(labels_m, pad, constant_values=0) if labels_m is not None else None,
         known=np.pad(known_m, pad, constant_values=-1.0) if known_m is not None else None,

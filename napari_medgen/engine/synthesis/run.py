@@ -238,12 +238,14 @@ def _prepare_unit(loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, op
     if card.spatial_dims == 2:
         z = range(*unit[0].indices(problem.grid.shape[0]))
         labels = problem.labels[unit] if problem.labels is not None else None
+        condition = labels if problem.fractions is None else np.moveaxis(problem.fractions[(slice(None),) + tuple(unit)], 0, 1)
         known = problem.known[unit] if problem.known is not None else None
         region = problem.region[unit].astype(np.float32) if problem.region is not None else None
         positions = problem.positions[unit[0]] if problem.positions is not None else None
         keys = [seed * 100003 + problem.slice_offset + int(k) for k in z]
     else:
         labels = problem.labels[None] if problem.labels is not None else None
+        condition = labels if problem.fractions is None else problem.fractions[None]
         known = problem.known[None] if problem.known is not None else None
         region = problem.region[None].astype(np.float32) if problem.region is not None else None
         positions = None
@@ -253,7 +255,7 @@ def _prepare_unit(loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, op
     spatial = problem.grid.shape[1:] if card.spatial_dims == 2 else problem.grid.shape
     stack = conditioning_stack(
         card,
-        labels,
+        condition,
         known if inpaint_channels else None,
         region if inpaint_channels else None,
         positions,

@@ -22,9 +22,11 @@ from ..diffusion.denoiser import conditioning_stack
 from ..errors import MedgenError, VolumeReadError
 from ..intensity import intensity_map_for
 from ..io import read_volume, volume_extension
+from ..label_tools import fractions_on_grid
 from ..model.card import ModelCard
 from ..orientation import to_canonical
 from ..resample import grid_at_spacing, resample
+from ..volume import Volume
 
 if TYPE_CHECKING:
     from .loop import TrainingConfig
@@ -32,12 +34,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainingSlices:
-    """Training slices on the model's grid: images in [-1, 1], integer labels, positions in [0, 1]."""
+    """Training slices on the model's grid: images in [-1, 1], integer labels, positions in [0, 1], and
+    optionally each voxel's tissue fractions (partial volume; the labels are their argmax)."""
 
     images: np.ndarray  # (N, H, W) float32
     labels: np.ndarray  # (N, H, W) int64
     positions: np.ndarray  # (N,)
     description: dict[str, Any] = field(default_factory=dict)
+    fractions: np.ndarray | None = None  # (N, classes, H, W) float32, summing to 1 over classes
 
 
 def demo_training_pairs() -> list[tuple[Path, Path]]:
@@ -93,11 +97,19 @@ def find_training_pairs(data: str | Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def load_training_slices(card: ModelCard, pairs: list[tuple[Path, Path]]) -> TrainingSlices:
-    """Read each pair, bring it to canonical orientation and the model's in-plane spacing, normalise."""
-    images, labels, positions = [], [], []
+def load_training_slices(
+    card: ModelCard, pairs: list[tuple[Path, Path]], fractions: list[list[Volume]] | None = None
+) -> TrainingSlices:
+    """Read each pair, bring it to canonical orientation and the model's in-plane spacing, normalise.
+
+    `fractions`, per pair, the fraction of each voxel that is each class from 1 on (probability maps on the
+    pair's grid); the background takes the rest. They are resampled linearly beside the labels.
+    """
+    if fractions is not None and len(fractions) != len(pairs):
+        raise MedgenError(f"tissue fractions for {len(fractions)} cases, but {len(pairs)} image / label pairs")
+    images, labels, positions, shares = [], [], [], []
     shapes = []
-    for image_path, label_path in pairs:
+    for case, (image_path, label_path) in enumerate(pairs):
         image, label_map = read_volume(image_path), read_volume(label_path)
         image.require_same_grid(label_map, what=f"label map {label_path.name}", ref=f"image {image_path.name}")
         card.label_schema.validate_label_map(label_map.array, what=f"label map {label_path.name}")
@@ -106,17 +118,29 @@ def load_training_slices(card: ModelCard, pairs: list[tuple[Path, Path]]) -> Tra
         image_w = resample(image, grid, "linear").array
         labels_w = resample(label_map, grid, "nearest").array.astype(np.int64)
         normalised = intensity_map_for(card.normalization, image.array.astype(np.float32)).forward(image_w)
+        shares_w = None
+        if fractions is not None:
+            shares_w = _fractions_on(fractions[case], label_map, grid, card.num_label_channels, label_path.name)
         count = labels_w.shape[0]
         for z in range(count):
             if labels_w[z].any():
                 images.append(normalised[z])
                 labels.append(labels_w[z])
                 positions.append(z / max(count - 1, 1))
+                if shares_w is not None:
+                    shares.append(shares_w[:, z])
         shapes.append(labels_w.shape)
     height = max(a.shape[0] for a in images)
     width = max(a.shape[1] for a in images)
     pad = lambda a, value: np.pad(a, ((0, height - a.shape[0]), (0, width - a.shape[1])), constant_values=value)
+    padded_shares = None
+    if shares:
+        padded_shares = np.zeros((len(shares), card.num_label_channels, height, width), np.float32)
+        padded_shares[:, 0] = 1.0
+        for n, share in enumerate(shares):
+            padded_shares[n, :, : share.shape[1], : share.shape[2]] = share
     return TrainingSlices(
+        fractions=padded_shares,
         images=np.stack([pad(a, -1.0) for a in images]).astype(np.float32),
         labels=np.stack([pad(a, 0) for a in labels]),
         positions=np.asarray(positions, np.float32),
@@ -129,25 +153,36 @@ def load_training_slices(card: ModelCard, pairs: list[tuple[Path, Path]]) -> Tra
     )
 
 
+def _fractions_on(maps: list[Volume], label_map: Volume, grid: Any, channels: int, name: str) -> np.ndarray:
+    """(channels, z, y, x) fractions on `grid` from the maps of classes 1.. on the (canonical) label map's grid."""
+    canonical = [to_canonical(tissue) for tissue in maps]
+    for tissue in canonical:
+        tissue.require_same_grid(label_map, what="a tissue fraction map", ref=f"label map {name}")
+    return fractions_on_grid(canonical, grid, channels)
+
+
 # -- augmentation and masks -----------------------------------------------------------------------
-def _augmentation(warp_fraction: float = 0.7, warp_interpolation: str = "bicubic"):
-    """Geometric augmentation of image and labels together, then a mild intensity jitter (MONAI);
-    seeded by `TrainingBatches` before each batch."""
+def _augmentation(warp_fraction: float = 0.7, warp_interpolation: str = "bicubic", fractions: bool = False):
+    """Geometric augmentation of image and labels (and tissue fractions, resampled linearly) together, then a
+    mild intensity jitter (MONAI); seeded by `TrainingBatches` before each batch."""
     from monai.transforms import Compose, Rand2DElasticd, RandAdjustContrastd, RandFlipd, RandScaleIntensityd
 
+    keys, modes = ["image", "label"], [warp_interpolation, "nearest"]
+    if fractions:
+        keys, modes = keys + ["fractions"], modes + ["bilinear"]
     transforms = Compose(
         [
-            RandFlipd(keys=["image", "label"], spatial_axis=1, prob=0.5),  # left-right
-            RandFlipd(keys=["image", "label"], spatial_axis=0, prob=0.1),  # anterior-posterior
+            RandFlipd(keys=keys, spatial_axis=1, prob=0.5),  # left-right
+            RandFlipd(keys=keys, spatial_axis=0, prob=0.1),  # anterior-posterior
             Rand2DElasticd(
-                keys=["image", "label"],
+                keys=keys,
                 spacing=(16, 16),
                 magnitude_range=(0.0, 2.0),
                 prob=warp_fraction,
                 rotate_range=0.2,
                 scale_range=0.1,
                 translate_range=8,
-                mode=[warp_interpolation, "nearest"],
+                mode=modes,
                 padding_mode="zeros",
             ),
             RandScaleIntensityd(keys=["image"], factors=0.05, prob=0.5),
@@ -196,12 +231,14 @@ def paste_tissue(
     source_label: np.ndarray,
     diameter_px: float,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Copy a disc of tissue (image and labels together) from a random place in the source slice into
-    a random place inside the target's anatomy: new label layouts with images that truly match them."""
+    fractions: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Copy a disc of tissue (image and labels together, and the tissue fractions given as (target, source))
+    from a random place in the source slice into a random place inside the target's anatomy: new label
+    layouts with images that truly match them."""
     inside, donors = np.argwhere(label > 0), np.argwhere(source_label > 0)
     if not len(inside) or not len(donors):
-        return image, label
+        return image, label, None if fractions is None else fractions[0]
     (ty, tx), (sy, sx) = inside[rng.integers(len(inside))], donors[rng.integers(len(donors))]
     yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
     disc = (yy - ty) ** 2 + (xx - tx) ** 2 <= (diameter_px / 2) ** 2
@@ -210,7 +247,11 @@ def paste_tissue(
     image, label = image.copy(), label.copy()
     image[disc] = source_image[src_y[disc], src_x[disc]]
     label[disc] = source_label[src_y[disc], src_x[disc]]
-    return image, label
+    if fractions is None:
+        return image, label, None
+    target = fractions[0].copy()
+    target[:, disc] = fractions[1][:, src_y[disc], src_x[disc]]
+    return image, label, target
 
 
 class TrainingBatches:
@@ -223,7 +264,10 @@ class TrainingBatches:
 
     def __init__(self, card: ModelCard, data: TrainingSlices, config: TrainingConfig, seed: int) -> None:
         self.card, self.data, self.config, self.seed = card, data, config, int(seed)
-        self.augment = _augmentation(config.warp_fraction, config.warp_interpolation)
+        # Fractions travel with every sample when some are to be given them, so each draw is the same whether
+        # or not this sample's label channels end up carrying them.
+        self.fractions = data.fractions if config.fraction_share > 0 else None
+        self.augment = _augmentation(config.warp_fraction, config.warp_interpolation, self.fractions is not None)
         self.scanner_look = _scanner_look()
         divisor = card.downsampling_factor
         height, width = data.images.shape[1:]
@@ -246,17 +290,28 @@ class TrainingBatches:
         images, labels, regions, positions = [], [], [], []
         for _ in range(cfg.batch_size):
             i = int(rng.integers(len(self.data.images)))
-            sample = self.augment(
-                {"image": (self.data.images[i][None] + 1.0) / 2.0, "label": self.data.labels[i][None].astype(np.float32)}
-            )
+            sample = {"image": (self.data.images[i][None] + 1.0) / 2.0, "label": self.data.labels[i][None].astype(np.float32)}
+            if self.fractions is not None:
+                sample["fractions"] = self.fractions[i]
+            sample = self.augment(sample)
             image = np.asarray(sample["image"])[0] * 2.0 - 1.0
             label = np.rint(np.asarray(sample["label"])[0]).astype(np.int64)
-            image, label = self._pad_and_crop(image, label, rng, crop)
+            fractions = None
+            if self.fractions is not None:
+                # Outside the warped slice the padding is background: all of the voxel is class 0.
+                fractions = np.clip(np.asarray(sample["fractions"], np.float32), 0.0, 1.0)
+                fractions[0] = np.clip(1.0 - fractions[1:].sum(axis=0), 0.0, 1.0)
+            image, label, fractions = self._pad_and_crop(image, label, rng, crop, fractions)
             if rng.random() < cfg.paste_fraction:
                 for _ in range(int(rng.integers(1, 4))):
                     j = int(rng.integers(len(self.data.images)))
                     diameter = rng.uniform(*cfg.paste_mm) / self.card.spacing_mm[0]
-                    image, label = paste_tissue(image, label, self.data.images[j], self.data.labels[j], diameter, rng)
+                    pair = None if fractions is None else (fractions, self.fractions[j])
+                    image, label, fractions = paste_tissue(
+                        image, label, self.data.images[j], self.data.labels[j], diameter, rng, pair)
+            condition = label
+            if fractions is not None and rng.random() < cfg.fraction_share:
+                condition = fractions
             if rng.random() < cfg.generation_fraction:
                 region = np.ones(image.shape, bool)
             else:
@@ -265,9 +320,9 @@ class TrainingBatches:
                     looked = self.scanner_look({"image": np.clip(image, -1, 1)[None] * 0.5 + 0.5})
                     image = np.asarray(looked["image"])[0] * 2.0 - 1.0
             if rng.random() < cfg.condition_dropout:
-                label = None
+                condition = None
             images.append(np.clip(image, -1, 1).astype(np.float32))
-            labels.append(label)
+            labels.append(condition)
             regions.append(region)
             positions.append(self.data.positions[i])
         stacks = []
@@ -283,13 +338,19 @@ class TrainingBatches:
         return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.concatenate(stacks))
 
     def _pad_and_crop(
-        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop: int | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop: int | None,
+        fractions: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         height, width = self.padded
-        image = np.pad(image, ((0, height - image.shape[0]), (0, width - image.shape[1])), constant_values=-1.0)
-        label = np.pad(label, ((0, height - label.shape[0]), (0, width - label.shape[1])))
+        pad = ((0, height - image.shape[0]), (0, width - image.shape[1]))
+        image = np.pad(image, pad, constant_values=-1.0)
+        label = np.pad(label, pad)
+        if fractions is not None:
+            fractions = np.pad(fractions, ((0, 0),) + pad)
+            fractions[0, label.shape[0] - pad[0][1]:, :] = 1.0  # the padding is background
+            fractions[0, :, label.shape[1] - pad[1][1]:] = 1.0
         if crop is None or crop >= min(height, width):
-            return image, label
+            return image, label, fractions
         # Crops centred on the brain more often than not: background-only crops teach little.
         foreground = np.argwhere(label > 0)
         if len(foreground) and rng.random() < 0.9:
@@ -298,7 +359,8 @@ class TrainingBatches:
             cy, cx = rng.integers(height), rng.integers(width)
         y0 = int(np.clip(cy - crop // 2, 0, height - crop))
         x0 = int(np.clip(cx - crop // 2, 0, width - crop))
-        return image[y0 : y0 + crop, x0 : x0 + crop], label[y0 : y0 + crop, x0 : x0 + crop]
+        window = (slice(y0, y0 + crop), slice(x0, x0 + crop))
+        return image[window], label[window], None if fractions is None else fractions[(slice(None),) + window]
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -339,9 +401,10 @@ def save_slices(data: TrainingSlices, path: str | Path) -> Path:
     """Prepared training slices to one ``.npz`` file (arrays, and the description as JSON): read, resampled
     and normalised once, trained on many times (and carried to a GPU machine without the image readers)."""
     path = Path(path)
+    extra = {} if data.fractions is None else {"fractions": data.fractions.astype(np.float16)}
     np.savez_compressed(
         path, images=data.images, labels=data.labels.astype(np.int32), positions=data.positions,
-        description=np.array(json.dumps(data.description)),
+        description=np.array(json.dumps(data.description)), **extra,
     )
     return path
 
@@ -355,6 +418,7 @@ def load_slices(path: str | Path) -> TrainingSlices:
                 labels=saved["labels"].astype(np.int64),
                 positions=saved["positions"].astype(np.float32),
                 description=json.loads(str(saved["description"])),
+                fractions=saved["fractions"].astype(np.float32) if "fractions" in saved.files else None,
             )
     except (OSError, KeyError, ValueError) as error:
         raise VolumeReadError(f"{path}: not a file of prepared training slices ({error})") from None

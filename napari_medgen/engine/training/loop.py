@@ -63,6 +63,10 @@ class TrainingConfig:
     # with images that truly match them, so the labels rather than the place set the intensity.
     paste_fraction: float = 0.5
     paste_mm: tuple[float, float] = (6.0, 24.0)
+    # The share of samples whose label channels carry the data's tissue fractions (partial volume: each voxel's
+    # share of every class) instead of the one-hot of its hard labels; needs slices with fractions. Both kinds
+    # train the same network, so it takes painted labels and fractions alike.
+    fraction_share: float = 0.0
     # Inpainting samples given another scanner's look (bias field, gamma, blur, noise; see data._scanner_look).
     scanner_fraction: float = 0.5
     # Geometric augmentation (elastic warp, rotation, scaling): the fraction of samples warped, and how the image
@@ -149,6 +153,14 @@ def train(
     card.conditioning.condition_dropout = config.condition_dropout
     device = resolve_device(config.device)
     data = pairs if isinstance(pairs, TrainingSlices) else load_training_slices(card, pairs)
+    if not 0.0 <= config.fraction_share <= 1.0:
+        raise MedgenError(f"fraction_share is the share of samples given tissue fractions, 0..1; got {config.fraction_share}")
+    if config.fraction_share > 0 and data.fractions is None:
+        raise MedgenError(
+            "fraction_share > 0 needs training slices with tissue fractions (scripts/train_demo_model.py prepares "
+            "them from the template's probability maps); set fraction_share to 0 to train on hard labels only"
+        )
+    card.conditioning.tissue_fractions = card.conditioning.tissue_fractions or config.fraction_share > 0
     if card.normalization.kind == "mri_percentile":  # each tissue's learned level: inpainting harmonises to it
         card.normalization.label_levels = label_levels(data.images, data.labels, card.normalization.background_label)
     # The card records the frame the network saw in training: inpainting never hands it a smaller one.
