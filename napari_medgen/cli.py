@@ -123,6 +123,9 @@ def _train_arguments(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--crop", type=int, default=64, help="random crop size in pixels (0: whole slices)")
     tr.add_argument("--field-of-view-fraction", type=float, default=0.0,
                     help="fraction of batches cut to a smaller field of view (32-96 px), for whole-slice training")
+    tr.add_argument("--fraction-share", type=float, default=0.0,
+                    help="share of samples conditioned on tissue fractions instead of hard labels (0-1); needs each "
+                    "label map's fraction maps, <label map name>_fraction_<k> beside it (the sample brain has them)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto")
     tr.add_argument("--workers", type=int, default=0, help="processes making batches ahead of use (for a GPU)")
@@ -386,7 +389,7 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> list[str]:
 def cmd_train(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     from .engine.model.presets import preset_card
     from .engine.training import TrainingConfig, find_training_pairs, train
-    from .engine.training.data import demo_training_pairs
+    from .engine.training.data import TrainingSlices, demo_training_pairs, find_training_fractions, load_training_slices
 
     card = preset_card(args.preset)
     if args.name:
@@ -406,7 +409,15 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     else:
         pairs = find_training_pairs(args.data)
         description = f"{len(pairs)} image / label pairs from {args.data}"
+    if args.fraction_share > 0 and not isinstance(pairs, TrainingSlices):
+        from .engine.io import read_volume
+
+        fraction_files = find_training_fractions(pairs, card.num_label_channels, args.data)
+        fractions = [[read_volume(path) for path in paths] for paths in fraction_files]
+        pairs = load_training_slices(card, pairs, fractions)
+        description += ", with their tissue fraction maps"
     config = TrainingConfig(
+        fraction_share=args.fraction_share,
         steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,

@@ -4,7 +4,9 @@
 
 Produces, at 2 mm isotropic in the template's own orientation (RAS-stored NIfTI, MNI space):
 - ``mni152_t1_2mm.nii.gz``: the T1-weighted template, brain only, intensities rescaled to 0-1000 (int16);
-- ``mni152_tissue_labels_2mm.nii.gz``: 0 background, 1 CSF, 2 grey matter, 3 white matter (uint8).
+- ``mni152_tissue_labels_2mm.nii.gz``: 0 background, 1 CSF, 2 grey matter, 3 white matter (uint8);
+- ``mni152_tissue_labels_2mm_fraction_<k>.nii.gz``: the share of each voxel that is class k (1 CSF, 2 grey
+  matter, 3 white matter; float32, 0 outside the brain), the partial volume whose largest share is the label.
 
 Tissue labels are the most probable class per voxel inside the brain mask, from the template's grey- and
 white-matter probability maps, with CSF taking the rest (the template ships no CSF map). The brain mask is
@@ -107,6 +109,9 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     write_volume(image, OUT / "mni152_t1_2mm.nii.gz")
     write_volume(label_map, OUT / "mni152_tissue_labels_2mm.nii.gz")
+    # Beside the label map, as every label map's fraction maps are named (training.data.fraction_paths).
+    for k, fraction in enumerate(template_fractions(), start=1):
+        write_volume(fraction, OUT / f"mni152_tissue_labels_2mm_fraction_{k}.nii.gz")
     counts = {TISSUES[k]: int((label_map.array == k).sum()) for k in TISSUES}
     print(f"wrote {OUT}: shape {label_map.shape}, voxels per tissue {counts}")
 

@@ -17,7 +17,14 @@ from napari_medgen.engine.model.loading import load_model
 from napari_medgen.engine.orientation import to_canonical
 from napari_medgen.engine.synthesis import generate
 from napari_medgen.engine.training import TrainingConfig, find_training_pairs, train
-from napari_medgen.engine.training.data import TrainingBatches, load_slices, load_training_slices, save_slices
+from napari_medgen.engine.training.data import (
+    TrainingBatches,
+    find_training_fractions,
+    fraction_paths,
+    load_slices,
+    load_training_slices,
+    save_slices,
+)
 from napari_medgen.engine.volume import Volume
 
 
@@ -51,7 +58,10 @@ def slab_case(tmp_path_factory) -> tuple[Path, list[Volume]]:
     slab = lambda v: Volume(v.array[45:50].copy(), v.spacing, tuple(origin), v.direction)  # noqa: E731
     write_volume(slab(t1), folder / "a_image.nii.gz")
     write_volume(slab(labels), folder / "a_label.nii.gz")
-    return folder, _shares_of(slab(labels), np.random.default_rng(0))
+    maps = _shares_of(slab(labels), np.random.default_rng(0))
+    for share, path in zip(maps, fraction_paths(folder / "a_label.nii.gz", 4), strict=True):
+        write_volume(share, path)
+    return folder, maps
 
 
 def test_one_hot_fractions_are_the_hard_labels_condition():
@@ -176,3 +186,35 @@ def test_command_line_generates_from_fraction_files_and_refuses_a_hard_label_mod
     assert main(arguments + ["--out", str(tmp_path / "refused.nii.gz"), "--model", str(tiny_model)]) == 1
     assert "trained on hard labels only" in capsys.readouterr().err
     assert not (tmp_path / "refused.nii.gz").exists()
+
+
+def test_fraction_maps_are_found_beside_each_label_map_or_in_the_manifest(slab_case, tmp_path):
+    folder, _ = slab_case
+    pairs = find_training_pairs(folder)
+    assert [p.name for p in find_training_fractions(pairs, 4)[0]] == [f"a_label_fraction_{k}.nii.gz" for k in (1, 2, 3)]
+    # The shipped sample brain has its own, so the demo can train on fractions with no data of the user's.
+    sample_labels = sample_dir() / "mni152_tissue_labels_2mm.nii.gz"
+    assert all(path.exists() for path in fraction_paths(sample_labels, 4))
+    manifest = tmp_path / "cases.json"
+    entry = {"image": str(folder / "a_image.nii.gz"), "label": str(folder / "a_label.nii.gz")}
+    manifest.write_text(__import__("json").dumps([{**entry, "fractions": [str(p) for p in fraction_paths(folder / "a_label.nii.gz", 4)]}]))
+    assert find_training_fractions(find_training_pairs(manifest), 4, manifest)[0][2].name == "a_label_fraction_3.nii.gz"
+    with pytest.raises(MedgenError, match="needs 3 fraction maps"):
+        find_training_fractions([(folder / "a_image.nii.gz", tmp_path / "b_label.nii.gz")], 4)
+
+
+def test_command_line_trains_on_fractions_and_says_what_is_missing(slab_case, tmp_path, capsys):
+    from napari_medgen.cli import main
+
+    folder, _ = slab_case
+    arguments = ["train", "--steps", "1", "--batch-size", "1", "--crop", "16", "--device", "cpu", "--progress", "none",
+                 "--fraction-share", "0.5"]
+    assert main(arguments + ["--data", str(folder), "--out", str(tmp_path / "model")]) == 0
+    assert load_model(str(tmp_path / "model"), device="cpu").card.conditioning.tissue_fractions
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("a_image.nii.gz", "a_label.nii.gz"):
+        (bare / name).write_bytes((folder / name).read_bytes())
+    assert main(arguments + ["--data", str(bare), "--out", str(tmp_path / "refused")]) == 1
+    assert "a_label_fraction_1.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()

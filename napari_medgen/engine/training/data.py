@@ -51,6 +51,35 @@ def demo_training_pairs() -> list[tuple[Path, Path]]:
     return [(sample_dir() / "mni152_t1_2mm.nii.gz", sample_dir() / "mni152_tissue_labels_2mm.nii.gz")]
 
 
+def fraction_paths(label_path: Path, classes: int) -> list[Path]:
+    """Where a label map's tissue fraction maps lie: beside it, ``<label map name>_fraction_<k><ext>`` for each
+    class k from 1 (the sample brain's ``mni152_tissue_labels_2mm_fraction_1.nii.gz`` ...)."""
+    ext = volume_extension(label_path) or ""
+    stem = label_path.name[: -len(ext)] if ext else label_path.name
+    return [label_path.parent / f"{stem}_fraction_{k}{ext}" for k in range(1, classes)]
+
+
+def find_training_fractions(pairs: list[tuple[Path, Path]], classes: int, manifest: str | Path | None = None) -> list[list[Path]]:
+    """Each pair's tissue fraction maps (classes 1 .. classes - 1): a manifest entry's ``"fractions"`` list, else
+    the files `fraction_paths` names beside its label map. Every case needs all of them."""
+    found = []
+    entries = json.loads(Path(manifest).read_text()) if manifest is not None and Path(manifest).suffix == ".json" else None
+    for n, (_, label_path) in enumerate(pairs):
+        if entries is not None and "fractions" in entries[n]:
+            paths = [Path(manifest).parent / name for name in entries[n]["fractions"]]
+        else:
+            paths = fraction_paths(label_path, classes)
+        missing = [p.name for p in paths if not p.exists()]
+        if missing or len(paths) != classes - 1:
+            raise MedgenError(
+                f"case {label_path.name}: training on tissue fractions needs {classes - 1} fraction maps beside its label "
+                f"map (missing {', '.join(missing[:3]) or 'some'}); name them {fraction_paths(label_path, classes)[0].name} "
+                "and so on, or list them under \"fractions\" in the manifest"
+            )
+        found.append(paths)
+    return found
+
+
 # -- data -----------------------------------------------------------------------------------------
 def find_training_pairs(data: str | Path) -> list[tuple[Path, Path]]:
     """Image / label-map file pairs from a folder or a JSON manifest (see the module docstring)."""
@@ -347,8 +376,7 @@ class TrainingBatches:
         label = np.pad(label, pad)
         if fractions is not None:
             fractions = np.pad(fractions, ((0, 0),) + pad)
-            fractions[0, label.shape[0] - pad[0][1]:, :] = 1.0  # the padding is background
-            fractions[0, :, label.shape[1] - pad[1][1]:] = 1.0
+            fractions[0] = 1.0 - fractions[1:].sum(axis=0)  # the padding is background
         if crop is None or crop >= min(height, width):
             return image, label, fractions
         # Crops centred on the brain more often than not: background-only crops teach little.
