@@ -227,6 +227,21 @@ def sample_brain():
     return out[0], out[1]
 
 
+def sample_fractions():
+    """The shipped sample brain's tissue fraction maps (CSF, grey, white matter) on the grid of `sample_brain`."""
+    from napari_medgen._paths import sample_dir
+    from napari_medgen.engine.io import read_volume
+    from napari_medgen.engine.orientation import to_canonical
+    from napari_medgen.engine.training.data import fraction_paths
+    from napari_medgen.engine.volume import Volume
+
+    out = []
+    for path in fraction_paths(sample_dir() / "mni152_tissue_labels_2mm.nii.gz", 4):
+        v = to_canonical(read_volume(path))
+        out.append(Volume(np.ascontiguousarray(v.array), v.spacing, v.origin, v.direction))
+    return out
+
+
 def brain_label_slices(count: int, size: int = 128, first: int | None = None):
     """`count` axial slices of the sample brain's labels padded to size x size at 2 mm (a Volume)."""
     from napari_medgen.engine.volume import Volume

@@ -124,13 +124,14 @@ def meets(row: dict, kind: str) -> bool:
     )
 
 
-def warped(labels: Volume, seed: int, displacement_voxels: float = 2.0) -> Volume:
-    """The label map under a smooth random warp (a B-spline on a 4^3 mesh, ~`displacement_voxels` voxels)."""
+def warped(labels: Volume, seed: int, displacement_voxels: float = 2.0, interpolator: int = sitk.sitkNearestNeighbor) -> Volume:
+    """The label map under a smooth random warp (a B-spline on a 4^3 mesh, ~`displacement_voxels` voxels); a tissue
+    fraction map of the same grid under the same warp with ``interpolator=sitk.sitkLinear``."""
     image = sitk.GetImageFromArray(labels.array)
     transform = sitk.BSplineTransformInitializer(image, [4, 4, 4], order=3)
     rng = np.random.default_rng(seed)
     transform.SetParameters(tuple(rng.normal(0, displacement_voxels, len(transform.GetParameters()))))
-    array = sitk.GetArrayFromImage(sitk.Resample(image, image, transform, sitk.sitkNearestNeighbor, 0))
+    array = sitk.GetArrayFromImage(sitk.Resample(image, image, transform, interpolator, 0))
     return labels.with_array(np.ascontiguousarray(array, dtype=labels.array.dtype))
 
 
@@ -188,9 +189,10 @@ def unseen_anatomy(model, steps: int, background) -> dict:
     return rows
 
 
-def generated(model, labels: Volume, steps: int, seed: int, slice_range=None, **options) -> tuple[np.ndarray, float]:
+def generated(model, labels: Volume, steps: int, seed: int, slice_range=None, fractions=None, **options) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
-    result = common.drive(generate(model, labels, slice_range=slice_range, steps=steps, seed=seed, preview_every=0, **options))
+    result = common.drive(generate(model, labels, slice_range=slice_range, steps=steps, seed=seed, preview_every=0,
+                                   tissue_fractions=fractions, **options))
     return result[0].array, time.perf_counter() - started
 
 
@@ -290,16 +292,21 @@ def main(argv: list[str] | None = None) -> None:
     region = slice(None) if args.whole else block
     spacing = t1.spacing[::-1]
     started = time.perf_counter()
-    maps = {"sample map": labels}
-    maps.update({f"warped map (seed {s})": warped(labels, s) for s in range(1, args.warps + 1)})
+    maps = {"sample map": (labels, None)}
+    maps.update({f"warped map (seed {s})": (warped(labels, s), None) for s in range(1, args.warps + 1)})
+    if model.card.conditioning.tissue_fractions:  # the same maps given as the sample's tissue fractions
+        fractions = common.sample_fractions()
+        maps["sample map, tissue fractions"] = (labels, fractions)
+        maps.update({f"warped map (seed {s}), tissue fractions": (
+            warped(labels, s), [warped(f, s, interpolator=sitk.sitkLinear) for f in fractions]) for s in range(1, args.warps + 1)})
     report: dict = {"model": model.card.name, "weights": weights, "steps": args.steps, "maps": {}, "seconds": {}}
     real = figures(t1.array[region], labels.array[region], spacing, None)
     pictures = []
-    for name, label_map in maps.items():
+    for name, (label_map, fractions) in maps.items():
         slice_range = None if args.whole else (block.start, block.stop)
-        image, seconds = generated(model, label_map, args.steps, 0, slice_range)
+        image, seconds = generated(model, label_map, args.steps, 0, slice_range, fractions)
         row = relative(figures(image, label_map.array[region], spacing, background), real)
-        row["met"] = meets(row, "sample" if name == "sample map" else "warped")
+        row["met"] = meets(row, "warped" if name.startswith("warped") else "sample")
         report["maps"][name] = row
         report["seconds"][name] = round(seconds, 1)
         pictures.append((f"generated, {name}", image))

@@ -86,8 +86,11 @@ def request_argv(command: str, args: dict[str, Any]) -> list[str]:
             raise UsageError(f"argument {key!r} is not accepted in a request (progress is always jsonl)")
         if value is None:
             continue  # the option's default, as when it is left out
+        if isinstance(value, list) and value and all(isinstance(v, str) and not v.startswith("-") for v in value):
+            argv += [f"--{name}", *value]  # an option of several files (generate's fractions)
+            continue
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise UsageError(f"argument {key!r} must be a string or a number, not {json.dumps(value)[:60]}")
+            raise UsageError(f"argument {key!r} must be a string, a number or a list of file names, not {json.dumps(value)[:60]}")
         argv.append(f"--{name}={value}")
     return [*argv, "--progress", "jsonl"]
 

@@ -182,7 +182,7 @@ def test_bad_messages_give_error_events_and_the_worker_goes_on(files, tmp_path):
     assert sorted(by_id, key=str) == sorted(["u", "f", "t", "a", "p", "m", 5], key=str)
     assert all(by_id[k]["event"] == "error" for k in "uftapm")
     assert "unknown command 'segment'" in by_id["u"]["message"] and "unknown request fields: labels" in by_id["f"]["message"]
-    assert "string or a number" in by_id["t"]["message"] and "--labels" in by_id["a"]["message"]
+    assert "must be a string, a number" in by_id["t"]["message"] and "--labels" in by_id["a"]["message"]
     assert "progress" in by_id["p"]["message"] and "no such file" in by_id["m"]["message"]
     assert by_id[5]["event"] == "result" and out.exists()
     assert not any(e.get("id") == "after" for e in events)  # nothing is read after shutdown
@@ -222,7 +222,12 @@ def test_request_arguments_become_the_command_line():
     assert argv == ["generate", "--labels=l.nii.gz", "--out=o.nii.gz", "--batch-size=2", "--seed=-1", "--progress", "jsonl"]
     args = build_parser("generate", exit_on_error=False).parse_args(argv)
     assert args.batch_size == 2 and args.seed == -1 and args.guidance is None and args.progress == "jsonl"
-    for bad in ({"steps": True}, {"steps": {"n": 1}}, {"progress": "bar"}, {"help": 1}):
+    # Several files for one option (generate's tissue fractions) as a list of names.
+    argv = request_argv("generate", {"labels": "l.nii.gz", "fractions": ["f1.nii.gz", "f2.nii.gz", "f3.nii.gz"], "out": "o.nii.gz"})
+    args = build_parser("generate", exit_on_error=False).parse_args(argv)
+    assert [p.name for p in args.fractions] == ["f1.nii.gz", "f2.nii.gz", "f3.nii.gz"] and args.out.name == "o.nii.gz"
+    for bad in ({"steps": True}, {"steps": {"n": 1}}, {"progress": "bar"}, {"help": 1}, {"fractions": ["a", 2]},
+                {"fractions": []}, {"fractions": ["--seed=1"]}):
         with pytest.raises(UsageError):
             request_argv("generate", bad)
     with pytest.raises(UsageError):  # an abbreviation is not an option name
