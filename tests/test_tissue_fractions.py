@@ -113,7 +113,7 @@ def test_training_on_fractions_marks_the_card_and_needs_fraction_data(slab_case,
     folder, maps = slab_case
     card = tiny_card()
     config = TrainingConfig(steps=2, batch_size=2, crop_size=16, warmup_steps=1, device="cpu", fraction_share=0.5)
-    with pytest.raises(MedgenError, match="needs training slices with tissue fractions"):
+    with pytest.raises(MedgenError, match="needs training data with tissue fractions"):
         _drive(train(card, find_training_pairs(folder), tmp_path / "refused", config))
     assert not (tmp_path / "refused").exists()
     data = load_training_slices(card, find_training_pairs(folder), [maps])

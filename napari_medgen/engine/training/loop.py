@@ -152,13 +152,14 @@ def train(
     card = card.model_copy(deep=True)
     card.conditioning.condition_dropout = config.condition_dropout
     device = resolve_device(config.device)
-    data = pairs if isinstance(pairs, TrainingSlices) else load_training_slices(card, pairs)
     if not 0.0 <= config.fraction_share <= 1.0:
         raise MedgenError(f"fraction_share is the share of samples given tissue fractions, 0..1; got {config.fraction_share}")
+    data = pairs if isinstance(pairs, TrainingSlices) else load_training_slices(card, pairs)
     if config.fraction_share > 0 and data.fractions is None:
         raise MedgenError(
-            "fraction_share > 0 needs training slices with tissue fractions (scripts/train_demo_model.py prepares "
-            "them from the template's probability maps); set fraction_share to 0 to train on hard labels only"
+            "fraction_share > 0 needs training data with tissue fractions: each label map's fraction maps beside it "
+            "(<label map name>_fraction_<k>), or prepared slices that hold them; set fraction_share to 0 to train on "
+            "hard labels only"
         )
     card.conditioning.tissue_fractions = card.conditioning.tissue_fractions or config.fraction_share > 0
     if card.normalization.kind == "mri_percentile":  # each tissue's learned level: inpainting harmonises to it
