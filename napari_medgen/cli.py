@@ -389,7 +389,7 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> list[str]:
 def cmd_train(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     from .engine.model.presets import preset_card
     from .engine.training import TrainingConfig, find_training_pairs, train
-    from .engine.training.data import TrainingSlices, demo_training_pairs, find_training_fractions, load_training_slices
+    from .engine.training.data import TrainingSlices, demo_training_pairs
 
     card = preset_card(args.preset)
     if args.name:
@@ -410,11 +410,6 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> list[str]:
         pairs = find_training_pairs(args.data)
         description = f"{len(pairs)} image / label pairs from {args.data}"
     if args.fraction_share > 0 and not isinstance(pairs, TrainingSlices):
-        from .engine.io import read_volume
-
-        fraction_files = find_training_fractions(pairs, card.num_label_channels, args.data)
-        fractions = [[read_volume(path) for path in paths] for paths in fraction_files]
-        pairs = load_training_slices(card, pairs, fractions)
         description += ", with their tissue fraction maps"
     config = TrainingConfig(
         fraction_share=args.fraction_share,

@@ -113,9 +113,12 @@ def test_training_on_fractions_marks_the_card_and_needs_fraction_data(slab_case,
     folder, maps = slab_case
     card = tiny_card()
     config = TrainingConfig(steps=2, batch_size=2, crop_size=16, warmup_steps=1, device="cpu", fraction_share=0.5)
-    with pytest.raises(MedgenError, match="needs training data with tissue fractions"):
-        _drive(train(card, find_training_pairs(folder), tmp_path / "refused", config))
+    with pytest.raises(MedgenError, match="prepared slices that hold tissue fractions"):
+        _drive(train(card, load_training_slices(card, find_training_pairs(folder)), tmp_path / "refused", config))
     assert not (tmp_path / "refused").exists()
+    # Given image / label pairs, training finds each label map's fraction maps beside it.
+    assert load_model(str(_drive(train(card, find_training_pairs(folder), tmp_path / "from_pairs", config))),
+                      device="cpu").card.conditioning.tissue_fractions
     data = load_training_slices(card, find_training_pairs(folder), [maps])
     folder_out = _drive(train(card, data, tmp_path / "trained", config))
     assert load_model(str(folder_out), device="cpu").card.conditioning.tissue_fractions
@@ -188,19 +191,33 @@ def test_command_line_generates_from_fraction_files_and_refuses_a_hard_label_mod
     assert not (tmp_path / "refused.nii.gz").exists()
 
 
-def test_fraction_maps_are_found_beside_each_label_map_or_in_the_manifest(slab_case, tmp_path):
-    folder, _ = slab_case
+def test_fraction_maps_are_found_beside_each_label_map_and_checked(slab_case, tmp_path):
+    folder, maps = slab_case
     pairs = find_training_pairs(folder)
     assert [p.name for p in find_training_fractions(pairs, 4)[0]] == [f"a_label_fraction_{k}.nii.gz" for k in (1, 2, 3)]
     # The shipped sample brain has its own, so the demo can train on fractions with no data of the user's.
     sample_labels = sample_dir() / "mni152_tissue_labels_2mm.nii.gz"
     assert all(path.exists() for path in fraction_paths(sample_labels, 4))
-    manifest = tmp_path / "cases.json"
-    entry = {"image": str(folder / "a_image.nii.gz"), "label": str(folder / "a_label.nii.gz")}
-    manifest.write_text(__import__("json").dumps([{**entry, "fractions": [str(p) for p in fraction_paths(folder / "a_label.nii.gz", 4)]}]))
-    assert find_training_fractions(find_training_pairs(manifest), 4, manifest)[0][2].name == "a_label_fraction_3.nii.gz"
-    with pytest.raises(MedgenError, match="needs 3 fraction maps"):
+    with pytest.raises(MedgenError, match="missing b_label_fraction_1.nii.gz"):
         find_training_fractions([(folder / "a_image.nii.gz", tmp_path / "b_label.nii.gz")], 4)
+    # Maps stored as 0-255 would all read as 1 after clipping: refused, naming the file.
+    with pytest.raises(InvalidVolumeError, match="0..1"):
+        load_training_slices(tiny_card(), pairs, [[m.with_array(m.array * 255) for m in maps]])
+
+
+def test_one_hot_fractions_reach_the_network_exactly_as_the_labels_do(slab_case):
+    """Flipped, cropped, padded and pasted with the image and labels: fractions that are the labels' one-hot give
+    the very label channels the labels give."""
+    folder, _ = slab_case
+    card = tiny_card(condition_dropout=0.0)
+    hard_only = load_training_slices(card, find_training_pairs(folder))
+    with_one_hot = load_training_slices(card, find_training_pairs(folder))
+    with_one_hot.fractions = one_hot(hard_only.labels, 4)
+    unwarped = dict(batch_size=4, crop_size=16, condition_dropout=0.0, warp_fraction=0.0)
+    for step in range(3):
+        _, hard = TrainingBatches(card, hard_only, TrainingConfig(**unwarped), 0).batch(step)
+        _, soft = TrainingBatches(card, with_one_hot, TrainingConfig(**unwarped, fraction_share=1.0), 0).batch(step)
+        np.testing.assert_allclose(soft[:, :4].numpy(), hard[:, :4].numpy(), atol=1e-6)
 
 
 def test_command_line_trains_on_fractions_and_says_what_is_missing(slab_case, tmp_path, capsys):
@@ -218,3 +235,5 @@ def test_command_line_trains_on_fractions_and_says_what_is_missing(slab_case, tm
     assert main(arguments + ["--data", str(bare), "--out", str(tmp_path / "refused")]) == 1
     assert "a_label_fraction_1.nii.gz" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
+    assert main(arguments[:-1] + ["1.5", "--data", str(folder), "--out", str(tmp_path / "share")]) == 1
+    assert "0..1" in capsys.readouterr().err and not (tmp_path / "share").exists()

@@ -6,10 +6,21 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
-from .errors import LabelSchemaError
+from .errors import InvalidVolumeError, LabelSchemaError
 from .model.labels import LabelSchema
 from .resample import Grid, resample
 from .volume import Volume
+
+
+def check_fraction_values(fraction: Volume, name: str) -> None:
+    """A tissue fraction map holds finite values in 0..1 (a map in percent or 0-255 would be read as all 1)."""
+    fraction.require_finite(name)
+    low, high = float(fraction.array.min()), float(fraction.array.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise InvalidVolumeError(
+            f"{name} holds values from {low:g} to {high:g}; fractions lie in 0..1 (a probability map in percent or "
+            "0-255 needs rescaling)"
+        )
 
 
 def fractions_on_grid(maps: list[Volume], grid: Grid, channels: int) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InvalidVolumeError, LabelSchemaError, MedgenError, TaskNotSupportedError
 from ..intensity import harmonised_map, intensity_map_for
+from ..label_tools import check_fraction_values
 from ..model.card import ModelCard
 from ..model.loading import LoadedModel, load_model
 from ..orientation import to_canonical
@@ -252,14 +253,8 @@ def _check_fractions(card: ModelCard, tissue_fractions: list[Volume], label_map:
         names = ", ".join(c.name for c in card.label_schema.classes if c.index > 0)
         raise LabelSchemaError(f"model {card.name} needs {wanted} tissue fraction maps ({names}), got {len(tissue_fractions)}")
     for k, fraction in enumerate(tissue_fractions, start=1):
-        fraction.require_finite(f"tissue fraction map {k}")
+        check_fraction_values(fraction, f"tissue fraction map {k}")
         fraction.require_same_grid(label_map, what=f"tissue fraction map {k}", ref="label map")
-        low, high = float(fraction.array.min()), float(fraction.array.max())
-        if low < -1e-3 or high > 1 + 1e-3:
-            raise InvalidVolumeError(
-                f"tissue fraction map {k} holds values from {low:g} to {high:g}; fractions lie in 0..1 (a probability "
-                "map in percent or 0-255 needs rescaling)"
-            )
 
 
 def _check_slice_range(slice_range: tuple[int, int], total: int) -> tuple[int, int]:

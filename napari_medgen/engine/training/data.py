@@ -22,7 +22,7 @@ from ..diffusion.denoiser import conditioning_stack
 from ..errors import MedgenError, VolumeReadError
 from ..intensity import intensity_map_for
 from ..io import read_volume, volume_extension
-from ..label_tools import fractions_on_grid
+from ..label_tools import check_fraction_values, fractions_on_grid
 from ..model.card import ModelCard
 from ..orientation import to_canonical
 from ..resample import grid_at_spacing, resample
@@ -59,22 +59,17 @@ def fraction_paths(label_path: Path, classes: int) -> list[Path]:
     return [label_path.parent / f"{stem}_fraction_{k}{ext}" for k in range(1, classes)]
 
 
-def find_training_fractions(pairs: list[tuple[Path, Path]], classes: int, manifest: str | Path | None = None) -> list[list[Path]]:
-    """Each pair's tissue fraction maps (classes 1 .. classes - 1): a manifest entry's ``"fractions"`` list, else
-    the files `fraction_paths` names beside its label map. Every case needs all of them."""
+def find_training_fractions(pairs: list[tuple[Path, Path]], classes: int) -> list[list[Path]]:
+    """Each pair's tissue fraction maps (classes 1 .. classes - 1), the files `fraction_paths` names beside its
+    label map. Every case needs all of them."""
     found = []
-    entries = json.loads(Path(manifest).read_text()) if manifest is not None and Path(manifest).suffix == ".json" else None
-    for n, (_, label_path) in enumerate(pairs):
-        if entries is not None and "fractions" in entries[n]:
-            paths = [Path(manifest).parent / name for name in entries[n]["fractions"]]
-        else:
-            paths = fraction_paths(label_path, classes)
+    for _, label_path in pairs:
+        paths = fraction_paths(label_path, classes)
         missing = [p.name for p in paths if not p.exists()]
-        if missing or len(paths) != classes - 1:
+        if missing:
             raise MedgenError(
-                f"case {label_path.name}: training on tissue fractions needs {classes - 1} fraction maps beside its label "
-                f"map (missing {', '.join(missing[:3]) or 'some'}); name them {fraction_paths(label_path, classes)[0].name} "
-                "and so on, or list them under \"fractions\" in the manifest"
+                f"case {label_path.name}: training on tissue fractions needs its {classes - 1} fraction maps beside the "
+                f"label map; missing {', '.join(missing)}"
             )
         found.append(paths)
     return found
@@ -127,12 +122,13 @@ def find_training_pairs(data: str | Path) -> list[tuple[Path, Path]]:
 
 
 def load_training_slices(
-    card: ModelCard, pairs: list[tuple[Path, Path]], fractions: list[list[Volume]] | None = None
+    card: ModelCard, pairs: list[tuple[Path, Path]], fractions: list[list[Path | Volume]] | None = None
 ) -> TrainingSlices:
     """Read each pair, bring it to canonical orientation and the model's in-plane spacing, normalise.
 
     `fractions`, per pair, the fraction of each voxel that is each class from 1 on (probability maps on the
-    pair's grid); the background takes the rest. They are resampled linearly beside the labels.
+    pair's grid, as files or volumes; read one case at a time); the background takes the rest. They are
+    resampled linearly beside the labels.
     """
     if fractions is not None and len(fractions) != len(pairs):
         raise MedgenError(f"tissue fractions for {len(fractions)} cases, but {len(pairs)} image / label pairs")
@@ -182,11 +178,15 @@ def load_training_slices(
     )
 
 
-def _fractions_on(maps: list[Volume], label_map: Volume, grid: Any, channels: int, name: str) -> np.ndarray:
+def _fractions_on(maps: list[Path | Volume], label_map: Volume, grid: Any, channels: int, name: str) -> np.ndarray:
     """(channels, z, y, x) fractions on `grid` from the maps of classes 1.. on the (canonical) label map's grid."""
-    canonical = [to_canonical(tissue) for tissue in maps]
-    for tissue in canonical:
-        tissue.require_same_grid(label_map, what="a tissue fraction map", ref=f"label map {name}")
+    canonical = []
+    for k, tissue in enumerate(maps, start=1):
+        what = f"tissue fraction map {tissue.name if isinstance(tissue, Path) else k} of {name}"
+        tissue = to_canonical(read_volume(tissue) if isinstance(tissue, Path) else tissue)
+        check_fraction_values(tissue, what)
+        tissue.require_same_grid(label_map, what=what, ref=f"label map {name}")
+        canonical.append(tissue)
     return fractions_on_grid(canonical, grid, channels)
 
 
@@ -307,6 +307,9 @@ class TrainingBatches:
         """Batch `step`: (clean images (B, 1, H, W), conditioning (B, C, H, W))."""
         cfg = self.config
         rng = np.random.default_rng([self.seed, int(step)])
+        # Which samples get fractions is drawn apart, so the slices, warps, crops and regions of a batch are the
+        # same whatever the share (and the same as a run on hard labels alone).
+        fraction_rng = np.random.default_rng([self.seed, int(step), 1])
         self.augment.set_random_state(seed=int(rng.integers(2**32)))
         self.scanner_look.set_random_state(seed=int(rng.integers(2**32)))
         crop = self.crop
@@ -339,7 +342,7 @@ class TrainingBatches:
                     image, label, fractions = paste_tissue(
                         image, label, self.data.images[j], self.data.labels[j], diameter, rng, pair)
             condition = label
-            if fractions is not None and rng.random() < cfg.fraction_share:
+            if fractions is not None and fraction_rng.random() < cfg.fraction_share:
                 condition = fractions
             if rng.random() < cfg.generation_fraction:
                 region = np.ones(image.shape, bool)

@@ -34,7 +34,7 @@ from ..model.networks import build_networks
 from ..model.weights import save_model
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from ..intensity import label_levels
-from .data import TrainingBatches, TrainingSlices, batch_stream, load_training_slices
+from .data import TrainingBatches, TrainingSlices, batch_stream, find_training_fractions, load_training_slices
 from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule, update
 
 CHECKPOINT_DIR = "checkpoint"
@@ -154,12 +154,20 @@ def train(
     device = resolve_device(config.device)
     if not 0.0 <= config.fraction_share <= 1.0:
         raise MedgenError(f"fraction_share is the share of samples given tissue fractions, 0..1; got {config.fraction_share}")
-    data = pairs if isinstance(pairs, TrainingSlices) else load_training_slices(card, pairs)
+    if isinstance(pairs, TrainingSlices):
+        data = pairs
+    else:  # fraction maps, when asked for, lie beside each label map (found before any image is read)
+        fractions = find_training_fractions(pairs, card.num_label_channels) if config.fraction_share > 0 else None
+        data = load_training_slices(card, pairs, fractions)
     if config.fraction_share > 0 and data.fractions is None:
         raise MedgenError(
-            "fraction_share > 0 needs training data with tissue fractions: each label map's fraction maps beside it "
-            "(<label map name>_fraction_<k>), or prepared slices that hold them; set fraction_share to 0 to train on "
-            "hard labels only"
+            "fraction_share > 0 needs prepared slices that hold tissue fractions (these have none); prepare them from "
+            "image / label pairs whose label maps have their fraction maps beside them, or set fraction_share to 0"
+        )
+    if data.fractions is not None and config.fraction_share > 0 and data.fractions.shape[1] != card.num_label_channels:
+        raise MedgenError(
+            f"the prepared slices hold fractions of {data.fractions.shape[1]} classes; the card has "
+            f"{card.num_label_channels} (background included)"
         )
     card.conditioning.tissue_fractions = card.conditioning.tissue_fractions or config.fraction_share > 0
     if card.normalization.kind == "mri_percentile":  # each tissue's learned level: inpainting harmonises to it
