@@ -216,30 +216,26 @@ def benchmark_model(trained: bool | None = None, precision: str = "fp32"):
 def sample_brain():
     """The shipped sample brain (T1 and tissue labels), canonical orientation, contiguous arrays (shared: read only)."""
     from napari_medgen._paths import sample_dir
+
+    t1, labels = (_canonical_sample(sample_dir() / name) for name in ("mni152_t1_2mm.nii.gz", "mni152_tissue_labels_2mm.nii.gz"))
+    return t1, labels
+
+
+def _canonical_sample(path):
     from napari_medgen.engine.io import read_volume
     from napari_medgen.engine.orientation import to_canonical
     from napari_medgen.engine.volume import Volume
 
-    out = []
-    for name in ("mni152_t1_2mm.nii.gz", "mni152_tissue_labels_2mm.nii.gz"):
-        v = to_canonical(read_volume(sample_dir() / name))
-        out.append(Volume(np.ascontiguousarray(v.array), v.spacing, v.origin, v.direction))
-    return out[0], out[1]
+    v = to_canonical(read_volume(path))
+    return Volume(np.ascontiguousarray(v.array), v.spacing, v.origin, v.direction)
 
 
 def sample_fractions():
     """The shipped sample brain's tissue fraction maps (CSF, grey, white matter) on the grid of `sample_brain`."""
     from napari_medgen._paths import sample_dir
-    from napari_medgen.engine.io import read_volume
-    from napari_medgen.engine.orientation import to_canonical
     from napari_medgen.engine.training.data import fraction_paths
-    from napari_medgen.engine.volume import Volume
 
-    out = []
-    for path in fraction_paths(sample_dir() / "mni152_tissue_labels_2mm.nii.gz", 4):
-        v = to_canonical(read_volume(path))
-        out.append(Volume(np.ascontiguousarray(v.array), v.spacing, v.origin, v.direction))
-    return out
+    return [_canonical_sample(path) for path in fraction_paths(sample_dir() / "mni152_tissue_labels_2mm.nii.gz", 4)]
 
 
 def brain_label_slices(count: int, size: int = 128, first: int | None = None):

@@ -77,8 +77,12 @@ def _template_maps(spacing_mm: float, shift_mm: tuple[float, float, float]):
     return t1_image, t1, brain, fractions
 
 
-def template_pair(spacing_mm: float = SPACING_MM, shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> tuple[Volume, Volume]:
-    """The template's T1 (brain only, 0-1000) and its tissue labels on a `spacing_mm` grid moved by `shift_mm`."""
+def template_pair(
+    spacing_mm: float = SPACING_MM, shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+) -> tuple[Volume, Volume, list[Volume]]:
+    """The template's T1 (brain only, 0-1000), its tissue labels, and each tissue's fraction of every voxel (CSF,
+    grey matter, white matter; 0 outside the brain: the partial volume the labels are the argmax of), on a
+    `spacing_mm` grid moved by `shift_mm`."""
     t1_image, t1, brain, fractions = _template_maps(spacing_mm, shift_mm)
     labels = np.where(brain, np.argmax(fractions, axis=0) + 1, 0).astype(np.uint8)
     t1_scaled = np.round(np.clip(t1, 0, None) / t1.max() * 1000).astype(np.int16)
@@ -91,26 +95,18 @@ def template_pair(spacing_mm: float = SPACING_MM, shift_mm: tuple[float, float, 
         labels, **geometry,
         metadata={"label_map": True, "label_names": {str(k): v for k, v in TISSUES.items()}, "source": source},
     )
-    return image, label_map
-
-
-def template_fractions(spacing_mm: float = SPACING_MM, shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> list[Volume]:
-    """Each tissue's fraction of every voxel (CSF, grey matter, white matter; 0 outside the brain) on the grid of
-    `template_pair`: the partial volume the hard labels are the argmax of."""
-    t1_image, _, _, fractions = _template_maps(spacing_mm, shift_mm)
-    geometry = dict(spacing=t1_image.GetSpacing(), origin=t1_image.GetOrigin(), direction=t1_image.GetDirection())
-    source = f"ICBM152 2009a symmetric template's tissue probabilities (nilearn copy), resampled to {spacing_mm:g} mm"
-    return [Volume(fraction, **geometry, metadata={"source": source, "tissue": TISSUES[k]})
-            for k, fraction in enumerate(fractions, start=1)]
+    shares = [Volume(fraction, **geometry, metadata={"source": source, "tissue": TISSUES[k]})
+              for k, fraction in enumerate(fractions, start=1)]
+    return image, label_map, shares
 
 
 def main() -> None:
-    image, label_map = template_pair()
+    image, label_map, fractions = template_pair()
     OUT.mkdir(parents=True, exist_ok=True)
     write_volume(image, OUT / "mni152_t1_2mm.nii.gz")
     write_volume(label_map, OUT / "mni152_tissue_labels_2mm.nii.gz")
     # Beside the label map, as every label map's fraction maps are named (training.data.fraction_paths).
-    for k, fraction in enumerate(template_fractions(), start=1):
+    for k, fraction in enumerate(fractions, start=1):
         write_volume(fraction, OUT / f"mni152_tissue_labels_2mm_fraction_{k}.nii.gz")
     counts = {TISSUES[k]: int((label_map.array == k).sum()) for k in TISSUES}
     print(f"wrote {OUT}: shape {label_map.shape}, voxels per tissue {counts}")

@@ -57,7 +57,7 @@ DESCRIPTION = (
 def prepare(folder: Path) -> Path:
     """Write the eight shifted 2 mm pairs and their prepared slices into `folder`; returns ``slices.npz``."""
     sys.path.insert(0, str(REPO / "scripts"))
-    from make_sample_brain import template_fractions, template_pair
+    from make_sample_brain import template_pair
 
     from napari_medgen.engine.io import write_volume
 
@@ -65,9 +65,9 @@ def prepare(folder: Path) -> Path:
     pairs, fractions = [], []
     for shift in itertools.product((0.0, 1.0), repeat=3):
         name = "icbm152_2mm_shift" + "".join(str(int(v)) for v in shift)
-        image, label_map = template_pair(2.0, shift)
+        image, label_map, shares = template_pair(2.0, shift)
         pairs.append((write_volume(image, folder / f"{name}_image.nii.gz"), write_volume(label_map, folder / f"{name}_label.nii.gz")))
-        fractions.append(template_fractions(2.0, shift))
+        fractions.append(shares)
     slices = load_training_slices(preset_card("brain-t1-demo"), pairs, fractions)
     return save_slices(slices, folder / "slices.npz")
 

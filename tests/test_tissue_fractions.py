@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reliability_helpers import drive
 from tiny_models import make_tiny_model, tiny_card
 
 from napari_medgen._paths import sample_dir
@@ -29,11 +30,7 @@ from napari_medgen.engine.volume import Volume
 
 
 def _drive(run):
-    try:
-        while True:
-            next(run)
-    except StopIteration as stop:
-        return stop.value
+    return drive(run)[0]
 
 
 def _shares_of(labels: Volume, rng: np.random.Generator | None = None) -> list[Volume]:
