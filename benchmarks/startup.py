@@ -108,8 +108,8 @@ def probed(self, *a, **k):
         first.append(1)
     return call(self, *a, **k)
 denoiser.Denoiser.__call__ = probed
-from napari_medgen.cli import _sampling_options
-gen = api.generate(loaded, label_map, _sampling_options(args))
+from napari_medgen.commands.sampling import sampling_options
+gen = api.generate(loaded, label_map, sampling_options(args))
 next(gen)
 gen.close()
 phases = {"interpreter start": {"wall_s": marks[0][1] - launched, "cpu_s": marks[0][2]}}

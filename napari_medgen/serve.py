@@ -30,19 +30,15 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import IO, Any
 
 from . import __version__
-from .cli import (
-    EXIT_CANCELLED,
-    EXIT_ERROR,
-    PROTOCOL_VERSION,
-    Reporter,
-    RunCancelled,
-    UsageError,
-    build_parser,
-    execute,
-)
+from .commands.reporting import EXIT_CANCELLED, EXIT_ERROR, PROTOCOL_VERSION, Reporter, RunCancelled, UsageError
+
+# How the worker runs one request: a command line (with `--progress jsonl`) and the request's reporter in,
+# the exit status out. The command line hands its own (napari_medgen.cli.run_command) to `serve`.
+RunCommand = Callable[[list[str], Reporter], int]
 
 RUN_COMMANDS = ("generate", "inpaint")
 CONTROL_COMMANDS = ("cancel", "shutdown")
@@ -98,9 +94,10 @@ def request_argv(command: str, args: dict[str, Any]) -> list[str]:
 class Worker:
     """Reads requests on a thread, runs them on the calling (main) thread, writes events to `out`."""
 
-    def __init__(self, stdin: IO[str], out: IO[str], preload: str | None = None) -> None:
+    def __init__(self, stdin: IO[str], out: IO[str], run_command: RunCommand, preload: str | None = None) -> None:
         self.stdin = stdin
         self.out = out
+        self.run_command = run_command
         self.preload = preload
         self._write_lock = threading.Lock()
         self._state = threading.Condition()
@@ -235,12 +232,11 @@ class Worker:
     def run_request(self, request: Request) -> int:
         reporter = RequestReporter(request, self.write)
         try:
-            args = build_parser(request.command, exit_on_error=False).parse_args(request_argv(request.command, request.args))
+            argv = request_argv(request.command, request.args)
         except UsageError as error:
             reporter.error(f"bad arguments for {request.command}: {error}")
             return EXIT_ERROR
-        self.event("started", request.id, command=request.command)
-        return execute(args, reporter)
+        return self.run_command(argv, reporter)
 
     def run(self) -> int:
         reader = threading.Thread(target=self.read_requests, name="napari-medgen-serve-stdin", daemon=True)
@@ -268,13 +264,15 @@ class Worker:
         return 0
 
 
-def serve(preload: str | None = None, stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:
+def serve(run_command: RunCommand, preload: str | None = None, stdin: IO[str] | None = None,
+          stdout: IO[str] | None = None) -> int:
     """Run the worker on this process's stdin / stdout until shutdown; returns the exit status.
+    `run_command` runs one request's command line (the command line's own parse-and-run).
 
     Everything else that would print on stdout (a library's stray print) goes to stderr: stdout carries
     the protocol only."""
     out = stdout or sys.stdout
-    worker = Worker(stdin or sys.stdin, out, preload)
+    worker = Worker(stdin or sys.stdin, out, run_command, preload)
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):

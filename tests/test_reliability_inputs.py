@@ -251,7 +251,8 @@ def _argv(case: Case, w: dict[str, Path], out: Path) -> list[str]:
 
 
 def _handler(command: str):
-    return {"generate": cli.cmd_generate, "inpaint": cli.cmd_inpaint}.get(command)
+    """The command's own function (args, reporter) -> paths, as the command line calls it."""
+    return cli.command_module(command).run
 
 
 def _run_main(argv: list[str], capsys) -> tuple[int, list[dict], str]:
@@ -274,7 +275,7 @@ def test_bad_input_gives_our_error_and_changes_nothing(world, case, tmp_path, ca
     args = cli.build_parser().parse_args(argv)
     with pytest.raises(case.error, match=case.match) as raised:
         handler = _handler(case.command)
-        handler(args, cli.Reporter("none")) if handler else cli.cmd_import_weights(args)
+        handler(args, cli.Reporter("none"))
     message = str(raised.value)
     # ... and the command line turns it into one stderr line, a last JSON line and exit status 1.
     code, events, err = _run_main(argv, capsys)
@@ -297,7 +298,7 @@ def test_the_catalogue_names_what_to_do(world):
         args = cli.build_parser().parse_args(_argv(case, world, world["root"] / "never.nii.gz"))
         handler = _handler(case.command)
         with pytest.raises(MedgenError) as raised:
-            handler(args, cli.Reporter("none")) if handler else cli.cmd_import_weights(args)
+            handler(args, cli.Reporter("none"))
         text = str(raised.value).lower()
         assert any(word in text for word in advice), f"{name}: {raised.value}"
 
@@ -321,7 +322,7 @@ def test_volume_too_large_for_the_memory_budget(world, tmp_path, capsys, monkeyp
     before = listing(out.parent)
     args = cli.build_parser().parse_args(_generate_argv(world, out))
     with pytest.raises(InvalidVolumeError, match="memory budget.*NAPARI_MEDGEN_MAX_VOXELS"):
-        cli.cmd_generate(args, cli.Reporter("none"))
+        cli.command_module("generate").run(args, cli.Reporter("none"))
     code, events, _ = _run_main(_generate_argv(world, out), capsys)
     assert code == 1 and "memory budget" in events[-1]["message"]
     assert listing(out.parent) == before
@@ -348,7 +349,7 @@ def test_output_folder_read_only_or_full(world, tmp_path, capsys, monkeypatch, c
     _fail_replace(monkeypatch, code)
     args = cli.build_parser().parse_args(_generate_argv(world, out))
     with pytest.raises(VolumeWriteError, match="full or read-only"):
-        cli.cmd_generate(args, cli.Reporter("none"))
+        cli.command_module("generate").run(args, cli.Reporter("none"))
     exit_code, events, err = _run_main(_generate_argv(world, out), capsys)
     assert exit_code == 1 and events[-1]["event"] == "error" and os.strerror(code) in events[-1]["message"]
     assert err.count("\n") == 1
@@ -393,7 +394,7 @@ def test_output_that_cannot_be_written_is_refused_before_the_run(world, tmp_path
     out = tmp_path / name
     args = cli.build_parser().parse_args(_generate_argv(world, out))
     with pytest.raises((UnsupportedFormatError, VolumeWriteError)):
-        cli.cmd_generate(args, cli.Reporter("none"))
+        cli.command_module("generate").run(args, cli.Reporter("none"))
     code, events, _ = _run_main(_generate_argv(world, out), capsys)
     assert code == 1 and not [e for e in events if e["event"] == "progress"]  # refused before any sampling
     assert list(tmp_path.iterdir()) == []  # no file, and no folder made for a missing one

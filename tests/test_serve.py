@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import make_tiny_model  # noqa: E402
 
 from napari_medgen._paths import sample_dir  # noqa: E402
-from napari_medgen.cli import COMMANDS, PROTOCOL_VERSION, UsageError, build_parser, main  # noqa: E402
+from napari_medgen.cli import COMMANDS, PROTOCOL_VERSION, UsageError, build_parser, main, run_command  # noqa: E402
 from napari_medgen.engine.io import read_volume, write_volume  # noqa: E402
 from napari_medgen.engine.volume import Volume  # noqa: E402
 from napari_medgen.serve import Worker, request_argv  # noqa: E402
@@ -150,7 +150,7 @@ def _run_worker(messages: list[Any]) -> str:
     """Run a Worker on these stdin lines (dicts as JSON, strings as they are) until shutdown; its stdout."""
     lines = "".join((m if isinstance(m, str) else json.dumps(m)) + "\n" for m in messages)
     out = io.StringIO()
-    assert Worker(io.StringIO(lines), out).run() == 0
+    assert Worker(io.StringIO(lines), out, run_command).run() == 0
     return out.getvalue()
 
 

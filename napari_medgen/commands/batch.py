@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+
+from .reporting import Reporter, RunCancelled, add_progress_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,11 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", default="case", help="case names: PREFIX_0000, PREFIX_0001, ...")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (on each worker)")
     parser.add_argument("--precision", choices=PRECISION_NAMES, default=PRECISION_NAMES[0])
-    parser.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
+    add_progress_argument(parser)
 
 
-def run(args: argparse.Namespace, reporter: Any) -> list[str]:
-    from ..cli import RunCancelled
+def run(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     from ..engine.batch.distributed import synthesize_dataset
     from ..engine.errors import MedgenError
     from ..engine.synthesis.options import SamplingOptions

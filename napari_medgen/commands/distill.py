@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+
+from .reporting import Reporter, add_progress_argument, drive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,11 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=default.checkpoint_every, help="updates between checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="where checkpoints go (default: OUT/checkpoint)")
-    parser.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
+    add_progress_argument(parser)
 
 
-def run(args: argparse.Namespace, reporter: Any) -> list[str]:
-    from ..cli import _drive
+def run(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     from ..engine.errors import MedgenError
     from ..engine.model.loading import load_model
     from ..engine.training import find_training_pairs
@@ -86,4 +86,4 @@ def run(args: argparse.Namespace, reporter: Any) -> list[str]:
     )
     run = distill(teacher, pairs, args.out, config, resume=args.resume, name=args.name,
                   data_description=description, checkpoint_dir=args.checkpoint_dir)
-    return [str(_drive(run, reporter))]
+    return [str(drive(run, reporter))]
