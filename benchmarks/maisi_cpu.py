@@ -8,7 +8,7 @@ A latent model with the network sizes of NV-Generate-CTMR's configs/config_netwo
 attention on the two coarsest levels, spacing and modality inputs, 8 label bit-planes), RANDOM weights (speed
 does not depend on them; no MAISI weights can be downloaded here), CPU-safe settings as `import-maisi` writes
 them (fp32, no float16 group norm, num_splits 1). For each output size (x, y, z), on the engine's own pieces
-(`engine.synthesis.latent`): one sampling step (ControlNet + UNet on the whole latent), the tiled decode of the
+(`engine.synthesis.latent_networks`): one sampling step (ControlNet + UNet on the whole latent), the tiled decode of the
 whole latent (the card's 24^3-latent tiles, overlap 0.25), the low-cost preview, and the peak resident memory
 of each (the process's high-water mark, reset before each); a 30-step run is estimated from them. With
 `--full-steps N` a whole `generate` of N steps runs at the smallest size (label map in, CT volume out).
@@ -111,11 +111,12 @@ def _peak(fn):
 
 def measure_size(model, size_xyz: tuple[int, int, int], repeats: int, decode_it: bool) -> dict:
     from napari_medgen.engine.orientation import to_canonical
-    from napari_medgen.engine.synthesis.latent import LatentDenoiser, _problem, decode, preview_image, to_layout
+    from napari_medgen.engine.synthesis.latent import latent_problem
+    from napari_medgen.engine.synthesis.latent_networks import LatentDenoiser, decode, preview_image, to_layout
 
     card = model.card
     volume = to_canonical(label_map(size_xyz))
-    problem = _problem(card, volume, volume, None, None, None)
+    problem = latent_problem(card, volume, volume, None, None, None)
     latent_shape = tuple(s // 4 for s in to_layout(np.zeros(problem.grid.shape, np.uint8), "ras_xyz").shape)
     denoiser = LatentDenoiser(model, problem)
     z = torch.randn((1, 4) + latent_shape, generator=torch.Generator().manual_seed(0))
@@ -139,7 +140,7 @@ def measure_size(model, size_xyz: tuple[int, int, int], repeats: int, decode_it:
             from monai.data.utils import dense_patch_slices
             from monai.inferers.utils import _get_scan_interval
 
-            from napari_medgen.engine.synthesis.latent import decode as decode_latent
+            from napari_medgen.engine.synthesis.latent_networks import decode as decode_latent
 
             # Not the whole decode (it would take long on two cores): one of its tiles, and how many there are.
             tile = [min(t, s) for t, s in zip(card.latent.decode_tile, latent_shape, strict=True)]

@@ -114,7 +114,7 @@ def list_run(run):
 
 
 def test_layout_round_trip_and_spacing_order():
-    from napari_medgen.engine.synthesis.latent import from_layout, spacing_in_layout, to_layout
+    from napari_medgen.engine.synthesis.latent_networks import from_layout, spacing_in_layout, to_layout
 
     array = np.arange(2 * 3 * 4).reshape(2, 3, 4)
     ras = to_layout(array, "ras_xyz")
@@ -281,7 +281,7 @@ def test_out_of_accelerator_memory_falls_back_to_cpu(maisi_model):
 
 def test_label_bit_planes_match_maisi_binarisation(maisi_model):
     """The ControlNet's input is MAISI's binarize_labels: channel k is bit k of the label index."""
-    from napari_medgen.engine.synthesis.latent import label_channels
+    from napari_medgen.engine.synthesis.latent_networks import label_channels
 
     labels = np.random.default_rng(1).choice([0, 1, 3, 5, 14, 23, 200], size=(5, 6, 7))
     ours = label_channels(maisi_model.card, labels)

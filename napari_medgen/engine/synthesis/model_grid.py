@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import memory
-from ..errors import GeometryMismatchError, InvalidVolumeError, RegionError
+from ..errors import GeometryMismatchError, InvalidVolumeError, MedgenError, RegionError
 from ..intensity import IntensityMap, intensity_map_for
 from ..label_tools import fractions_on_grid
 from ..model.card import ModelCard
-from ..orientation import canonical_axes, unorient_array
+from ..orientation import canonical_axes, to_canonical, unorient_array
 from ..resample import Grid, grid_at_spacing, resample
 from ..volume import Volume
 
@@ -154,6 +154,39 @@ def region_box(region: Volume, context_mm: float, card: ModelCard) -> tuple[slic
     shift_down = np.maximum(high - shape, 0)
     low, high = np.maximum(low - shift_down, 0), np.minimum(high - shift_down, shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+
+
+@dataclass
+class InpaintCrop:
+    """What an inpainting works on: the image in canonical orientation, the box around the region (plus its
+    context margin) in it, and the image's, region's and label map's crops to that box."""
+
+    canonical_image: Volume
+    box: tuple[slice, ...]
+    image: Volume
+    region: Volume
+    labels: Volume | None
+
+
+def inpaint_crop(card: ModelCard, image: Volume, region: Volume, label_map: Volume | None, context_mm: float) -> InpaintCrop:
+    """The crop of an inpainting: `region` and `label_map` on `image`'s grid, brought to canonical orientation
+    (2-D volumes as one slice) and cut to the box `region_box` gives."""
+    image3, region3 = to_canonical(as_3d(image)), to_canonical(as_3d(region))
+    box = region_box(region3, context_mm, card)
+    labels = crop(to_canonical(as_3d(label_map)), box) if label_map is not None else None
+    return InpaintCrop(image3, box, crop(image3, box), crop(region3, box), labels)
+
+
+def axial_slab(canonical: Volume, slice_range: tuple[int, int] | None) -> tuple[Volume, int]:
+    """`canonical` cut to the axial slices `slice_range` (checked against its slices), and the index of the
+    first; the whole volume and 0 when no range is given."""
+    if slice_range is None:
+        return canonical, 0
+    start, stop = int(slice_range[0]), int(slice_range[1])
+    total = canonical.shape[0]
+    if not 0 <= start < stop <= total:
+        raise MedgenError(f"slice range {start}:{stop} is outside the volume's {total} slices")
+    return crop(canonical, (slice(start, stop), slice(None), slice(None))), start
 
 
 def crop(volume: Volume, box: tuple[slice, ...]) -> Volume:

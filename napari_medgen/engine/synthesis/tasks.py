@@ -1,5 +1,6 @@
 """The two tasks a run can do, each as a small object: its problem on the model grid, the input crop it
-covers, and how a result on that crop becomes the output volume the user gets."""
+covers, and how a result on that crop becomes the output volume the user gets (the card's background set
+exactly, the inpainted region blended in at its seam). Pixel and latent runs build their tasks here alike."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..model.card import ModelCard
 from ..volume import Volume
-from .model_grid import ModelGridProblem, as_2d, back_to_source, feather_weights
+from .model_grid import InpaintCrop, ModelGridProblem, as_2d, back_to_source, feather_weights
 from .options import SamplingOptions
 
 
@@ -35,6 +37,18 @@ class GenerateTask(SynthesisTask):
     # (label, intensity): where the label map says `label`, the output is exactly `intensity` (the card's
     # background), not the network's near-background values that show as a grey box around the anatomy.
     background: tuple[int, float] | None = None
+
+    @classmethod
+    def for_label_map(
+        cls, card: ModelCard, problem: ModelGridProblem, input_crop: Volume, label_map: Volume, inputs: dict[str, str],
+        whole_volume: bool,
+    ) -> GenerateTask:
+        """The task of generating for `label_map` through `input_crop` (its canonical form, or a slab of it), with
+        the card's background value set exactly where the label map has the card's background label."""
+        norm = card.normalization
+        background = None if norm.background_label is None else (norm.background_label, float(norm.background))
+        return cls(name="generate", problem=problem, input_crop=input_crop, inputs_sha256=inputs, label_map=label_map,
+                   whole_volume=whole_volume, background=background)
 
     def output_from_crop(self, on_crop: Volume) -> Volume:
         if self.background is not None:
@@ -63,26 +77,24 @@ class InpaintTask(SynthesisTask):
 
     @classmethod
     def on_crop(
-        cls, problem: ModelGridProblem, image: Volume, region: Volume, image3: Volume, box: tuple[slice, ...],
-        image_crop: Volume, region_crop: Volume, inputs: dict[str, str], options: SamplingOptions,
-        background: np.ndarray | None = None,
+        cls, card: ModelCard, problem: ModelGridProblem, image: Volume, region: Volume, crop: InpaintCrop,
+        inputs: dict[str, str], options: SamplingOptions,
     ) -> InpaintTask:
-        """The task of inpainting `region` of `image` through the crop `box` of its canonical form `image3`,
-        with the estimate `options.inpaint_estimate` already settled; `background`: the crop's voxels outside
-        the anatomy, when known."""
+        """The task of inpainting `region` of `image` through `crop`, with the estimate `options.inpaint_estimate`
+        already settled."""
         return cls(
             name="inpaint",
             problem=problem,
-            input_crop=image_crop,
+            input_crop=crop.image,
             inputs_sha256=inputs,
             image=image,
             region=region,
-            canonical_image=image3.with_array(np.asarray(image3.array, dtype=np.float32), metadata={}),
-            box=box,
-            seam_weight=feather_weights(region_crop.array > 0, image_crop.spacing, options.feather_mm),
+            canonical_image=crop.canonical_image.with_array(np.asarray(crop.canonical_image.array, np.float32), metadata={}),
+            box=crop.box,
+            seam_weight=feather_weights(crop.region.array > 0, crop.image.spacing, options.feather_mm),
             border_interpolation_mm=options.border_interpolation_mm if options.inpaint_estimate == "mean" else 0.0,
-            spacing_yx=(float(image_crop.spacing[1]), float(image_crop.spacing[0])),
-            background=background,
+            spacing_yx=(float(crop.image.spacing[1]), float(crop.image.spacing[0])),
+            background=outside_anatomy(card, crop.image, crop.labels),
         )
 
     def output_from_crop(self, on_crop: Volume) -> Volume:
@@ -98,6 +110,17 @@ class InpaintTask(SynthesisTask):
             generated = np.clip(np.rint(generated), info.min, info.max)
         kept = np.where(self.region.array > 0, generated, self.image.array).astype(self.image.array.dtype)
         return self.image.with_array(kept, metadata={})
+
+
+def outside_anatomy(card: ModelCard, image_crop: Volume, labels_crop: Volume | None) -> np.ndarray | None:
+    """The crop's voxels outside the anatomy: the label map's background label where a label map is given,
+    else an MR image's voxels at or below the card's background value (a skull-stripped scan's zeros)."""
+    norm = card.normalization
+    if labels_crop is not None and norm.background_label is not None:
+        return np.asarray(labels_crop.array) == norm.background_label
+    if norm.kind == "mri_percentile":
+        return np.asarray(image_crop.array) <= norm.background
+    return None
 
 
 def matched_to_border(
