@@ -19,7 +19,7 @@ from tiny_models import make_tiny_model, tiny_card
 from napari_medgen._paths import sample_dir
 from napari_medgen.cli import main
 from napari_medgen.engine.diffusion.methods import DEFAULT_SAMPLER
-from napari_medgen.engine.diffusion.samplers import _ddim_update, sample
+from napari_medgen.engine.diffusion.samplers import ddim_update, sample
 from napari_medgen.engine.diffusion.schedule import NoiseSchedule
 from napari_medgen.engine.errors import MedgenError, ModelCardError
 from napari_medgen.engine.io import read_volume, write_volume
@@ -84,7 +84,7 @@ def test_student_target_lands_on_the_teacher_path_through_the_ddim_sampler(predi
         target = maths.target(x_t, x_s, torch.tensor([t, t]), torch.tensor([s, s]))
         # The sampling loop's own step from the student's prediction (no clipping: a random x_s may need x0 > 1).
         x0, eps = schedule.split(target, x_t, t, clip=False)
-        landed = _ddim_update(schedule, x0, eps, t, s, 0.0, torch.randn_like, x_t)
+        landed = ddim_update(schedule, x0, eps, t, s, 0.0, torch.randn_like, x_t)
         torch.testing.assert_close(landed, x_s, rtol=1e-4, atol=1e-4)
 
 

@@ -18,8 +18,8 @@ from napari_medgen.engine.model.loading import load_model
 from napari_medgen.engine.orientation import to_canonical
 from napari_medgen.engine.synthesis import generate
 from napari_medgen.engine.training import TrainingConfig, find_training_pairs, train
+from napari_medgen.engine.training.batches import TrainingBatches
 from napari_medgen.engine.training.data import (
-    TrainingBatches,
     find_training_fractions,
     fraction_paths,
     load_slices,

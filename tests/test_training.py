@@ -274,7 +274,7 @@ def test_label_values_outside_schema_are_refused(flat_dataset, tmp_path):
 
 def test_pasted_tissue_keeps_image_and_labels_paired():
     """Copy-paste augmentation moves image and labels together and touches nothing outside the disc."""
-    from napari_medgen.engine.training.data import paste_tissue
+    from napari_medgen.engine.training.augmentation import paste_tissue
 
     rng = np.random.default_rng(0)
     source_label = rng.integers(1, 4, (40, 40))
@@ -314,7 +314,8 @@ def test_a_checkpoint_of_the_earlier_format_resumes(flat_dataset, tmp_path):
 def test_batches_are_the_same_made_in_worker_processes(flat_dataset):
     """Batch k depends on (seed, k) alone: made twice, out of order, or by worker processes (as on a GPU
     machine), it is the same batch, so runs are repeatable however their batches are made."""
-    from napari_medgen.engine.training.data import TrainingBatches, batch_stream, load_training_slices
+    from napari_medgen.engine.training.batches import TrainingBatches, batch_stream
+    from napari_medgen.engine.training.data import load_training_slices
 
     card = tiny_card()
     data = load_training_slices(card, find_training_pairs(flat_dataset))
@@ -329,7 +330,8 @@ def test_batches_are_the_same_made_in_worker_processes(flat_dataset):
 
 
 def test_field_of_view_batches_are_smaller_squares_the_network_divides(flat_dataset):
-    from napari_medgen.engine.training.data import TrainingBatches, load_training_slices
+    from napari_medgen.engine.training.batches import TrainingBatches
+    from napari_medgen.engine.training.data import load_training_slices
 
     card = tiny_card()
     data = load_training_slices(card, find_training_pairs(flat_dataset))
@@ -400,7 +402,7 @@ def _inside_tissue_gradient(image: np.ndarray, label: np.ndarray) -> float:
 def test_warped_training_slices_keep_the_scans_texture():
     """The geometric augmentation resamples the image bicubically by default: warped slices keep the gradient
     inside tissues the scan has (bilinear resampling smooths it, and a network trained on it renders flat tissues)."""
-    from napari_medgen.engine.training.data import _augmentation
+    from napari_medgen.engine.training.augmentation import augmentation
 
     t1 = read_volume(sample_dir() / "mni152_t1_2mm.nii.gz").array.astype(np.float32)
     labels = read_volume(sample_dir() / "mni152_tissue_labels_2mm.nii.gz").array
@@ -408,7 +410,7 @@ def test_warped_training_slices_keep_the_scans_texture():
     original = np.mean([_inside_tissue_gradient(image, label) for image, label in slices])
     ratios = {}
     for interpolation in ("bicubic", "bilinear"):
-        augment = _augmentation(warp_fraction=1.0, warp_interpolation=interpolation)
+        augment = augmentation(warp_fraction=1.0, warp_interpolation=interpolation)
         augment.set_random_state(seed=3)
         warped = [augment({"image": image[None], "label": label[None].astype(np.float32)}) for image, label in slices]
         ratios[interpolation] = np.mean([

@@ -31,9 +31,11 @@ NoiseFn = Callable[[torch.Tensor], torch.Tensor]
 StepEvents = Generator[tuple[int, int, torch.Tensor], None, torch.Tensor]
 
 
-def _ddim_update(
+def ddim_update(
     schedule: NoiseSchedule, x0: torch.Tensor, eps: torch.Tensor, t: int, s: int, eta: float, noise_like: NoiseFn, x_t: torch.Tensor
 ) -> torch.Tensor:
+    """One DDIM step from timestep t to s (s < 0: the clean image) given the estimates x0 and eps of x_t; `eta`
+    scales the fresh noise (0: deterministic). The samplers, RePaint and distillation's teacher all step with it."""
     a_t, a_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
     sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5 if s >= 0 else 0.0
     x_s = a_s**0.5 * x0 + max(1 - a_s - sigma**2, 0.0) ** 0.5 * eps
@@ -51,7 +53,7 @@ def sample_ddim(
     for i, t in enumerate(timesteps):
         s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         x0, eps = schedule.split(denoise(x_t, t), x_t, t)
-        x_t = x0 if s < 0 else _ddim_update(schedule, x0, eps, t, s, eta, noise_like, x_t)
+        x_t = x0 if s < 0 else ddim_update(schedule, x0, eps, t, s, eta, noise_like, x_t)
         yield i + 1, len(timesteps), x0
     return x0
 
@@ -195,7 +197,7 @@ def sample_repaint(
         if s < 0:
             x_t = keep * known + (1 - keep) * x0
         else:
-            generated = _ddim_update(schedule, x0, eps, t, s, 1.0, noise_like, x_t)
+            generated = ddim_update(schedule, x0, eps, t, s, 1.0, noise_like, x_t)
             x_t = keep * schedule.add_noise(known, noise_like(x_t), s) + (1 - keep) * generated
         done += 1
         yield done, calls, x0

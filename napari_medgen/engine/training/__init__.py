@@ -1,13 +1,15 @@
-"""Training a slice-wise anatomy-conditioned diffusion model: `data` (pairs, slices, augmentation,
-batches), `optimizer` (AdamW and its warm-up + cosine learning-rate schedule), `checkpoint` (resumable
-state as safetensors + JSON) and `loop` (the generator `train`, loss curve). Names are imported when first used."""
+"""Training a slice-wise anatomy-conditioned diffusion model: `config` (the run's settings, no torch), `data`
+(image / label pairs found and read as slices), `augmentation` (what is done to a slice), `batches` (seeded
+batches, made by worker processes), `optimizer` (AdamW and its warm-up + cosine learning-rate schedule),
+`checkpoint` (resumable state as safetensors + JSON), `loop` (the generator `train`, loss curve), and step
+distillation (`distill`, `distill_config`). Names are imported when first used."""
 
 from __future__ import annotations
 
 from ..._lazy import lazy_attributes
 
 _WHERE = {
-    "TrainingConfig": "loop",
+    "TrainingConfig": "config",
     "TrainingEvent": "loop",
     "train": "loop",
     "find_training_pairs": "data",

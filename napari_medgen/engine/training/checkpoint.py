@@ -73,6 +73,18 @@ def save_checkpoint(folder: Path, network, ema, states: dict[str, Any], record: 
     tmp.replace(folder / STATE_FILE)
 
 
+def save_run_checkpoint(folder: Path, network, ema, optimizer, lr_schedule, generator: torch.Generator,
+                        record: dict[str, Any]) -> None:
+    """`save_checkpoint` of a training or distillation run at the end of a step: the optimiser's, the
+    learning-rate schedule's and the random generator's states beside the weights and `record`."""
+    states = {
+        "optimizer": optimizer.state_dict(),
+        "lr_schedule": lr_schedule.state_dict(),
+        "rng": {"torch": generator.get_state()},
+    }
+    save_checkpoint(folder, network, ema, states, record)
+
+
 def has_checkpoint(folder: Path) -> bool:
     return (folder / STATE_FILE).is_file() and (folder / TENSOR_FILE).is_file()
 

@@ -41,17 +41,19 @@ import torch
 
 from ... import __version__
 from ..diffusion.methods import TIMESTEP_SPACING
-from ..diffusion.samplers import _ddim_update, dpmpp_2m_update
+from ..diffusion.samplers import ddim_update, dpmpp_2m_update
 from ..diffusion.schedule import NoiseSchedule
 from ..errors import MedgenError
 from ..model.card import ModelCard, SamplingDefaults
 from ..model.device import resolve_device
 from ..model.loading import LoadedModel
 from ..model.weights import save_model
-from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from .data import TrainingBatches, TrainingSlices, batch_stream, load_training_slices
+from .batches import TrainingBatches, batch_stream
+from .checkpoint import has_checkpoint, load_checkpoint, save_run_checkpoint
+from .config import TrainingConfig
+from .data import TrainingSlices, load_training_slices
 from .distill_config import DistillationConfig
-from .loop import CHECKPOINT_DIR, TrainingConfig, TrainingEvent, _loss_curve
+from .loop import CHECKPOINT_DIR, TrainingEvent, save_loss_curve
 from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule, update
 
 METHOD = ("progressive distillation step (Salimans & Ho 2022), one stage: the teacher's own sampler path between two "
@@ -142,7 +144,7 @@ def teacher_path(
         if method == "dpm++2m":
             x_t, history = dpmpp_2m_update(schedule, x_t, x0, t, s, history)
         else:
-            x_t = _ddim_update(schedule, x0, eps, t, s, 0.0, torch.randn_like, x_t)
+            x_t = ddim_update(schedule, x0, eps, t, s, 0.0, torch.randn_like, x_t)
     return x_t
 
 
@@ -280,16 +282,11 @@ def distill(
         done = step + 1
         out_of_time = config.time_limit_s is not None and time.perf_counter() - started > config.time_limit_s
         if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
-            elapsed = time.perf_counter() - started
-            states = {
-                "optimizer": optimizer.state_dict(),
-                "lr_schedule": lr_schedule.state_dict(),
-                "rng": {"torch": generator.get_state()},
-            }
-            record = {"step": done, "losses": losses, "interval_losses": interval_losses, "seconds": elapsed,
-                      "config": asdict(config), "teacher_sha256": teacher.weights_sha256, "teacher_paths": paths}
-            save_checkpoint(checkpoint, network, ema, states, record)
-            _loss_curve(losses, checkpoint / "loss_curve.png", card.scheduler.prediction_type)
+            record = {"step": done, "losses": losses, "interval_losses": interval_losses,
+                      "seconds": time.perf_counter() - started, "config": asdict(config),
+                      "teacher_sha256": teacher.weights_sha256, "teacher_paths": paths}
+            save_run_checkpoint(checkpoint, network, ema, optimizer, lr_schedule, generator, record)
+            save_loss_curve(losses, checkpoint / "loss_curve.png", card.scheduler.prediction_type)
         recent = float(np.mean(losses[-25:]))
         yield TrainingEvent(done, config.steps, recent, f"loss {recent:.4f}")
         if out_of_time:
@@ -330,6 +327,6 @@ def distill(
     student.provenance.pop("training", None)  # the teacher's, kept under "teacher"
     student.provenance.pop("quality", None)  # measured on the teacher; the student's is measured anew
     save_model(student, {"network": ema.module}, out)
-    _loss_curve(losses, out / "loss_curve.png", card.scheduler.prediction_type)
+    save_loss_curve(losses, out / "loss_curve.png", card.scheduler.prediction_type)
     return out
 

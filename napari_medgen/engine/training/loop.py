@@ -32,56 +32,14 @@ from ..model.card import ModelCard
 from ..model.device import resolve_device
 from ..model.networks import build_networks
 from ..model.weights import save_model
-from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import has_checkpoint, load_checkpoint, save_run_checkpoint
 from ..intensity import label_levels
-from .data import TrainingBatches, TrainingSlices, batch_stream, find_training_fractions, load_training_slices
+from .batches import TrainingBatches, batch_stream
+from .config import TrainingConfig
+from .data import TrainingSlices, find_training_fractions, load_training_slices
 from .optimizer import build_lr_schedule, build_optimizer, resume_lr_schedule, update
 
 CHECKPOINT_DIR = "checkpoint"
-
-
-@dataclass
-class TrainingConfig:
-    """Optimisation settings (the card says what the model is; this says how it is trained)."""
-
-    steps: int = 3000
-    batch_size: int = 12
-    learning_rate: float = 3e-4
-    warmup_steps: int = 100  # linear warm-up from learning_rate / warmup_steps, then a cosine decay
-    final_lr_fraction: float = 0.1  # ... down to this fraction of learning_rate at the last step
-    ema_decay: float = 0.998
-    crop_size: int | None = 64  # random square crops (px) of the slices; None: whole slices
-    # The fraction of batches cut to a smaller square field of view (px, drawn from this range), so that a
-    # network trained on whole slices still fills a region of a scan that shows only part of the anatomy.
-    field_of_view_fraction: float = 0.0
-    field_of_view_px: tuple[int, int] = (32, 96)
-    condition_dropout: float = 0.15
-    generation_fraction: float = 0.5  # samples with the image fully voided (plain generation)
-    region_mm: tuple[float, float] = (5.0, 40.0)  # sizes of the random inpainting regions
-    # Copy-paste: the fraction of samples given one to three discs of tissue (image and labels
-    # together) from elsewhere in the data, and their diameters: label layouts no training slice had,
-    # with images that truly match them, so the labels rather than the place set the intensity.
-    paste_fraction: float = 0.5
-    paste_mm: tuple[float, float] = (6.0, 24.0)
-    # The share of samples whose label channels carry the data's tissue fractions (partial volume: each voxel's
-    # share of every class) instead of the one-hot of its hard labels; needs slices with fractions. Both kinds
-    # train the same network, so it takes painted labels and fractions alike.
-    fraction_share: float = 0.0
-    # Inpainting samples given another scanner's look (bias field, gamma, blur, noise; see data._scanner_look).
-    scanner_fraction: float = 0.5
-    # Geometric augmentation (elastic warp, rotation, scaling): the fraction of samples warped, and how the image
-    # is resampled ("bicubic", "bilinear"; labels always by nearest neighbour). Bilinear resampling is a low-pass
-    # filter: on the demo's slices it cut the gradient inside tissues to 0.92x and darkened the brain's edge,
-    # and a network trained on it renders smooth tissues; bicubic keeps the texture (1.01x).
-    warp_fraction: float = 0.7
-    warp_interpolation: str = "bicubic"
-    checkpoint_every: int = 250
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
-    workers: int = 0  # processes making batches ahead of use (0: in this process)
-    mixed_precision: bool = False  # bfloat16 autocast on a GPU (weights and optimiser stay float32)
-    time_limit_s: float | None = None  # stop early, model written, when a lease of machine time runs out
 
 
 @dataclass
@@ -95,7 +53,9 @@ class TrainingEvent:
 _TARGET_NAMES = {"epsilon": "noise", "v_prediction": "velocity v", "sample": "clean image"}
 
 
-def _loss_curve(losses: list[float], path: Path, target: str = "network") -> None:
+def save_loss_curve(losses: list[float], path: Path, target: str = "network") -> None:
+    """A plot of the losses so far (and their running mean) against the step, on a log scale, as a PNG: written
+    beside each checkpoint and into the model folder, by training and distillation alike."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,16 +193,10 @@ def train(
         done = step + 1
         out_of_time = config.time_limit_s is not None and time.perf_counter() - started > config.time_limit_s
         if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
-            elapsed = time.perf_counter() - started
-            states = {
-                "optimizer": optimizer.state_dict(),
-                "lr_schedule": lr_schedule.state_dict(),
-                "rng": {"torch": generator.get_state()},
-            }
-            record = {"step": done, "losses": losses, "seconds": elapsed, "config": asdict(config)}
-            save_checkpoint(checkpoint, network, ema, states, record)
+            record = {"step": done, "losses": losses, "seconds": time.perf_counter() - started, "config": asdict(config)}
+            save_run_checkpoint(checkpoint, network, ema, optimizer, lr_schedule, generator, record)
             # The curve so far goes beside the checkpoint: the model folder is written only at the end.
-            _loss_curve(losses, checkpoint / "loss_curve.png", card.scheduler.prediction_type)
+            save_loss_curve(losses, checkpoint / "loss_curve.png", card.scheduler.prediction_type)
         yield TrainingEvent(done, config.steps, float(np.mean(losses[-25:])), f"loss {np.mean(losses[-25:]):.4f}")
         if out_of_time:
             break
@@ -263,5 +217,5 @@ def train(
         },
     }
     save_model(card, {"network": ema.module}, out)
-    _loss_curve(losses, out / "loss_curve.png", card.scheduler.prediction_type)
+    save_loss_curve(losses, out / "loss_curve.png", card.scheduler.prediction_type)
     return out

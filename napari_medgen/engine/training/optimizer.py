@@ -8,13 +8,12 @@ The schedule is torch's own (`LinearLR` then `CosineAnnealingLR`, joined by `Seq
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
-if TYPE_CHECKING:
-    from .loop import TrainingConfig
+from .config import TrainingConfig
 
 # The settings that shape the learning-rate schedule: a resumed run whose settings differ follows its own.
 SCHEDULE_SETTINGS = ("steps", "learning_rate", "warmup_steps", "final_lr_fraction")
