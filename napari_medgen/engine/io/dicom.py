@@ -10,8 +10,8 @@ import numpy as np
 
 from ..errors import InvalidVolumeError, VolumeReadError
 from ..volume import Volume
-from .formats import DICOM_TAGS, _itk_reason
-from .integrity import _check_shape_info
+from .formats import DICOM_TAGS, itk_reason
+from .integrity import check_shape_info
 
 # Largest distance between a DICOM slice's recorded position and its place in the stacked volume
 # that is accepted (as a fraction of the slice spacing): more means missing slices or variable spacing.
@@ -25,7 +25,8 @@ def is_dicom_series_folder(path: str | os.PathLike[str]) -> bool:
     return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
 
-def _read_dicom_series(folder: Path, series_id: str | None) -> Volume:
+def read_dicom_series(folder: Path, series_id: str | None) -> Volume:
+    """The series `series_id` (the only one, when None) of a DICOM folder as a volume: evenly spaced slices only."""
     import SimpleITK as sitk
 
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
@@ -47,8 +48,8 @@ def _read_dicom_series(folder: Path, series_id: str | None) -> Volume:
     try:
         image = reader.Execute()
     except RuntimeError as error:
-        raise VolumeReadError(f"{folder}: the DICOM series cannot be read ({_itk_reason(error)})") from None
-    _check_shape_info(folder, image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize())
+        raise VolumeReadError(f"{folder}: the DICOM series cannot be read ({itk_reason(error)})") from None
+    check_shape_info(folder, image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize())
     metadata: dict[str, Any] = {"source_format": "dicom-series", "dicom_series_uid": series_id}
     deviation = _slice_position_deviation(reader, image, len(files))
     if deviation is not None and deviation > NON_UNIFORM_TOLERANCE * image.GetSpacing()[2]:

@@ -57,7 +57,7 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return path.with_name(stem + ".json")
 
 
-def _header_metadata(reader: Any) -> dict[str, Any]:
+def header_metadata(reader: Any) -> dict[str, Any]:
     """The project's metadata, description and DICOM tags from a header; a damaged entry is skipped."""
     metadata: dict[str, Any] = {}
     keys = set(reader.GetMetaDataKeys())
@@ -79,7 +79,8 @@ def _header_metadata(reader: Any) -> dict[str, Any]:
     return metadata
 
 
-def _read_sidecar(path: Path) -> dict[str, Any]:
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """The metadata in the image's ``<name>.json`` sidecar; empty where there is none or it is damaged."""
     side = sidecar_path(path)
     if not side.is_file():
         return {}
@@ -90,7 +91,7 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _header_json(metadata: dict[str, Any]) -> str:
+def metadata_for_header(metadata: dict[str, Any]) -> str:
     """The metadata copy kept in a MetaImage / NRRD header: all of it if short, else what matters most.
 
     MetaImage cannot read back a header line longer than 32767 characters; the sidecar always holds
@@ -108,7 +109,7 @@ def _header_json(metadata: dict[str, Any]) -> str:
     return json.dumps({"synthetic": True}) if metadata.get("synthetic") or metadata.get("provenance") else ""
 
 
-def _description(metadata: dict[str, Any]) -> str:
+def nifti_description(metadata: dict[str, Any]) -> str:
     """NIfTI's 80-byte description: says 'synthetic' first, since that is what must not be lost."""
     provenance = metadata.get("provenance") or {}
     if metadata.get("synthetic") or provenance:
@@ -119,7 +120,7 @@ def _description(metadata: dict[str, Any]) -> str:
     return text[:79]
 
 
-def _itk_reason(error: Exception) -> str:
+def itk_reason(error: Exception) -> str:
     """The useful line of an ITK exception message (not SimpleITK's source location or a stale errno)."""
     lines = []
     for line in str(error).splitlines():

@@ -23,7 +23,7 @@ from ..memory import host_available_memory
 
 
 @contextlib.contextmanager
-def _itk_readable(path: Path, ext: str) -> Iterator[Path]:
+def itk_readable(path: Path, ext: str) -> Iterator[Path]:
     """A path at which ITK reads exactly `path`.
 
     ITK's NIfTI library, asked for ``scan.nii.gz``, opens ``scan.nii`` instead when both exist; then a
@@ -49,7 +49,7 @@ def _itk_readable(path: Path, ext: str) -> Iterator[Path]:
 _BYTES_PER_VOXEL = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 8, 7: 8, 8: 4, 9: 8}
 
 
-def _check_memory(path: Path, size: tuple[int, ...], pixel_id: int) -> None:
+def check_memory(path: Path, size: tuple[int, ...], pixel_id: int) -> None:
     """A header that promises more voxels than fit in memory (often a damaged header) is refused before
     ITK tries to allocate them: that would stall the machine or end the program."""
     voxels = int(np.prod([max(int(s), 0) for s in size], dtype=object))
@@ -63,16 +63,17 @@ def _check_memory(path: Path, size: tuple[int, ...], pixel_id: int) -> None:
         )
 
 
-def _voxel_bytes(size: tuple[int, ...], pixel_id: int) -> int:
+def image_bytes(size: tuple[int, ...], pixel_id: int) -> int:
+    """The bytes an image of `size` voxels of ITK pixel type `pixel_id` holds in memory."""
     return int(np.prod([max(int(s), 0) for s in size], dtype=object)) * _BYTES_PER_VOXEL.get(int(pixel_id), 8)
 
 
-def _check_compressed_data(path: Path, ext: str, expected: int) -> None:
+def check_compressed_data(path: Path, ext: str, expected: int) -> None:
     """ITK reads a compressed MetaImage or NRRD whose data is damaged without an error (it prints
     'Uncompress failed' and returns whatever came out): inflate the data once, checksum included."""
     located = _compressed_data_location(path, ext)
     if located is not None:
-        _check_compressed_stream(path, *located, expected)
+        check_compressed_stream(path, *located, expected)
 
 
 def _compressed_data_location(path: Path, ext: str) -> tuple[Path, int, int | str] | None:
@@ -126,7 +127,7 @@ def _compressed_data_location(path: Path, ext: str) -> tuple[Path, int, int | st
     return path.parent / data_file, 0, kind
 
 
-def _check_compressed_stream(path: Path, data_path: Path, offset: int, kind: int | str, expected: int) -> None:
+def check_compressed_stream(path: Path, data_path: Path, offset: int, kind: int | str, expected: int) -> None:
     """Raise VolumeReadError if the zlib / gzip (wbits 47 detects which) or bzip2 stream at `offset` of
     `data_path` is damaged, cut off, or inflates to fewer than `expected` bytes."""
     import bz2
@@ -166,7 +167,8 @@ def _check_compressed_stream(path: Path, data_path: Path, offset: int, kind: int
                               "copy it again")
 
 
-def _check_spacing_info(path: Path, spacing: tuple[float, ...]) -> None:
+def check_spacing_info(path: Path, spacing: tuple[float, ...]) -> None:
+    """Refuse a header's spacing that is not positive and finite (ITK reads such a file without a word)."""
     if not all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise InvalidVolumeError(
             f"{path}: voxel spacing must be positive and finite, got {tuple(spacing)} mm; "
@@ -266,7 +268,7 @@ def _gzip_content_size(path: Path, expected: int) -> int:
         return total
 
 
-def _check_nifti_complete(path: Path, ext: str) -> None:
+def check_nifti_complete(path: Path, ext: str) -> None:
     """ITK silently fills the missing part of a truncated NIfTI with zeros: refuse such files."""
     try:
         if ext == ".nii.gz":
@@ -292,7 +294,7 @@ def _check_nifti_complete(path: Path, ext: str) -> None:
     _check_nifti_finite(path, ext, header)
 
 
-def _drop_trailing_singleton(image: Any) -> Any:
+def drop_trailing_singleton(image: Any) -> Any:
     """A 3-D volume stored with a 4th axis of length 1 becomes that 3-D volume."""
     import SimpleITK as sitk
 
@@ -303,9 +305,10 @@ def _drop_trailing_singleton(image: Any) -> Any:
     return image
 
 
-def _check_shape_info(
+def check_shape_info(
     path: Path, dimension: int, components: int, size: tuple[int, ...], pixel_id: int | None = None
 ) -> None:
+    """Refuse what is not a single-channel, real-valued 2-D or 3-D scan, before ITK reads its voxels."""
     import SimpleITK as sitk
 
     if pixel_id in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):

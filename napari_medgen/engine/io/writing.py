@@ -14,9 +14,9 @@ from ..volume import Volume
 from .formats import (
     HEADER_KEY,
     WRITE_EXTENSIONS,
-    _description,
-    _header_json,
-    _itk_reason,
+    nifti_description,
+    metadata_for_header,
+    itk_reason,
     sidecar_path,
     volume_extension,
 )
@@ -48,12 +48,12 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], *, compress: bool
     if not parent_is_folder:
         raise VolumeWriteError(f"{path}: the folder {parent} does not exist; create it first")
     image = volume.to_sitk()
-    header_json = _header_json(volume.metadata)
+    header_json = metadata_for_header(volume.metadata)
     if header_json and ext in (".mha", ".mhd", ".nrrd", ".nhdr"):
         image.SetMetaData(HEADER_KEY, header_json)
     if ext in (".nii", ".nii.gz"):
         # ITK's NIfTI writer fills the header's ``descrip`` from this key.
-        image.SetMetaData("ITK_FileNotes", _description(volume.metadata))
+        image.SetMetaData("ITK_FileNotes", nifti_description(volume.metadata))
     try:
         staging = Path(tempfile.mkdtemp(prefix=".medgen-write-", dir=parent))
     except OSError as error:
@@ -63,7 +63,7 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], *, compress: bool
         try:
             sitk.WriteImage(image, str(staged), useCompression=compress)
         except RuntimeError as error:
-            raise VolumeWriteError(f"{path}: writing failed ({_itk_reason(error)}); nothing was changed") from None
+            raise VolumeWriteError(f"{path}: writing failed ({itk_reason(error)}); nothing was changed") from None
         if volume.metadata:
             (staging / sidecar_path(path).name).write_text(
                 json.dumps(volume.metadata, indent=2, sort_keys=True, default=str)

@@ -17,7 +17,15 @@ from typing import Any
 
 from ...errors import ModelCardError, ModelWeightsError
 from .checkpoint import load_checkpoint, scalar_in, state_dict_in
-from .common import build_card, cpu_safe, fitted_networks, mapped_old_state, schema_from_label_dict, write_model
+from .common import (
+    build_card,
+    controlnet_state,
+    cpu_safe,
+    fitted_networks,
+    mapped_old_state,
+    schema_from_label_dict,
+    write_model,
+)
 from .safe_config import SafeConfig, target_of
 
 UNET_KEYS = ("diffusion_unet_def", "diffusion_def", "network_def", "unet_def")
@@ -154,9 +162,7 @@ def import_bundle(
     fresh = build_networks(card)
     states = {role: mapped_old_state(fresh[role], state) for role, state in states.items()}
     if unet_class == "DiffusionModelUNetMaisi" and "controlnet" in states:
-        from .maisi import _controlnet_state
-
-        states["controlnet"] = _controlnet_state(card, states["network"], states["controlnet"])
+        states["controlnet"] = controlnet_state(card, states["network"], states["controlnet"])
     networks = fitted_networks(card, states, str(folder))
     return write_model(card, networks, out_folder)
 

@@ -1,5 +1,6 @@
-"""What both importers share: CPU-safe network arguments, a label schema from a label dictionary, and
-writing the model folder (the networks built from the card, the imported tensors loaded strictly)."""
+"""What both importers share: CPU-safe network arguments, a label schema from a label dictionary, MAISI's
+ControlNet state, and writing the model folder (the networks built from the card, the imported tensors loaded
+strictly)."""
 
 from __future__ import annotations
 
@@ -110,3 +111,14 @@ def write_model(card: ModelCard, networks: dict[str, Any], out_folder: str | Pat
     from ..weights import save_model
 
     return save_model(card, networks, out_folder)
+
+
+def controlnet_state(card: Any, unet_state: dict[str, Any], control_state: dict[str, Any]) -> dict[str, Any]:
+    """MAISI's ControlNet load: the UNet's weights copied wherever names and shapes match (MONAI's
+    copy_model_state), then the ControlNet checkpoint over them. Both importers load a MAISI ControlNet so."""
+    from ..networks import build_networks
+
+    expected = build_networks(card, device="meta")["controlnet"].state_dict()
+    state = {k: v for k, v in unet_state.items() if k in expected and tuple(v.shape) == tuple(expected[k].shape)}
+    state.update(control_state)
+    return state

@@ -20,7 +20,7 @@ from typing import Any
 
 from ...errors import ModelCardError, ModelWeightsError
 from .checkpoint import load_checkpoint, scalar_in, state_dict_in
-from .common import build_card, cpu_safe, fitted_networks, schema_from_label_dict, write_model
+from .common import build_card, controlnet_state, cpu_safe, fitted_networks, schema_from_label_dict, write_model
 from .safe_config import SafeConfig, target_of
 
 DEFAULT_NETWORK_CONFIG = "configs/config_network_rflow.json"
@@ -157,7 +157,7 @@ def import_maisi(
     states: dict[str, dict[str, Any]] = {"network": unet_state, "autoencoder": ae_state}
     dropped: dict[str, list[str]] = {}
     if cn_state is not None:
-        states["controlnet"] = _controlnet_state(card, unet_state, cn_state)
+        states["controlnet"] = controlnet_state(card, unet_state, cn_state)
     # MAISI loads its UNet and ControlNet with strict=False; keys the network does not have are dropped here
     # and named in the card (missing keys are still refused: a network half-loaded is not the model).
     states, dropped = _without_extra_keys(card, states)
@@ -186,17 +186,6 @@ def _scheduler(class_name: str, kwargs: dict[str, Any], trained_steps: float | N
         if key in kwargs:
             spec[key] = kwargs[key]
     return spec
-
-
-def _controlnet_state(card: Any, unet_state: dict[str, Any], control_state: dict[str, Any]) -> dict[str, Any]:
-    """MAISI's ControlNet load: the UNet's weights copied wherever names and shapes match (MONAI's
-    copy_model_state), then the ControlNet checkpoint over them."""
-    from ..networks import build_networks
-
-    expected = build_networks(card, device="meta")["controlnet"].state_dict()
-    state = {k: v for k, v in unet_state.items() if k in expected and tuple(v.shape) == tuple(expected[k].shape)}
-    state.update(control_state)
-    return state
 
 
 def _without_extra_keys(card: Any, states: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
