@@ -1,7 +1,5 @@
-"""The napari side of reliability: bad files, bad layers and broken models give a notification and change
-no layer; cancelling at any point, an exception in the network, running out of GPU memory, closing a
-layer mid-run or pressing Run twice leave the viewer's layers as they were (or add just the result), and
-a new run works afterwards."""
+"""The napari side of reliability, inputs: bad files, bad layers and broken models give a notification and
+change no layer; saving onto a read-only or full disk fails cleanly."""
 
 from __future__ import annotations
 
@@ -12,94 +10,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from reliability_helpers import (
-    FaultyNetwork,
     assert_layers_unchanged,
-    cuda_out_of_memory,
     hidden_leftovers,
     layer_state,
     listing,
-    on_fake_accelerator,
 )
 from tiny_models import make_tiny_model
+from widget_fixtures import (  # noqa: F401 - fixtures by name
+    GEOMETRY,
+    PLUGIN,
+    exception_chain,
+    kwargs_like,
+    notices,
+    one_thread,
+    scan,
+    tiny_model,
+    wait_for_run,
+)
 
 from napari_medgen.engine import memory
 from napari_medgen.engine.errors import MedgenError
 from napari_medgen.engine.io import write_volume
-from napari_medgen.engine.model.loading import load_model, release_model
-from napari_medgen.engine.synthesis import run as synthesis_run
 from napari_medgen.engine.volume import Volume
-from napari_medgen.layer_geometry import volume_to_layer_data
 from napari_medgen.napari_io import napari_get_reader
-
-PLUGIN = "napari-medgen"
-FLIP = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
-GEOMETRY = {"spacing": (4.0, 4.0, 6.0), "origin": (30.0, -12.0, 7.0), "direction": FLIP}
-
-
-def exception_chain(error: BaseException) -> list[BaseException]:
-    chain = []
-    while error is not None and error not in chain:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    return chain
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def tiny_model(scan, tmp_path, monkeypatch):
-    from napari_medgen.widgets.session import ModelSession
-
-    make_tiny_model(tmp_path / "models" / "tiny", name="tiny-2d")
-    monkeypatch.setenv("NAPARI_MEDGEN_MODELS", str(tmp_path / "models"))
-    model = load_model(tmp_path / "models" / "tiny", device="cpu")
-    ModelSession.of(scan[0]).set_model(model)
-    yield model
-    release_model(model)
-
-
-@pytest.fixture
-def scan(make_napari_viewer):
-    rng = np.random.default_rng(0)
-    labels = np.zeros((4, 24, 20), np.uint8)
-    labels[:, 4:20, 4:16] = 3
-    labels[:, 8:14, 7:12] = 2
-    labels[:, 10:12, 9:10] = 1
-    image = (labels.astype(np.float32) * 300 + rng.normal(0, 20, labels.shape)).clip(0).astype(np.int16)
-    viewer = make_napari_viewer()
-    data, kwargs, _ = volume_to_layer_data(Volume(image, **GEOMETRY), "image", "scan")
-    image_layer = viewer.add_image(data, **kwargs)
-    data, kwargs, _ = volume_to_layer_data(Volume(labels, **GEOMETRY, metadata={"label_map": True}), "labels", "tissue")
-    labels_layer = viewer.add_labels(np.array(data), **kwargs)
-    return viewer, image_layer, labels_layer
-
-
-@pytest.fixture
-def notices(monkeypatch):
-    """Every notification the plugin shows: (kind, message)."""
-    shown: list[tuple[str, str]] = []
-    from napari_medgen.widgets import messages
-
-    monkeypatch.setattr(messages, "notify", lambda level, message: shown.append((level, message)))
-    return shown
-
-
-def _wait(qtbot, widget, timeout=60000) -> None:
-    qtbot.waitUntil(lambda: widget.current_run is not None and not widget.current_run.running, timeout=timeout)
-
-
-def _like(image_layer, **changes) -> dict:
-    kwargs = {"scale": image_layer.scale, "translate": image_layer.translate, "metadata": dict(image_layer.metadata)}
-    kwargs.update(changes)
-    return kwargs
 
 
 # -- bad files through napari's reader ---------------------------------------------------------------
@@ -154,7 +93,7 @@ def test_generate_and_painter_refuse_bad_layers_and_change_nothing(scan, tiny_mo
     outside = np.array(labels_layer.data, copy=True)
     outside[1, 2, 2] = 9
     bad = {
-        "outside the schema": (viewer.add_labels(outside, name="labels 9", **_like(image_layer)), "9"),
+        "outside the schema": (viewer.add_labels(outside, name="labels 9", **kwargs_like(image_layer)), "9"),
         "4-D": (viewer.add_labels(np.zeros((2, 4, 24, 20), np.uint8), name="four-d"), "2-D or 3-D"),
     }
     before = layer_state(viewer)
@@ -181,7 +120,7 @@ def test_inpaint_refuses_bad_layers_and_changes_nothing(scan, tiny_model, notice
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Inpaint")
     region = np.zeros(image_layer.data.shape, np.uint8)
     region[1:3, 8:14, 6:12] = 1
-    region_layer = viewer.add_labels(region, name="region", **_like(image_layer))
+    region_layer = viewer.add_labels(region, name="region", **kwargs_like(image_layer))
     nan = np.array(image_layer.data, np.float32)
     nan[2, 3, 3] = np.nan
     inf = np.array(image_layer.data, np.float32)
@@ -191,13 +130,13 @@ def test_inpaint_refuses_bad_layers_and_changes_nothing(scan, tiny_model, notice
     outside = np.array(labels_layer.data, copy=True)
     outside[0, 0, 0] = 9
     layers = {
-        "nan": viewer.add_image(nan, name="nan scan", **_like(image_layer)),
-        "inf": viewer.add_image(inf, name="inf scan", **_like(image_layer)),
+        "nan": viewer.add_image(nan, name="nan scan", **kwargs_like(image_layer)),
+        "inf": viewer.add_image(inf, name="inf scan", **kwargs_like(image_layer)),
         "rgb": viewer.add_image(np.zeros((24, 20, 3), np.uint8), name="photo", rgb=True),
-        "mask": viewer.add_image(region.astype(bool), name="mask as scan", **_like(image_layer)),
-        "far region": viewer.add_labels(region, name="far region", **_like(image_layer, translate=far, metadata={})),
-        "moved anatomy": viewer.add_labels(np.array(labels_layer.data), name="moved", **_like(image_layer, translate=moved, metadata={})),
-        "anatomy 9": viewer.add_labels(outside, name="anatomy 9", **_like(image_layer)),
+        "mask": viewer.add_image(region.astype(bool), name="mask as scan", **kwargs_like(image_layer)),
+        "far region": viewer.add_labels(region, name="far region", **kwargs_like(image_layer, translate=far, metadata={})),
+        "moved anatomy": viewer.add_labels(np.array(labels_layer.data), name="moved", **kwargs_like(image_layer, translate=moved, metadata={})),
+        "anatomy 9": viewer.add_labels(outside, name="anatomy 9", **kwargs_like(image_layer)),
         "shapes outside": viewer.add_shapes([np.array([[9000.0, 9000.0], [9000.0, 9100.0], [9100.0, 9100.0]])],
                                             shape_type="polygon", name="far shapes"),
     }
@@ -233,10 +172,10 @@ def test_inpaint_shows_the_nan_voxel_error_and_changes_no_layer(scan, tiny_model
     viewer, image_layer, _ = scan
     nan = np.array(image_layer.data, np.float32)
     nan[1, 5, 5] = nan[2, 6, 6] = np.nan
-    nan_layer = viewer.add_image(nan, name="nan scan", **_like(image_layer))
+    nan_layer = viewer.add_image(nan, name="nan scan", **kwargs_like(image_layer))
     region = np.zeros(image_layer.data.shape, np.uint8)
     region[1:3, 4:10, 4:10] = 1
-    region_layer = viewer.add_labels(region, name="region", **_like(image_layer))
+    region_layer = viewer.add_labels(region, name="region", **kwargs_like(image_layer))
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Inpaint")
     widget.image.value, widget.region.value = nan_layer, region_layer
     before = layer_state(viewer)
@@ -314,150 +253,3 @@ def test_saving_a_layer_onto_a_read_only_or_full_disk(scan, tmp_path, monkeypatc
             image_layer.save(str(path), plugin=PLUGIN)
         assert any(isinstance(e, MedgenError) and os.strerror(code) in str(e) for e in exception_chain(raised.value))
         assert listing(folder) == before and hidden_leftovers(folder) == []
-
-
-# -- faults during a run -------------------------------------------------------------------------------
-def test_cancel_at_any_point_leaves_the_layers_and_a_new_run_works(scan, tiny_model, qtbot, notices, monkeypatch):
-    viewer, _, labels_layer = scan
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
-    widget.label_layer.value = labels_layer
-    widget.scope.value = "whole volume"
-    monkeypatch.setattr(synthesis_run, "auto_slice_batch", lambda *args, **kwargs: 4)  # 4 slices: one call a step
-    before = layer_state(viewer)
-    for when in ("straight after the click", "after the first step", "during the last step"):
-        steps = 3 if when == "during the last step" else 200
-        widget.sampling.steps.value = steps
-        calls = []
-
-        def on_call(module, args, when=when, steps=steps, calls=calls):
-            calls.append(1)
-            if when == "during the last step" and len(calls) == steps:
-                widget.current_run.cancel()  # from the worker thread, inside the last network call
-
-        handle = tiny_model.networks["network"].register_forward_pre_hook(on_call)
-        try:
-            run = widget.start()
-            if when == "straight after the click":
-                widget.cancel()
-            elif when == "after the first step":
-                qtbot.waitUntil(lambda run=run: run._progress is not None and run._progress.n >= 1, timeout=30000)
-                widget.cancel()
-            _wait(qtbot, widget)
-        finally:
-            handle.remove()
-        assert run._outcome == "cancelled", (when, run._outcome)
-        assert len(calls) < steps or when == "during the last step"
-        assert_layers_unchanged(viewer, before)
-        assert widget.run_button.enabled and not widget.cancel_button.enabled
-        assert "preview (running)" not in [layer.name for layer in viewer.layers]
-    widget.sampling.steps.value = 2
-    widget.start()
-    _wait(qtbot, widget)
-    assert widget.current_run._outcome == "done"
-    assert len(viewer.layers) == len(before) + 1
-
-
-def test_exception_inside_the_network_fails_the_run_and_the_next_works(scan, tiny_model, qtbot, notices):
-    """A ValueError, and a RuntimeError (what torch raises; superqt's worker used to swallow those and never
-    end, leaving the widget busy for good): the run fails, nothing changed, the next run works."""
-    viewer, image_layer, _ = scan
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Inpaint")
-    region = np.zeros(image_layer.data.shape, np.uint8)
-    region[1:3, 8:14, 6:12] = 1
-    region_layer = viewer.add_labels(region, name="region", **_like(image_layer))
-    widget.image.value, widget.region.value = image_layer, region_layer
-    widget.in_place.value = True
-    widget.sampling.steps.value = 4
-    before = layer_state(viewer)
-    for error in (lambda: ValueError("a bug in the network"), lambda: RuntimeError("CUDA error: a bug in the network")):
-        with FaultyNetwork(tiny_model, error=error, fail_calls={3}):
-            run = widget.start()
-            _wait(qtbot, widget)
-        assert run._outcome == "failed"
-        assert notices[-1][0] == "error" and "a bug in the network" in notices[-1][1]
-        assert_layers_unchanged(viewer, before)  # in place, and still nothing changed
-        assert not widget.undo_button.enabled and widget.run_button.enabled
-    widget.start()
-    _wait(qtbot, widget)
-    assert widget.current_run._outcome == "done" and widget.undo_button.enabled
-    widget.undo()
-    assert_layers_unchanged(viewer, before)
-
-
-def test_out_of_gpu_memory_falls_back_to_the_cpu_and_says_so(scan, tiny_model, qtbot, notices, monkeypatch):
-    from napari_medgen.widgets.session import ModelSession
-
-    viewer, _, labels_layer = scan
-    gpu = on_fake_accelerator(tiny_model)
-    ModelSession.of(viewer).set_model(gpu)
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
-    widget.label_layer.value = labels_layer
-    widget.scope.value = "whole volume"
-    widget.sampling.steps.value = 2
-    before = layer_state(viewer)
-    with FaultyNetwork(gpu, error=cuda_out_of_memory):  # every call on the 'GPU' runs out of memory
-        widget.start()
-        _wait(qtbot, widget)
-        assert widget.current_run._outcome == "done"
-        assert any(kind == "warning" and "fell back to the CPU" in message for kind, message in notices)
-        assert len(viewer.layers) == len(before) + 1
-        result = viewer.layers[-1]
-        assert result.metadata["provenance"]["device"] == "cpu" and result.metadata["synthetic"] is True
-        widget.start()  # the next run works (and falls back again: the GPU is still full)
-        _wait(qtbot, widget)
-        assert widget.current_run._outcome == "done"
-        assert len(viewer.layers) == len(before) + 2
-
-
-def test_closing_the_image_during_an_in_place_run(scan, tiny_model, qtbot, notices):
-    viewer, image_layer, _ = scan
-    region = np.zeros(image_layer.data.shape, np.uint8)
-    region[1:3, 8:14, 6:12] = 1
-    region_layer = viewer.add_labels(region, name="region", **_like(image_layer))
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Inpaint")
-    widget.image.value, widget.region.value = image_layer, region_layer
-    widget.in_place.value = True
-    widget.sampling.steps.value = 60
-    original = np.array(image_layer.data, copy=True)
-    run = widget.start()
-    qtbot.waitUntil(lambda: run._progress is not None and run._progress.n >= 1, timeout=30000)
-    viewer.layers.remove(image_layer)
-    _wait(qtbot, widget)
-    assert run._outcome == "done"
-    assert viewer.layers[-1].name.startswith("scan inpainted")  # a new layer, not written into a closed one
-    assert any("closed or changed" in message for _, message in notices)
-    np.testing.assert_array_equal(image_layer.data, original)
-
-
-def test_run_pressed_twice_and_a_result_that_cannot_be_shown(scan, tiny_model, qtbot, notices, monkeypatch):
-    from napari_medgen.widgets import generate_widget
-
-    viewer, _, labels_layer = scan
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")
-    widget.label_layer.value = labels_layer
-    widget.scope.value = "whole volume"
-    widget.sampling.steps.value = 30
-    before = layer_state(viewer)
-    first = widget.start()
-    assert widget.start() is None and "still going" in notices[-1][1]  # one run at a time
-    widget.cancel()
-    _wait(qtbot, widget)
-    assert first._outcome == "cancelled"
-    assert_layers_unchanged(viewer, before)
-    # Two variants; showing the second fails: the first is taken back, nothing is left half-done.
-    real = generate_widget.add_result_layer
-    shown = []
-
-    def fail_second(viewer_, volume, name):
-        if shown:
-            raise ValueError("the display failed")
-        shown.append(name)
-        return real(viewer_, volume, name)
-
-    monkeypatch.setattr(generate_widget, "add_result_layer", fail_second)
-    widget.sampling.steps.value = 2
-    widget.sampling.variants.value = 2
-    widget.start()
-    _wait(qtbot, widget)
-    assert widget.current_run._outcome == "failed" and shown
-    assert_layers_unchanged(viewer, before)

@@ -13,54 +13,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import make_tiny_model  # noqa: E402
+from widget_fixtures import PLUGIN, scan, tiny_model, wait_for_run  # noqa: E402, F401 - fixtures by name
 
-from napari_medgen.engine.model.loading import load_model, release_model  # noqa: E402
+from napari_medgen.engine.model.loading import load_model  # noqa: E402
 from napari_medgen.engine.volume import Volume  # noqa: E402
 from napari_medgen.layer_geometry import volume_to_layer_data  # noqa: E402
-
-PLUGIN = "napari-medgen"
-FLIP = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # RAS-stored, like the sample brain
-
-
-@pytest.fixture
-def tiny_model(scan, tmp_path, monkeypatch):
-    """A tiny random-weight model, loaded in the scan viewer's session as if chosen in the Model panel."""
-    from napari_medgen.widgets.session import ModelSession
-
-    make_tiny_model(tmp_path / "models" / "tiny", name="tiny-2d")
-    monkeypatch.setenv("NAPARI_MEDGEN_MODELS", str(tmp_path / "models"))
-    model = load_model(tmp_path / "models" / "tiny", device="cpu")
-    ModelSession.of(scan[0]).set_model(model)
-    yield model
-    release_model(model)
-
-
-@pytest.fixture
-def scan(make_napari_viewer):
-    """A viewer with a small scan (Image) and tissue labels (Labels) on its grid."""
-    rng = np.random.default_rng(0)
-    labels = np.zeros((4, 24, 20), np.uint8)
-    labels[:, 4:20, 4:16] = 3
-    labels[:, 8:14, 7:12] = 2
-    labels[:, 10:12, 9:10] = 1
-    image = (labels.astype(np.float32) * 300 + rng.normal(0, 20, labels.shape)).clip(0).astype(np.int16)
-    geometry = dict(spacing=(4.0, 4.0, 6.0), origin=(30.0, -12.0, 7.0), direction=FLIP)
-    viewer = make_napari_viewer()
-    data, kwargs, _ = volume_to_layer_data(Volume(image, **geometry), "image", "scan")
-    image_layer = viewer.add_image(data, **kwargs)
-    data, kwargs, _ = volume_to_layer_data(Volume(labels, **geometry, metadata={"label_map": True}), "labels", "tissue")
-    labels_layer = viewer.add_labels(np.array(data), **kwargs)
-    return viewer, image_layer, labels_layer
 
 
 def _same_placement(a, b) -> None:
     np.testing.assert_allclose(a.scale, b.scale)
     np.testing.assert_allclose(a.translate, b.translate)
     np.testing.assert_allclose(a.affine.affine_matrix, b.affine.affine_matrix)
-
-
-def _wait(qtbot, widget, timeout=60000) -> None:
-    qtbot.waitUntil(lambda: widget.current_run is not None and not widget.current_run.running, timeout=timeout)
 
 
 @pytest.fixture
@@ -129,7 +92,7 @@ def test_generate_whole_volume_in_label_geometry_with_provenance(scan, tiny_mode
     widget.sampling.seed.value = 5
     widget.start()
     assert not widget.run_button.enabled  # no second run while one goes
-    _wait(qtbot, widget)
+    wait_for_run(qtbot, widget)
     result = viewer.layers[-1]
     assert result.name == "tissue | tiny-2d | seed 5"
     assert result.data.shape == labels_layer.data.shape
@@ -146,10 +109,50 @@ def test_generate_current_slice_lands_on_that_slice(scan, tiny_model, qtbot):
     widget.sampling.steps.value = 2
     viewer.dims.set_point(0, labels_layer.data_to_world([2, 0, 0])[0])
     widget.start()
-    _wait(qtbot, widget)
+    wait_for_run(qtbot, widget)
     result = viewer.layers[-1]
     assert result.data.shape == (1,) + labels_layer.data.shape[1:]
     np.testing.assert_allclose(result.data_to_world([0, 3, 4]), labels_layer.data_to_world([2, 3, 4]))
+
+
+def test_inpaint_region_is_drawn_first_and_a_large_region_asks_before_it_runs(scan, tiny_model, qtbot, warnings):
+    viewer, image_layer, labels_layer = scan
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Inpaint")
+    # No region is chosen for the user, though a Labels layer (the whole tissue map) is open.
+    assert widget.region.value is None
+    widget.image.value = image_layer
+    assert widget.start() is None and "choose an image and a region" in warnings[-1]
+    # "New region layer": an empty Labels layer on the image's grid, chosen, active, brush ready.
+    count = len(viewer.layers)
+    widget.new_region_button.native.click()
+    region_layer = widget.region.value
+    assert len(viewer.layers) == count + 1 and region_layer is viewer.layers[-1]
+    _same_placement(region_layer, image_layer)
+    assert region_layer.data.shape == image_layer.data.shape and not region_layer.data.any()
+    assert viewer.layers.selection.active is region_layer
+    assert region_layer.mode == "paint" and region_layer.selected_label == 1
+    # A small painted region runs on the first press.
+    region_layer.data[1:3, 8:12, 6:10] = 1
+    region_layer.refresh()
+    widget.sampling.steps.value = 2
+    assert widget.start() is not None
+    wait_for_run(qtbot, widget)
+    assert len(viewer.layers) == count + 2
+    # The whole tissue map as the region: asked first, nothing runs and no layer changes ...
+    widget.region.value = labels_layer
+    before = [(layer.name, np.array(layer.data, copy=True)) for layer in viewer.layers]
+    assert widget.start() is None
+    assert widget.run_button.text == "Inpaint anyway" and "of the anatomy" in widget.status.value
+    assert [layer.name for layer in viewer.layers] == [name for name, _ in before]
+    assert all(np.array_equal(layer.data, data) for layer, (_, data) in zip(viewer.layers, before, strict=True))
+    # ... and runs when pressed again.
+    assert widget.start() is not None
+    wait_for_run(qtbot, widget)
+    assert len(viewer.layers) == count + 3 and widget.run_button.text == "Inpaint"
+    # Choosing another region asks again for a large one.
+    widget.region.value = region_layer
+    widget.region.value = labels_layer
+    assert widget.start() is None and widget.run_button.text == "Inpaint anyway"
 
 
 def test_inpaint_new_layer_and_in_place_keep_outside_voxels(scan, tiny_model, qtbot):
@@ -163,7 +166,7 @@ def test_inpaint_new_layer_and_in_place_keep_outside_voxels(scan, tiny_model, qt
     widget.sampling.steps.value = 3
     original = np.array(image_layer.data, copy=True)
     widget.start()
-    _wait(qtbot, widget)
+    wait_for_run(qtbot, widget)
     result = viewer.layers[-1]
     assert result.name.startswith("scan inpainted")
     _same_placement(result, image_layer)
@@ -174,7 +177,7 @@ def test_inpaint_new_layer_and_in_place_keep_outside_voxels(scan, tiny_model, qt
     widget.in_place.value = True
     count = len(viewer.layers)
     widget.start()
-    _wait(qtbot, widget)
+    wait_for_run(qtbot, widget)
     assert len(viewer.layers) == count
     np.testing.assert_array_equal(image_layer.data[outside], original[outside])
     assert not np.array_equal(image_layer.data, original)
@@ -193,14 +196,14 @@ def test_cancel_mid_run_leaves_layers_as_they_were(scan, tiny_model, qtbot):
     run = widget.start()
     qtbot.waitUntil(lambda: run._progress is not None and run._progress.n >= 2, timeout=30000)
     widget.cancel()
-    _wait(qtbot, widget)
+    wait_for_run(qtbot, widget)
     assert run._outcome == "cancelled" and run._progress.n < 400
     assert [layer.name for layer in viewer.layers] == before
     np.testing.assert_array_equal(labels_layer.data, data_before)
     assert widget.run_button.enabled and not widget.cancel_button.enabled
     widget.sampling.steps.value = 2  # a new run works after a cancel
     widget.start()
-    _wait(qtbot, widget)
+    wait_for_run(qtbot, widget)
     assert len(viewer.layers) == len(before) + 1
 
 
@@ -225,7 +228,7 @@ def test_event_loop_stays_responsive_during_a_run(scan, tiny_model, qtbot):
     # not a stall during the run: let it finish before the clock starts.
     QApplication.processEvents()
     timer.start()
-    _wait(qtbot, widget)
+    wait_for_run(qtbot, widget)
     timer.stop()
     # While the run goes on: up to the worker's return (adding the result layer is the run's end).
     ticks = [t for t in ticks if not ended or t <= ended[0]]

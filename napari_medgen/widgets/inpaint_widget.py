@@ -1,4 +1,9 @@
-"""Inpaint: regenerate a region of an Image layer, as a new layer or in place (undoable)."""
+"""Inpaint: regenerate a region of an Image layer, as a new layer or in place (undoable).
+
+The region is drawn first: no region is chosen until the user makes one ("New region layer": an empty
+Labels layer on the image's grid with the brush ready) or picks a Labels / Shapes layer. A region that
+covers more than LARGE_REGION_SHARE of the anatomy is not run on the first press: the button asks again
+("Inpaint anyway"), since regenerating most of a scan is usually a wrong layer picked, not a wish."""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ from napari.layers import Image, Labels, Shapes
 from ..engine.errors import MedgenError, RegionError
 from ..engine.synthesis import inpaint
 from ..engine.synthesis.options import SamplingOptions
+from ..engine.synthesis.region_share import region_share
 from ..layer_geometry import (
     layer_data_for_volume,
+    layer_kwargs_like,
     napari_layer_to_volume,
     shapes_to_region,
     volume_for_image_layer,
@@ -23,6 +30,9 @@ from .layers import add_result_layer, current_slice, layer_choices, optional_lay
 from .run_buttons import RunButtons
 from .sampling_controls import SamplingControls
 from .session import ModelSession
+
+LARGE_REGION_SHARE = 0.25  # of the anatomy (the anatomy layer's labels, else the scan's foreground)
+REGION_LABEL = 1
 
 if TYPE_CHECKING:
     import napari
@@ -38,7 +48,10 @@ class InpaintWidget(RunButtons, Container):
         self.session = ModelSession.of(viewer)
         defaults = SamplingOptions()
         self.image = ComboBox(label="image", choices=layer_choices(viewer, Image))
-        self.region = ComboBox(label="region", choices=layer_choices(viewer, Labels, Shapes))
+        self.region = ComboBox(label="region", choices=optional_layer_choices(viewer, Labels, Shapes,
+                                                                              none_text="(none: draw one)"))
+        self.new_region_button = PushButton(text="New region layer")
+        self.new_region_button.tooltip = "an empty Labels layer on the image's grid, with the brush ready to paint the region"
         self.anatomy = ComboBox(label="anatomy (optional)", choices=optional_layer_choices(viewer, Labels))
         self.context_mm = FloatSpinBox(label="context (mm)", value=defaults.context_mm, min=0.0, max=200.0)
         self.feather_mm = FloatSpinBox(label="seam feather (mm)", value=defaults.feather_mm, min=0.0, max=50.0)
@@ -52,13 +65,51 @@ class InpaintWidget(RunButtons, Container):
         self.undo_button = PushButton(text="Undo in-place inpaint", enabled=False)
         Container.__init__(
             self,
-            widgets=[self.image, self.region, self.anatomy, self.context_mm, self.feather_mm, self.estimate, self.in_place,
+            widgets=[self.image, self.region, self.new_region_button, self.anatomy, self.context_mm, self.feather_mm, self.estimate, self.in_place,
                      self.sampling,
                      self.run_button, self.cancel_button, self.undo_button, self.status]
         )
         self.run_button.changed.connect(self.start)
         self.undo_button.changed.connect(self.undo)
+        self.new_region_button.changed.connect(self.new_region_layer)
+        for choice in (self.image, self.region, self.anatomy):
+            choice.changed.connect(self._forget_large_region)
         self._undo: list[tuple[Image, np.ndarray, dict]] = []
+        self._large_region_asked: tuple | None = None  # (region layer, share) the user was asked about
+
+    def new_region_layer(self) -> Labels | None:
+        """An empty Labels layer on the chosen image's grid (scale, translate, affine, reference geometry),
+        chosen as the region, selected, in paint mode with label 1."""
+        image_layer = self.image.value
+        if image_layer is None:
+            messages.notify("warning", "Inpaint: open or choose an image first, then make its region layer")
+            return None
+        layer = self._viewer.add_labels(np.zeros(image_layer.data.shape, np.uint8),
+                                        name=f"{image_layer.name} inpaint region", **layer_kwargs_like(image_layer))
+        self.region.reset_choices()
+        self.region.value = layer
+        self._viewer.layers.selection.active = layer
+        layer.selected_label = REGION_LABEL
+        layer.mode = "paint"
+        self.status.value = "paint the region to regenerate, then press Inpaint"
+        return layer
+
+    def _forget_large_region(self, *_: object) -> None:
+        self._large_region_asked = None
+        self.run_button.text = "Inpaint"
+
+    def _asks_before_large_region(self, region_layer: object, share: float) -> bool:
+        """True (and the button asks again) the first time a region covers more than LARGE_REGION_SHARE."""
+        key = (id(region_layer), round(share, 3))
+        if share <= LARGE_REGION_SHARE or self._large_region_asked == key:
+            self._forget_large_region()
+            return False
+        self._large_region_asked = key
+        self.run_button.text = "Inpaint anyway"
+        self.status.value = (f"the region covers {share:.0%} of the anatomy: press 'Inpaint anyway' to regenerate it, "
+                             "or draw a smaller region ('New region layer')")
+        messages.notify("info", f"Inpaint: the region covers {share:.0%} of the anatomy; press 'Inpaint anyway' to go on")
+        return True
 
     def _inputs(self):
         image_layer, region_layer, anatomy_layer = self.image.value, self.region.value, self.anatomy.value
@@ -90,6 +141,9 @@ class InpaintWidget(RunButtons, Container):
             run = inpaint(model, image, region, labels, options)
         except MedgenError as error:
             messages.notify("warning", f"Inpaint: {error}")
+            return None
+        if self._asks_before_large_region(self.region.value, region_share(image, region, labels)):
+            run.close()
             return None
         in_place = self.in_place.value
 

@@ -20,10 +20,10 @@ def layer_choices(viewer: Any, *types: type) -> Any:
     return choices
 
 
-def optional_layer_choices(viewer: Any, *types: type) -> Any:
-    """As `layer_choices`, with '(none)' first."""
+def optional_layer_choices(viewer: Any, *types: type, none_text: str = "(none)") -> Any:
+    """As `layer_choices`, with `none_text` (no layer) first."""
     base = layer_choices(viewer, *types)
-    return lambda _widget=None: [("(none)", None)] + [(layer.name, layer) for layer in base()]
+    return lambda _widget=None: [(none_text, None)] + [(layer.name, layer) for layer in base()]
 
 
 def current_slice(viewer: Any, layer: Any) -> int:
