@@ -125,3 +125,12 @@ def assert_layers_unchanged(viewer, before: list[tuple]) -> None:
         for x, y in zip(a[3:6], b[3:6], strict=True):
             np.testing.assert_array_equal(x, y, err_msg=f"layer {a[0]} placement changed")
         assert a[6] == b[6], f"layer {a[0]} metadata changed"
+
+
+def exception_chain(error: BaseException) -> list[BaseException]:
+    """An exception, its cause, its cause's cause ... (what a notification may have been made from)."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain

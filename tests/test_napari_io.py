@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from geometry_cases import DIRECTIONS, listing, make_volume
+from reliability_helpers import exception_chain
 
 from napari_medgen.engine.errors import MedgenError, VolumeReadError
 from napari_medgen.engine.io import read_volume, write_volume
@@ -33,14 +34,6 @@ def assert_layer_places_voxels_like_file(layer, path: Path) -> None:
         layer_index = np.round(np.asarray(layer.world_to_data(itk_point[::-1]))).astype(int)
         np.testing.assert_allclose(layer.data_to_world(layer_index)[::-1], itk_point, atol=1e-6)
         assert data[tuple(layer_index)] == volume.array[index_zyx]
-
-
-def exception_chain(error: BaseException) -> list[BaseException]:
-    chain = []
-    while error is not None and error not in chain:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    return chain
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -140,7 +133,7 @@ def test_open_dicom_file(make_napari_viewer, pydicom_files):
 
 
 def test_open_dicom_series_folder(make_napari_viewer, tmp_path):
-    from test_volume_io import write_dicom_series
+    from test_volume_io_dicom import write_dicom_series
 
     source = make_volume(dtype=np.int16)
     write_dicom_series(tmp_path / "series", source)

@@ -5,7 +5,6 @@ just the result), and a new run works afterwards."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from reliability_helpers import (
     FaultyNetwork,
     assert_layers_unchanged,
@@ -16,7 +15,6 @@ from reliability_helpers import (
 from widget_fixtures import (  # noqa: F401 - fixtures by name
     GEOMETRY,
     PLUGIN,
-    exception_chain,
     kwargs_like,
     notices,
     one_thread,
@@ -26,11 +24,6 @@ from widget_fixtures import (  # noqa: F401 - fixtures by name
 )
 
 from napari_medgen.engine.synthesis import run as synthesis_run
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
 
 
 # -- faults during a run -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 from reliability_helpers import (
     assert_layers_unchanged,
+    exception_chain,
     hidden_leftovers,
     layer_state,
     listing,
@@ -20,7 +21,6 @@ from tiny_models import make_tiny_model
 from widget_fixtures import (  # noqa: F401 - fixtures by name
     GEOMETRY,
     PLUGIN,
-    exception_chain,
     kwargs_like,
     notices,
     one_thread,
@@ -34,11 +34,6 @@ from napari_medgen.engine.errors import MedgenError
 from napari_medgen.engine.io import write_volume
 from napari_medgen.engine.volume import Volume
 from napari_medgen.napari_io import napari_get_reader
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
 
 
 # -- bad files through napari's reader ---------------------------------------------------------------

@@ -53,18 +53,9 @@ def wait_for_run(qtbot, widget, timeout: int = 60000) -> None:
     qtbot.waitUntil(lambda: widget.current_run is not None and not widget.current_run.running, timeout=timeout)
 
 
-def exception_chain(error: BaseException) -> list[BaseException]:
-    """An exception, its cause, its cause's cause ... (what a notification may have been made from)."""
-    chain = []
-    while error is not None and error not in chain:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    return chain
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """torch on one thread for the module (runs in the worker thread stay short and even)."""
+    """torch on one thread for a module that imports this fixture (runs in the worker thread stay short and even)."""
     import torch
 
     threads = torch.get_num_threads()
