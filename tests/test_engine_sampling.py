@@ -12,7 +12,7 @@ import torch
 
 from napari_medgen.engine.diffusion.samplers import SAMPLERS, repaint_schedule, sample, sample_repaint, sampler_steps
 from napari_medgen.engine.diffusion.schedule import NoiseSchedule
-from napari_medgen.engine.model.card import SchedulerSpec
+from napari_medgen.engine.model.card_sections import SchedulerSpec
 
 
 def drive(gen):

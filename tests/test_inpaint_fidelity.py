@@ -16,7 +16,7 @@ from tiny_models import randomize_zero_layers, tiny_card  # noqa: E402
 
 from napari_medgen.engine.errors import MedgenError  # noqa: E402
 from napari_medgen.engine.intensity import IntensityMap, harmonised_map, intensity_map_for  # noqa: E402
-from napari_medgen.engine.model.card import IntensityNormalization  # noqa: E402
+from napari_medgen.engine.model.card_sections import IntensityNormalization  # noqa: E402
 from napari_medgen.engine.model.loading import load_model  # noqa: E402
 from napari_medgen.engine.model.networks import build_networks  # noqa: E402
 from napari_medgen.engine.model.weights import save_model  # noqa: E402

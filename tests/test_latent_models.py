@@ -43,7 +43,7 @@ def test_rflow_matches_monai_loop():
     from monai.networks.schedulers import RFlowScheduler
 
     from napari_medgen.engine.diffusion.rectified_flow import RectifiedFlowSchedule, sample_rflow
-    from napari_medgen.engine.model.card import SchedulerSpec
+    from napari_medgen.engine.model.card_sections import SchedulerSpec
 
     spec = SchedulerSpec(class_name="RFlowScheduler", prediction_type="v_prediction", use_discrete_timesteps=False,
                          use_timestep_transform=True)

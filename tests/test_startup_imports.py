@@ -137,7 +137,7 @@ def test_the_lean_import_leaves_monais_network_modules_as_a_full_import_does():
     """Where MONAI could not import an optional dependency it binds a placeholder that raises when used: the
     modules a run uses (monai.networks, monai.inferers) must hold the same placeholders whichever the import.
     The one difference is DiNTS's scipy.sparse, and DiNTS is no network a card may name."""
-    from napari_medgen.engine.model.card import ALLOWED_CONTROLNETS, ALLOWED_NETWORKS
+    from napari_medgen.engine.model.card_sections import ALLOWED_CONTROLNETS, ALLOWED_NETWORKS
 
     found = {}
     for mode in ("lean", "full"):

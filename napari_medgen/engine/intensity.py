@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model.card import IntensityNormalization
+from .model.card_sections import IntensityNormalization
 
 # A tissue's median is trusted from this many known voxels up.
 MIN_VOXELS_PER_LEVEL = 20

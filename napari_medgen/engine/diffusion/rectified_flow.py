@@ -18,7 +18,7 @@ from collections.abc import Callable, Generator
 
 import torch
 
-from ..model.card import SchedulerSpec
+from ..model.card_sections import SchedulerSpec
 from ..model.networks import monai_module
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

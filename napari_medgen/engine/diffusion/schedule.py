@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..model.card import SchedulerSpec
+from ..model.card_sections import SchedulerSpec
 from ..model.networks import monai_module
 
 

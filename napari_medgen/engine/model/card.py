@@ -2,6 +2,8 @@
 
 A model is a folder holding `model.json` (this schema) and `weights.safetensors`. Networks are
 named MONAI classes from an allow-list with their keyword arguments; nothing is ever unpickled.
+This module holds the card itself (its sections, in `card_sections`, checked against each other, and
+what is derived from them) and reading, validating and writing it.
 """
 
 from __future__ import annotations
@@ -10,233 +12,32 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..errors import ModelCardError
+from .card_sections import (
+    ALLOWED_AUTOENCODERS,
+    ALLOWED_CONTROLNETS,
+    ALLOWED_NETWORKS,
+    MAISI_NETWORKS,
+    AtlasSpec,
+    Conditioning,
+    IntensityNormalization,
+    LatentSpec,
+    NetworkSpec,
+    SamplingDefaults,
+    SchedulerSpec,
+    StrictModel,
+)
 from .labels import LabelSchema
 
 CARD_FILE = "model.json"
 CARD_SCHEMA_VERSION = 1
-
-# MONAI network classes a card may name (monai.networks.nets, or MAISI's in
-# monai.apps.generation.maisi.networks: the *Maisi names). Anything else is refused.
-ALLOWED_NETWORKS = ("DiffusionModelUNet", "SPADEDiffusionModelUNet", "DiffusionModelUNetMaisi")
-ALLOWED_CONTROLNETS = ("ControlNet", "ControlNetMaisi")
-ALLOWED_AUTOENCODERS = ("AutoencoderKL", "AutoencoderKlMaisi")
-MAISI_NETWORKS = ("DiffusionModelUNetMaisi", "ControlNetMaisi", "AutoencoderKlMaisi")
-# MONAI schedulers whose noise schedule (betas) we take; the sampling loops are ours. RFlowScheduler:
-# rectified flow (velocity prediction), a latent model's only (MAISI's).
-ALLOWED_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "RFlowScheduler")
-# Keyword arguments that would let a card reach outside the network's constructor are refused.
-_FORBIDDEN_KWARGS = {"__class__", "__init__", "state_dict", "path", "file", "filename"}
+# The allow-list each network role's class is checked against.
+_ALLOWED_CLASSES = {"network": ALLOWED_NETWORKS, "controlnet": ALLOWED_CONTROLNETS, "autoencoder": ALLOWED_AUTOENCODERS}
 
 
-class _Strict(BaseModel):
-    # No NaN or infinity in any number of a card: they would pass every range check (NaN <= 0 is False).
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
-
-
-class NetworkSpec(_Strict):
-    """A MONAI network class and its constructor's keyword arguments."""
-
-    class_name: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("kwargs")
-    @classmethod
-    def _plain_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
-        bad = set(kwargs) & _FORBIDDEN_KWARGS
-        if bad:
-            raise ValueError(f"keyword arguments {sorted(bad)} are not allowed")
-        return kwargs
-
-
-class IntensityNormalization(_Strict):
-    """How scan intensities map to the network's [-1, 1] and back.
-
-    ``mri_percentile``: the background value maps to -1 and the image's own ``high_percentile`` of its
-    foreground to +1 (MR intensities have no absolute scale); generated images (no image to take
-    percentiles from) map back to ``output_min``..``output_max``. ``ct_window``: ``window_min``..``window_max`` HU map to [-1, 1] and back.
-    """
-
-    kind: Literal["mri_percentile", "ct_window"]
-    high_percentile: float = Field(99.5, gt=50, le=100)
-    window_min: float | None = None
-    window_max: float | None = None
-    output_min: float = 0.0
-    output_max: float = 1000.0
-    background: float = Field(0.0, description="intensity of voxels outside the body / brain")
-    background_label: int | None = Field(
-        None,
-        ge=0,
-        description="label whose voxels are exactly `background` in a generated image (the scans it learned from "
-        "are exactly that there, e.g. a skull-stripped brain); None: left as generated",
-    )
-    label_levels: dict[str, float] | None = Field(
-        None,
-        description="each tissue label's median intensity on the network's scale in the training data; inpainting "
-        "maps the known voxels' tissue medians of another scan onto them (intensity harmonisation)",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> IntensityNormalization:
-        if self.kind == "ct_window" and (
-            self.window_min is None or self.window_max is None or self.window_max <= self.window_min
-        ):
-            raise ValueError("a CT window needs window_min < window_max (in HU)")
-        if self.output_max <= self.output_min:
-            raise ValueError("output_max must exceed output_min")
-        return self
-
-
-class Conditioning(_Strict):
-    """What the network is conditioned on, and how (which extra input channels, in this order).
-
-    Input channels of a channel-concatenating UNet: the noisy image (1), then the label map one-hot
-    (one channel per schema class, if ``label_map``), then the known image and the inpainting mask
-    (2, if ``known_image``), then the slice position embedding (2 * ``position_frequencies``, if
-    ``slice_position``). SPADE networks take the label map through their ``seg`` input instead.
-    """
-
-    label_map: Literal["none", "channels", "spade", "controlnet"] = "channels"
-    known_image: bool = False
-    slice_position: bool = False
-    position_frequencies: int = Field(4, ge=1, le=32)
-    class_index: int | None = Field(None, ge=1, description="number of classes / modalities embedded")
-    condition_dropout: float = Field(
-        0.0, ge=0, lt=1, description="probability the label map was dropped in training (>0: guidance works)"
-    )
-    default_guidance: float = Field(
-        1.0, ge=0, le=20, description="classifier-free guidance weight used when none is asked for (1 = none)"
-    )
-    default_slice_noise_correlation: float = Field(
-        0.0, ge=0, le=1, description="2-D models: correlation of the noise of different slices when none is asked for"
-    )
-    # Trained with the label channels sometimes carrying tissue fractions (partial volume) instead of the one-hot,
-    # the network takes either at inference: hard painted labels, or fractions from a segmentation's probabilities.
-    tissue_fractions: bool = Field(
-        False, description="the label channels also take tissue fractions (each voxel's share of every class)"
-    )
-    # A tissue's texture continues through slices as the tissue does (white matter smooth, folded grey matter
-    # changing from slice to slice), so a card may give some labels their own correlation.
-    slice_noise_correlation_by_label: dict[str, float] = Field(
-        default_factory=dict,
-        description="2-D models: the slice-noise correlation of the voxels of these label indices, when none is "
-        "asked for; other voxels use default_slice_noise_correlation",
-    )
-
-    @field_validator("slice_noise_correlation_by_label")
-    @classmethod
-    def _correlations(cls, by_label: dict[str, float]) -> dict[str, float]:
-        for key, value in by_label.items():
-            if not key.isdigit() or not 0.0 <= value <= 1.0:
-                raise ValueError(f"slice_noise_correlation_by_label needs label indices and values in 0..1, got {key!r}: {value}")
-        return by_label
-
-
-class AtlasSpec(_Strict):
-    """The atlas labels are made from on a user's scan: an image and its label map in the card's schema, on one
-    grid; each a file inside the model folder, or ``sample:<file>`` for the package's shipped sample folder."""
-
-    image: str = Field(min_length=1)
-    labels: str = Field(min_length=1)
-    description: str = ""
-
-    @field_validator("image", "labels")
-    @classmethod
-    def _inside(cls, name: str) -> str:
-        path = Path(name.removeprefix("sample:"))
-        if path.is_absolute() or ".." in path.parts:
-            raise ValueError(f"atlas files must lie inside the model folder (or be sample:<file>), got {name!r}")
-        return name
-
-
-class SamplingDefaults(_Strict):
-    """How the model is meant to be sampled when the user asks for nothing else: a distilled few-step model
-    was trained for its own step count and sampler (other settings would leave its training); a teacher's
-    sampler is chosen by measurement. `reason` says why, for the user reading the card."""
-
-    steps: int = Field(ge=1, le=10000)
-    sampler: str = Field(min_length=1)
-    reason: str = ""
-
-    @field_validator("sampler")
-    @classmethod
-    def _known_sampler(cls, name: str) -> str:
-        from ..diffusion.methods import SAMPLERS
-
-        if name not in SAMPLERS:
-            raise ValueError(f"sampler {name!r} is not one of {', '.join(SAMPLERS)}")
-        return name
-
-
-class SchedulerSpec(_Strict):
-    class_name: str = "DDPMScheduler"
-    num_train_timesteps: int = Field(1000, ge=10, le=10000)
-    schedule: Literal["linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine"] = "scaled_linear_beta"
-    beta_start: float = Field(0.0015, gt=0, lt=1)
-    beta_end: float = Field(0.0195, gt=0, lt=1)
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
-    # RFlowScheduler only (MONAI's arguments of the same names; its prediction is always the velocity):
-    use_discrete_timesteps: bool = True
-    use_timestep_transform: bool = False
-    base_img_size_numel: int = Field(32 * 32 * 32, ge=1)
-    transform_scale: float = Field(1.0, gt=0)
-
-    @field_validator("class_name")
-    @classmethod
-    def _allowed(cls, name: str) -> str:
-        if name not in ALLOWED_SCHEDULERS:
-            raise ValueError(f"scheduler {name!r} is not one of {', '.join(ALLOWED_SCHEDULERS)}")
-        return name
-
-    @property
-    def rectified_flow(self) -> bool:
-        return self.class_name == "RFlowScheduler"
-
-
-class LatentSpec(_Strict):
-    """A latent model: the diffusion runs in an autoencoder's compressed space, and what else it is fed.
-
-    Images enter the autoencoder in ``image_range`` (the card's normalization maps intensities to [-1, 1],
-    then linearly to this range; MAISI's CT autoencoder takes [0, 1] for -1000..1000 HU). Latents are the
-    encoder's mean times ``scale_factor``. ``array_layout`` is the array order the networks were trained
-    in: ``zyx`` (this project's canonical LPS order) or ``ras_xyz`` (MAISI: (x, y, z) arrays oriented RAS).
-    """
-
-    scale_factor: float = Field(gt=0)
-    latent_channels: int = Field(ge=1, le=64)
-    compression: int = Field(4, ge=1, le=16, description="down-sampling of the autoencoder per axis")
-    image_range: tuple[float, float] = (-1.0, 1.0)
-    array_layout: Literal["zyx", "ras_xyz"] = "zyx"
-    # Conditioning beside the label map: the voxel spacing (mm x spacing_scale, in the layout's axis order;
-    # the label map is then used at its own spacing, not resampled), a modality code (class_labels), and
-    # body-region one-hot indices (top and bottom region, each region a list of label indices; x 100).
-    spacing_input: bool = False
-    spacing_scale: float = Field(100.0, gt=0)
-    modality_code: int | None = Field(None, ge=0)
-    body_regions: list[list[int]] | None = None
-    body_region_scale: float = Field(100.0, gt=0)
-    # How the label map reaches the ControlNet: one-hot (one channel per schema index) or its bit-planes
-    # (MAISI: 8 channels, bit k of the label index).
-    label_encoding: Literal["one_hot", "bits"] = "one_hot"
-    label_bits: int = Field(8, ge=1, le=16)
-    # The body envelope label the model expects on every body voxel no organ label covers (MAISI: 200).
-    body_label: int | None = Field(None, ge=1)
-    # Decoding tiles (latent voxels per axis, layout order) and their overlap: bounded memory for large volumes.
-    decode_tile: list[int] = Field(default_factory=lambda: [32, 32, 32])
-    decode_overlap: float = Field(0.25, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> LatentSpec:
-        if self.image_range[1] <= self.image_range[0]:
-            raise ValueError("latent image_range must be (low, high) with low < high")
-        if len(self.decode_tile) != 3 or min(self.decode_tile) < 1:
-            raise ValueError("latent decode_tile needs 3 positive sizes")
-        return self
-
-
-class ModelCard(_Strict):
+class ModelCard(StrictModel):
     """The validated contents of a model folder's model.json."""
 
     schema_version: int = CARD_SCHEMA_VERSION
@@ -262,25 +63,12 @@ class ModelCard(_Strict):
     sampling: SamplingDefaults | None = None  # default steps and sampler; None: SamplingOptions' own
     provenance: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("network")
+    @field_validator("network", "controlnet", "autoencoder")
     @classmethod
-    def _network_allowed(cls, spec: NetworkSpec) -> NetworkSpec:
-        if spec.class_name not in ALLOWED_NETWORKS:
-            raise ValueError(f"network {spec.class_name!r} is not one of {', '.join(ALLOWED_NETWORKS)}")
-        return spec
-
-    @field_validator("controlnet")
-    @classmethod
-    def _controlnet_allowed(cls, spec: NetworkSpec | None) -> NetworkSpec | None:
-        if spec is not None and spec.class_name not in ALLOWED_CONTROLNETS:
-            raise ValueError(f"controlnet {spec.class_name!r} is not one of {', '.join(ALLOWED_CONTROLNETS)}")
-        return spec
-
-    @field_validator("autoencoder")
-    @classmethod
-    def _autoencoder_allowed(cls, spec: NetworkSpec | None) -> NetworkSpec | None:
-        if spec is not None and spec.class_name not in ALLOWED_AUTOENCODERS:
-            raise ValueError(f"autoencoder {spec.class_name!r} is not one of {', '.join(ALLOWED_AUTOENCODERS)}")
+    def _class_allowed(cls, spec: NetworkSpec | None, info: ValidationInfo) -> NetworkSpec | None:
+        allowed = _ALLOWED_CLASSES[info.field_name]
+        if spec is not None and spec.class_name not in allowed:
+            raise ValueError(f"{info.field_name} {spec.class_name!r} is not one of {', '.join(allowed)}")
         return spec
 
     @field_validator("weights")
@@ -298,13 +86,16 @@ class ModelCard(_Strict):
             raise ValueError(f"tile_size and spacing_mm need {n} entries for a {n}-D model")
         if min(self.spacing_mm) <= 0 or min(self.tile_size) < 8:
             raise ValueError("spacing_mm must be positive and tile_size at least 8")
-        kwargs = self.network.kwargs
-        if kwargs.get("spatial_dims", n) != n:
-            raise ValueError(f"network spatial_dims {kwargs.get('spatial_dims')} differs from the card's {n}")
+        for role, spec in (("network", self.network), ("controlnet", self.controlnet), ("autoencoder", self.autoencoder)):
+            if spec is not None and spec.kwargs.get("spatial_dims", n) != n:
+                raise ValueError(f"{role} spatial_dims {spec.kwargs.get('spatial_dims')} differs from the card's {n}")
         if (self.autoencoder is None) != (self.latent is None):
             raise ValueError("a latent model needs both 'autoencoder' and 'latent'; a pixel model neither")
+        if self.conditioning.label_map == "controlnet" and self.controlnet is None:
+            raise ValueError("label_map 'controlnet' needs a controlnet network")
         if self.latent is not None:
             return self._consistent_latent()
+        kwargs = self.network.kwargs
         if self.network.class_name in MAISI_NETWORKS or (
             self.controlnet is not None and self.controlnet.class_name in MAISI_NETWORKS
         ):
@@ -332,8 +123,6 @@ class ModelCard(_Strict):
             )
         if self.controlnet is not None:
             control = self.controlnet.kwargs
-            if control.get("spatial_dims", n) != n:
-                raise ValueError(f"controlnet spatial_dims {control.get('spatial_dims')} differs from the card's {n}")
             if control.get("in_channels") != expected:
                 raise ValueError(f"controlnet in_channels is {control.get('in_channels')} but needs {expected}")
             if cond.label_map == "controlnet" and control.get("conditioning_embedding_in_channels", 1) != self.num_label_channels:
@@ -345,15 +134,9 @@ class ModelCard(_Strict):
             raise ValueError("label_map 'spade' needs network SPADEDiffusionModelUNet")
         if cond.label_map == "spade" and kwargs.get("label_nc") != self.num_label_channels:
             raise ValueError(f"SPADE label_nc must equal the number of schema classes ({self.num_label_channels})")
-        if cond.label_map == "controlnet" and self.controlnet is None:
-            raise ValueError("label_map 'controlnet' needs a controlnet network")
         if cond.class_index is not None and kwargs.get("num_class_embeds") != cond.class_index:
             raise ValueError("class_index conditioning needs num_class_embeds equal to class_index")
-        if "inpaint" in self.tasks and self.spatial_dims not in (2, 3):
-            raise ValueError("inpainting needs a 2-D or 3-D model")
-        if self.tasks == ["inpaint"] and not cond.known_image:
-            pass  # RePaint-style inpainting works with any model
-        return self
+        return self  # inpainting needs no known-image channels: RePaint's walk works with any model
 
     def _consistent_latent(self) -> ModelCard:
         """The checks of a latent model: channels against the latent, the ControlNet's label channels."""
@@ -368,17 +151,12 @@ class ModelCard(_Strict):
             )
         if cond.condition_dropout > 0:
             raise ValueError("classifier-free guidance is not supported for latent models (condition_dropout 0)")
-        for role, spec in (("network", self.network), ("controlnet", self.controlnet), ("autoencoder", self.autoencoder)):
-            if spec is not None and spec.kwargs.get("spatial_dims", n) != n:
-                raise ValueError(f"{role} spatial_dims {spec.kwargs.get('spatial_dims')} differs from the card's {n}")
         kwargs = self.network.kwargs
         c = latent.latent_channels
         if kwargs.get("in_channels") != c or kwargs.get("out_channels", c) != c:
             raise ValueError(f"a latent UNet's in_channels and out_channels must equal latent_channels ({c})")
         if self.autoencoder.kwargs.get("latent_channels", c) != c:
             raise ValueError(f"autoencoder latent_channels {self.autoencoder.kwargs.get('latent_channels')} differs from {c}")
-        if cond.label_map == "controlnet" and self.controlnet is None:
-            raise ValueError("label_map 'controlnet' needs a controlnet network")
         if self.controlnet is not None:
             control = self.controlnet.kwargs
             if control.get("in_channels") != c:
@@ -478,6 +256,7 @@ def load_card(folder: str | Path) -> ModelCard:
 
 
 def parse_card(raw: Any, source: str = "model card") -> ModelCard:
+    """Validate a card's parsed JSON; ModelCardError names the first wrong field and `source`."""
     if not isinstance(raw, dict):
         raise ModelCardError(f"{source}: the card must be a JSON object; fix the card or re-export the model")
     try:
@@ -494,6 +273,7 @@ def parse_card(raw: Any, source: str = "model card") -> ModelCard:
 
 
 def save_card(card: ModelCard, folder: str | Path) -> Path:
+    """Write `folder/model.json` atomically (a temporary file replaced into place)."""
     folder = Path(folder)
     path = folder / CARD_FILE
     tmp = folder / f".{CARD_FILE}.tmp"

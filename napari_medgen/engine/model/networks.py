@@ -158,7 +158,7 @@ def build_networks(card: ModelCard, device: str | torch.device | None = None) ->
 def network_class(class_name: str) -> type:
     """The MONAI class of an allow-listed name: MAISI's from monai.apps.generation.maisi.networks, the
     rest from monai.networks.nets (the card's validators refuse any other name before this is reached)."""
-    from .card import ALLOWED_AUTOENCODERS, ALLOWED_CONTROLNETS, ALLOWED_NETWORKS, MAISI_NETWORKS
+    from .card_sections import ALLOWED_AUTOENCODERS, ALLOWED_CONTROLNETS, ALLOWED_NETWORKS, MAISI_NETWORKS
 
     if class_name not in ALLOWED_NETWORKS + ALLOWED_CONTROLNETS + ALLOWED_AUTOENCODERS:
         raise ModelCardError(f"network class {class_name!r} is not allowed")

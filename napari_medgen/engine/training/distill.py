@@ -44,7 +44,8 @@ from ..diffusion.methods import TIMESTEP_SPACING
 from ..diffusion.samplers import ddim_update, dpmpp_2m_update
 from ..diffusion.schedule import NoiseSchedule
 from ..errors import MedgenError
-from ..model.card import ModelCard, SamplingDefaults
+from ..model.card import ModelCard
+from ..model.card_sections import SamplingDefaults
 from ..model.device import resolve_device
 from ..model.loading import LoadedModel
 from ..model.weights import save_model
