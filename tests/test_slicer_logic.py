@@ -51,6 +51,7 @@ def _load_lib():
 
 
 cli_runner, serve_client, models, label_names = _load_lib()
+results = importlib.import_module("MedGenLib.results")
 
 
 @pytest.fixture(scope="module")
@@ -319,6 +320,21 @@ def test_segment_names_map_onto_the_schema_by_name():
     assert "no segment" in label_names.mapping_problem({"Segment_1": label_names.IGNORE}, classes)
 
 
+def test_results_are_named_and_marked_synthetic_with_their_seeds():
+    model = models.ModelInfo(name="brain-t1-demo", folder="/models/brain")
+    options = {"model": model, "steps": 20, "seed": 5, "guidance": 1.5, "region": "lesion"}
+    paths = ["/run/result_seed7.nrrd", "/run/result.nrrd"]  # a seed in the file name wins; else seed + k
+    inpainted = results.describe_results("inpaint", options, paths, "T1", "vtkMRMLScalarVolumeNode1")
+    assert [(r.seed, r.name) for r in inpainted] == [
+        (7, "T1 inpainted lesion (synthetic, seed 7)"), (6, "T1 inpainted lesion (synthetic, seed 6)")]
+    assert inpainted[0].attributes == {
+        "MedGen.Synthetic": "true", "MedGen.Command": "inpaint", "MedGen.Model": "brain-t1-demo", "MedGen.Seed": "7",
+        "MedGen.Steps": "20", "MedGen.Guidance": "1.5", "MedGen.Source": "vtkMRMLScalarVolumeNode1"}
+    [generated] = results.describe_results("generate", {"model": None}, ["/run/r.nrrd"], "CT", "id")
+    assert generated.name == "CT generated (synthetic, seed 0)" and generated.attributes["MedGen.Model"] == ""
+    assert models.model_classes(None) == [] and results.result_seed("x_seed-3.nrrd", 9, 2) == -3
+
+
 # -- the serve worker ---------------------------------------------------------------------------
 
 
@@ -387,11 +403,11 @@ def test_medgen_module_defines_the_four_scripted_module_classes():
 
 
 def test_the_plain_modules_run_on_slicers_python_and_import_nothing_of_slicer():
-    for path in LIB_DIR.glob("*.py"):
+    for path in SLICER_DIR.rglob("*.py"):  # MedGen.py and MedGenSlicerLib run in Slicer's Python too
         ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
+    plain = ", ".join(f"MedGenLib.{path.stem}" for path in sorted(LIB_DIR.glob("*.py")) if path.stem != "__init__")
     probe = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import MedGenLib.cli_runner, MedGenLib.serve_client, "
-        "MedGenLib.models, MedGenLib.label_names; "
+        f"import sys; sys.path.insert(0, sys.argv[1]); import {plain}; "
         "print(sorted(m for m in ('slicer', 'qt', 'vtk', 'ctk', 'numpy', 'torch', 'napari_medgen') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe, str(MODULE_DIR)], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -405,10 +421,12 @@ def test_extension_is_laid_out_as_the_extension_wizard_makes_it():
     module = (MODULE_DIR / "CMakeLists.txt").read_text()
     assert "slicerMacroBuildScriptedModule(" in module
     listed = module.split("set(MODULE_PYTHON_SCRIPTS", 1)[1].split("slicerMacroBuildScriptedModule", 1)[0]
-    for line in listed.splitlines():
-        item = line.strip().replace("${MODULE_NAME}", "MedGen")
-        if item and not item.startswith(("set(", ")", "#")):
-            assert (MODULE_DIR / item).is_file(), f"{item} is listed in MedGen/CMakeLists.txt but missing"
+    items = {line.strip().replace("${MODULE_NAME}", "MedGen") for line in listed.splitlines()}
+    items = {item for item in items if item and not item.startswith(("set(", ")", "#"))}
+    for item in items:
+        assert (MODULE_DIR / item).is_file(), f"{item} is listed in MedGen/CMakeLists.txt but missing"
+    for path in MODULE_DIR.rglob("*.py"):  # a file left out would be missing from the built extension
+        assert path.relative_to(MODULE_DIR).as_posix() in items, f"{path.name} is not in MODULE_PYTHON_SCRIPTS"
     icon = (MODULE_DIR / "Resources" / "Icons" / "MedGen.png").read_bytes()
     assert icon[:8] == b"\x89PNG\r\n\x1a\n" and len(icon) < 20_000
     assert (SLICER_DIR / "README.md").is_file()

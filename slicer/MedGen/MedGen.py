@@ -2,60 +2,42 @@
 
 Slicer's Python cannot easily hold torch and MONAI, so this module runs `napari-medgen generate|inpaint
 --progress jsonl` from a separate environment as a subprocess (or one long-lived `napari-medgen serve`
-worker), as SlicerTotalSegmentator and SlicerMONAIAuto3DSeg run their inference. Everything that can
-run without Slicer (command lines, process groups, the jsonl events, cancelling, errors, model lists,
-segment-name matching) lives in MedGenLib and is tested in napari-medgen's CI; this file holds only
-what needs Slicer: the widgets, writing and reading nodes, and a timer that polls the run.
+worker), as SlicerTotalSegmentator and SlicerMONAIAuto3DSeg run their inference. What runs without Slicer
+(command lines, processes, jsonl events, cancelling, errors, models, segment names, result names) lives in
+MedGenLib, tested in napari-medgen's CI; what needs Slicer is here (Module / Widget / Logic / Test, a timer
+polling the run) and in MedGenSlicerLib (the panel's sections, writing and reading nodes).
 """
 
-import contextlib
+from __future__ import annotations
+
 import logging
-import os
-import re
 import time
 
-import ctk
 import numpy as np
 import qt
 import slicer
 import vtk
 from MedGenLib import cli_runner, label_names, models
+from MedGenLib.command_lines import DEVICES
+from MedGenLib.results import MedGenJob, describe_results, sampling_arguments
 from MedGenLib.serve_client import ServeWorker
+from MedGenSlicerLib import nodes
+from MedGenSlicerLib.inputs_section import InputsSection
+from MedGenSlicerLib.panel import waitCursor
+from MedGenSlicerLib.run_controls import RunControls
+from MedGenSlicerLib.settings_section import SettingsSection
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 
 SETTINGS_EXECUTABLE = "MedGen/Executable"
 SETTINGS_USE_WORKER = "MedGen/UseWorker"
 SETTINGS_DEVICE = "MedGen/Device"
-DEVICES = ("auto", "cpu", "cuda", "mps")
 POLL_INTERVAL_MS = 200
-IGNORE_TEXT = "(leave out)"
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def waitCursor():
-    """A busy cursor for the few seconds of a synchronous step (listing models, writing inputs)."""
-    slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
-    try:
-        yield
-    finally:
-        slicer.app.restoreOverrideCursor()
-
-
-def addHiddenNode(className, name):
-    """A node in the scene that node selectors do not list (the module's temporary nodes)."""
-    node = slicer.mrmlScene.CreateNodeByClass(className)
-    node.SetName(name)
-    node.SetHideFromEditors(True)
-    slicer.mrmlScene.AddNode(node)
-    node.UnRegister(None)
-    return node
 
 
 #
@@ -90,150 +72,37 @@ Slicer's extension wizard makes scripted modules.
 #
 
 
-class MedGenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel: settings, inputs, segment-to-class table, sampling options, Generate / Inpaint."""
+class MedGenWidget(ScriptedLoadableModuleWidget):
+    """The module panel: settings, inputs, segment-to-class table, sampling options, Generate / Inpaint.
+    Its sections are built in MedGenSlicerLib; this class connects them and follows the running job."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
         self.logic = None
+        self.inputs = None
         self.job = None  # the running MedGenJob, if any
-        self.runButton = None  # the button that turned into Cancel
-        self.models = []
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.onPoll)
 
-    # -- building the panel -----------------------------------------------------------------------
-    def setup(self):
+    def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         self.logic = MedGenLogic()
-
-        settingsBox = ctk.ctkCollapsibleButton()
-        settingsBox.text = "Settings"
-        self.layout.addWidget(settingsBox)
-        settingsForm = qt.QFormLayout(settingsBox)
-        self.executableEdit = ctk.ctkPathLineEdit()
-        self.executableEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Executable
-        self.executableEdit.currentPath = self.logic.executable()
-        self.executableEdit.toolTip = "The napari-medgen command of an environment where napari-medgen is installed"
-        settingsForm.addRow("napari-medgen executable:", self.executableEdit)
-        self.checkButton = qt.QPushButton("Check and list models")
-        self.checkButton.toolTip = "Runs `napari-medgen models` with this executable"
-        settingsForm.addRow(self.checkButton)
-        self.settingsStatus = qt.QLabel("")
-        self.settingsStatus.wordWrap = True
-        settingsForm.addRow(self.settingsStatus)
-        self.workerCheck = qt.QCheckBox("Keep napari-medgen loaded between runs (a background worker)")
-        self.workerCheck.checked = self.logic.useWorker()
-        self.workerCheck.toolTip = "The first run pays the imports and model loading; later runs start at once"
-        settingsForm.addRow(self.workerCheck)
-        self.deviceCombo = qt.QComboBox()
-        self.deviceCombo.addItems(list(DEVICES))
-        self.deviceCombo.currentText = self.logic.device()
-        settingsForm.addRow("Device:", self.deviceCombo)
-
-        inputsBox = ctk.ctkCollapsibleButton()
-        inputsBox.text = "Inputs"
-        self.layout.addWidget(inputsBox)
-        inputsForm = qt.QFormLayout(inputsBox)
-        self.scanSelector = self._nodeSelector(["vtkMRMLScalarVolumeNode"], "The scan: its geometry is the result's")
-        inputsForm.addRow("Scan:", self.scanSelector)
-        self.anatomySelector = self._nodeSelector(
-            ["vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode"],
-            "The anatomy: a segmentation, or a label map with named colours")
-        inputsForm.addRow("Anatomy:", self.anatomySelector)
-        self.modelCombo = qt.QComboBox()
-        inputsForm.addRow("Model:", self.modelCombo)
-        self.segmentTable = qt.QTableWidget()
-        self.segmentTable.setColumnCount(2)
-        self.segmentTable.setHorizontalHeaderLabels(["Segment", "Model class"])
-        self.segmentTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
-        self.segmentTable.verticalHeader().visible = False
-        self.segmentTable.toolTip = "Segments are matched to the model's classes by name; change any here"
-        inputsForm.addRow(self.segmentTable)
-
-        samplingBox = ctk.ctkCollapsibleButton()
-        samplingBox.text = "Sampling"
-        self.layout.addWidget(samplingBox)
-        samplingForm = qt.QFormLayout(samplingBox)
-        self.stepsSpin = self._spin(1, 1000, 20, "Network calls per slice batch: more is slower and finer")
-        samplingForm.addRow("Steps:", self.stepsSpin)
-        self.seedSpin = self._spin(0, 2**31 - 1, 0, "Same seed and inputs: the same result; variant k uses seed + k")
-        samplingForm.addRow("Seed:", self.seedSpin)
-        self.guidanceSpin = qt.QDoubleSpinBox()
-        self.guidanceSpin.setRange(0.0, 20.0)
-        self.guidanceSpin.singleStep = 0.25
-        self.guidanceSpin.value = 1.0
-        self.guidanceSpin.toolTip = "Classifier-free guidance (1 = none); set to the model's default when it is picked"
-        samplingForm.addRow("Guidance:", self.guidanceSpin)
-        self.variantsSpin = self._spin(1, 16, 1, "Number of results, with seeds seed, seed + 1, ...")
-        samplingForm.addRow("Variants:", self.variantsSpin)
-
-        runBox = ctk.ctkCollapsibleButton()
-        runBox.text = "Run"
-        self.layout.addWidget(runBox)
-        runForm = qt.QFormLayout(runBox)
-        self.generateButton = qt.QPushButton("Generate")
-        self.generateButton.toolTip = "A new synthetic scan that follows the anatomy, in the scan's geometry"
-        runForm.addRow(self.generateButton)
-        self.regionCombo = qt.QComboBox()
-        self.regionCombo.toolTip = "The segment whose voxels are regenerated; everything outside it is kept"
-        runForm.addRow("Inpaint region:", self.regionCombo)
-        self.followLabelsCheck = qt.QCheckBox("Follow the anatomy labels inside the region")
-        self.followLabelsCheck.checked = True
-        runForm.addRow(self.followLabelsCheck)
-        self.inpaintButton = qt.QPushButton("Inpaint")
-        self.inpaintButton.toolTip = "Regenerate the region segment of the scan"
-        runForm.addRow(self.inpaintButton)
-        self.progressBar = qt.QProgressBar()
-        self.progressBar.visible = False
-        runForm.addRow(self.progressBar)
-        self.statusLabel = qt.QLabel("")
-        self.statusLabel.wordWrap = True
-        runForm.addRow(self.statusLabel)
+        self.settings = SettingsSection(self.layout, self.logic, onModels=lambda models: self.inputs.setModels(models))
+        self.inputs = InputsSection(self.layout, self.logic, onModelPicked=self.onModelPicked,
+                                    onSegments=lambda names: self.controls.setRegions(names),
+                                    onChanged=self.updateButtons)
+        self.controls = RunControls(self.layout, self.onRunButton)
         self.layout.addStretch(1)
-
-        self.executableEdit.connect("currentPathChanged(QString)", self.onExecutableChanged)
-        self.checkButton.connect("clicked(bool)", self.onCheckExecutable)
-        self.workerCheck.connect("toggled(bool)", self.logic.setUseWorker)
-        self.deviceCombo.connect("currentIndexChanged(int)", lambda index: self.logic.setDevice(DEVICES[index]))
-        self.scanSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
-        self.anatomySelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onAnatomyChanged)
-        self.modelCombo.connect("currentIndexChanged(int)", self.onModelChanged)
-        self.generateButton.connect("clicked(bool)", lambda checked: self.onRunButton("generate"))
-        self.inpaintButton.connect("clicked(bool)", lambda checked: self.onRunButton("inpaint"))
         slicer.app.connect("aboutToQuit()", self.cleanup)
-
-        settingsBox.collapsed = cli_runner.executable_problem(self.logic.executable()) is None
-        if settingsBox.collapsed:
-            self.onCheckExecutable(quiet=True)
+        self.settings.checkIfSet()
         self.updateButtons()
 
-    def _nodeSelector(self, nodeTypes, toolTip):
-        selector = slicer.qMRMLNodeComboBox()
-        selector.nodeTypes = nodeTypes
-        selector.selectNodeUponCreation = True
-        selector.addEnabled = False
-        selector.removeEnabled = False
-        selector.noneEnabled = True
-        selector.showHidden = False
-        selector.showChildNodeTypes = False  # a label map is not a scan
-        selector.setMRMLScene(slicer.mrmlScene)
-        selector.toolTip = toolTip
-        return selector
-
-    def _spin(self, low, high, value, toolTip):
-        spin = qt.QSpinBox()
-        spin.setRange(low, high)
-        spin.value = value
-        spin.toolTip = toolTip
-        return spin
-
-    def cleanup(self):
+    def cleanup(self) -> None:
         """Module closed or Slicer quitting: cancel a run and end the worker."""
         self.timer.stop()
-        self.removeObservers()
+        if self.inputs is not None:
+            self.inputs.removeObservers()
         if self.job is not None:
             self.job.run.cancel()
             self.job.run.wait(2.0)  # stopped within its grace period: nothing of it is written
@@ -243,165 +112,64 @@ class MedGenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.stopWorker()
             self.logic.removeTemporaryNodes()
 
-    # -- settings and models ----------------------------------------------------------------------
-    def onExecutableChanged(self, path):
-        self.logic.setExecutable(path)
-        self.settingsStatus.text = ""
-
-    def onCheckExecutable(self, checked=False, quiet=False):
-        try:
-            with waitCursor():
-                self.models = self.logic.listModels()
-        except cli_runner.MedGenRunError as error:
-            self.models = []
-            self.settingsStatus.text = f"Not usable: {error}"
-            if not quiet:
-                slicer.util.errorDisplay(f"napari-medgen cannot be used:\n{error}")
-        else:
-            names = ", ".join(model.name for model in self.models) or "none"
-            self.settingsStatus.text = f"napari-medgen works; models: {names}"
-        self.modelCombo.clear()
-        for model in self.models:
-            self.modelCombo.addItem(model.label)
-        self.updateButtons()
-
-    def currentModel(self):
-        index = self.modelCombo.currentIndex
-        return self.models[index] if 0 <= index < len(self.models) else None
-
-    def onModelChanged(self, index=None):
-        model = self.currentModel()
+    def onModelPicked(self, model: models.ModelInfo | None) -> None:
+        """A model was picked: start from its default guidance."""
         if model is not None and model.default_guidance is not None:
-            self.guidanceSpin.value = model.default_guidance
-        self.fillSegmentTable()
-        self.updateButtons()
+            self.controls.guidanceSpin.value = model.default_guidance
 
-    # -- anatomy and the segment table ------------------------------------------------------------
-    def onAnatomyChanged(self, node=None):
-        self.removeObservers(self.onSegmentsChanged)
-        try:
-            segmentation = self.logic.segmentationFor(self.anatomySelector.currentNode())
-        except ValueError as error:
-            slicer.util.errorDisplay(f"The anatomy cannot be used:\n{error}")
-            segmentation = None
-        if segmentation is not None and segmentation.IsA("vtkMRMLSegmentationNode"):
-            for event in (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
-                          slicer.vtkSegmentation.SegmentModified):
-                self.addObserver(segmentation.GetSegmentation(), event, self.onSegmentsChanged)
-        self.fillSegmentTable()
-        self.updateButtons()
+    def updateButtons(self, *args) -> None:
+        """Enable what can be pressed now (called after any change of the inputs and when a run starts or ends)."""
+        self.controls.updateButtons(running=self.job is not None,
+                                    model=self.inputs.currentModel() if self.inputs.ready() else None)
 
-    def onSegmentsChanged(self, caller=None, event=None):
-        self.fillSegmentTable()
-        self.updateButtons()
-
-    def fillSegmentTable(self):
-        """One row per segment: its name and a class of the model, preset by name."""
-        try:
-            names = self.logic.segmentNames(self.anatomySelector.currentNode())
-        except ValueError:  # a label map that cannot be read as segments: said when it was picked
-            names = []
-        model = self.currentModel()
-        classes = model.classes if model is not None else []
-        matched, _ = label_names.match_segments(names, classes)
-        self.segmentTable.setRowCount(len(names))
-        for row, name in enumerate(names):
-            item = qt.QTableWidgetItem(name)
-            item.setFlags(qt.Qt.ItemIsEnabled)
-            self.segmentTable.setItem(row, 0, item)
-            combo = qt.QComboBox()
-            combo.addItem(IGNORE_TEXT)
-            for index, className in classes:
-                combo.addItem(f"{index}: {className}")
-            if name in matched:
-                combo.currentIndex = 1 + [index for index, _ in classes].index(matched[name])
-            self.segmentTable.setCellWidget(row, 1, combo)
-        self.regionCombo.clear()
-        self.regionCombo.addItems(names)
-
-    def segmentAssignment(self):
-        """{segment name: class index or IGNORE} as set in the table."""
-        model = self.currentModel()
-        classes = model.classes if model is not None else []
-        assignment = {}
-        for row in range(self.segmentTable.rowCount):
-            name = self.segmentTable.item(row, 0).text()
-            choice = self.segmentTable.cellWidget(row, 1).currentIndex
-            assignment[name] = classes[choice - 1][0] if choice > 0 else label_names.IGNORE
-        return assignment
-
-    # -- running ----------------------------------------------------------------------------------
-    def updateButtons(self, *args):
-        running = self.job is not None
-        model = self.currentModel()
-        ready = (self.scanSelector.currentNode() is not None and self.anatomySelector.currentNode() is not None
-                 and model is not None)
-        for button, command in ((self.generateButton, "generate"), (self.inpaintButton, "inpaint")):
-            if running:
-                button.enabled = button is self.runButton  # the Cancel button
-            else:
-                button.text = command.capitalize()
-                button.enabled = bool(ready and model.supports(command)
-                                      and (command == "generate" or self.regionCombo.count > 0))
-
-    def onRunButton(self, command):
+    def onRunButton(self, command: str) -> None:
+        """Generate / Inpaint: write the inputs and start the run; the same button while it runs: cancel it."""
         if self.job is not None:
             self.job.run.cancel()
-            self.statusLabel.text = "Cancelling..."
+            self.controls.statusLabel.text = "Cancelling..."
             return
-        options = {"model": self.currentModel(), "steps": self.stepsSpin.value, "seed": self.seedSpin.value,
-                   "guidance": self.guidanceSpin.value, "variants": self.variantsSpin.value,
-                   "device": self.deviceCombo.currentText}
+        inputs = self.inputs
         try:
             with waitCursor():
                 self.job = self.logic.start(
-                    command, self.scanSelector.currentNode(), self.anatomySelector.currentNode(),
-                    self.segmentAssignment(), options, regionSegment=self.regionCombo.currentText,
-                    followLabels=self.followLabelsCheck.checked)
+                    command, inputs.scanSelector.currentNode(), inputs.anatomySelector.currentNode(),
+                    inputs.assignment(), self.controls.options(inputs.currentModel(), self.settings.device),
+                    regionSegment=self.controls.regionCombo.currentText,
+                    followLabels=self.controls.followLabelsCheck.checked)
         except (cli_runner.MedGenRunError, ValueError) as error:
             slicer.util.errorDisplay(f"{command.capitalize()} could not start:\n{error}")
             return
-        self.runButton = self.generateButton if command == "generate" else self.inpaintButton
-        self.runButton.text = "Cancel"
-        self.progressBar.visible = True
-        self.progressBar.setRange(0, 0)  # busy until the first progress event
-        self.statusLabel.text = "Starting napari-medgen (imports and model loading take a few seconds)..."
+        self.controls.showStarted(command)
         self.updateButtons()
         self.timer.start()
 
-    def onPoll(self):
+    def onPoll(self) -> None:
+        """The timer's tick: pass the run's new events to the controls; its last one finishes the job."""
         job = self.job
         if job is None:
             self.timer.stop()
             return
         for event in job.run.poll():
-            kind = event.get("event")
-            if kind == "progress" and event.get("total"):
-                self.progressBar.setRange(0, int(event["total"]))
-                self.progressBar.value = int(event["step"])
-                self.statusLabel.text = f"Sampling: step {event['step']} of {event['total']} {event.get('message', '')}"
-                if event.get("notice"):
-                    logger.warning(f"MedGen: {event['notice']}")
-            elif kind == "started":
-                self.statusLabel.text = "Running..."
-            elif kind in cli_runner.TERMINAL_EVENTS:
+            if event.get("event") in cli_runner.TERMINAL_EVENTS:
                 self.finish(job, event)
                 return
+            self.controls.showEvent(event)
 
-    def finish(self, job, event):
+    def finish(self, job: MedGenJob, event: dict) -> None:
+        """The run has ended: load its results, or say why there are none; its folder goes either way."""
         self.timer.stop()
         self.job = None
-        self.runButton = None
-        self.progressBar.visible = False
+        self.controls.showEnded()
+        status = self.controls.statusLabel
         try:
             if job.run.state == "succeeded":
-                nodes = self.logic.loadResults(job)
-                self.statusLabel.text = f"Done in {time.monotonic() - job.run.started_at:.0f} s: " + ", ".join(
-                    node.GetName() for node in nodes)
+                loaded = self.logic.loadResults(job)
+                status.text = f"Done in {time.monotonic() - job.run.started_at:.0f} s: " + ", ".join(
+                    node.GetName() for node in loaded)
             elif job.run.state == "cancelled":
-                self.statusLabel.text = "Cancelled; nothing was added."
+                status.text = "Cancelled; nothing was added."
             else:
-                self.statusLabel.text = "Failed."
+                status.text = "Failed."
                 slicer.util.errorDisplay(f"{job.command.capitalize()} failed:\n{job.run.error}")
         except Exception as error:  # loading the result failed: say it in words, keep the scene as it was
             logger.exception("MedGen: loading the result failed")
@@ -416,17 +184,6 @@ class MedGenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class MedGenJob:
-    """One run and what it needs afterwards: its folder, the scan and the options (to name the results)."""
-
-    def __init__(self, command, run, folder, scanNode, options):
-        self.command = command
-        self.run = run
-        self.folder = folder
-        self.scanNode = scanNode
-        self.options = options
-
-
 class MedGenLogic(ScriptedLoadableModuleLogic):
     """Writes nodes to files, starts runs through MedGenLib, loads results. Usable without the widget:
 
@@ -438,36 +195,39 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.worker = None
-        self.temporaryNodes = {}  # label map node ID -> (its MTime, the segmentation imported from it)
+        self.importedSegmentations = nodes.ImportedSegmentations()  # the anatomy given as label maps
 
     # -- settings --
-    def executable(self):
+    def executable(self) -> str:
+        """The napari-medgen executable kept in Slicer's settings ("" until one is set)."""
         return str(qt.QSettings().value(SETTINGS_EXECUTABLE, "") or "")
 
-    def setExecutable(self, path):
+    def setExecutable(self, path: str) -> None:
         qt.QSettings().setValue(SETTINGS_EXECUTABLE, str(path or "").strip())
         self.stopWorker()  # a worker of the previous executable
 
-    def useWorker(self):
+    def useWorker(self) -> bool:
+        """Whether runs go to one long-lived `napari-medgen serve` worker rather than a process each."""
         return str(qt.QSettings().value(SETTINGS_USE_WORKER, "false")).lower() == "true"
 
-    def setUseWorker(self, on):
+    def setUseWorker(self, on: bool) -> None:
         qt.QSettings().setValue(SETTINGS_USE_WORKER, "true" if on else "false")
         if not on:
             self.stopWorker()
 
-    def device(self):
+    def device(self) -> str:
+        """The device kept in the settings (one of DEVICES; "auto" for anything else)."""
         value = str(qt.QSettings().value(SETTINGS_DEVICE, "auto") or "auto")
         return value if value in DEVICES else "auto"
 
-    def setDevice(self, device):
+    def setDevice(self, device: str) -> None:
         qt.QSettings().setValue(SETTINGS_DEVICE, device)
 
-    def environment(self):
+    def environment(self) -> dict[str, str]:
         """The environment Slicer was started in, without its own Python settings."""
         return cli_runner.clean_environment(slicer.util.startupEnvironment())
 
-    def listModels(self):
+    def listModels(self) -> list[models.ModelInfo]:
         """The models of the configured napari-medgen (raises MedGenRunError in words)."""
         return models.list_models(self.executable(), env=self.environment())
 
@@ -477,80 +237,20 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
         whose segments are named after the label map's colour names."""
         if anatomyNode is None or anatomyNode.IsA("vtkMRMLSegmentationNode"):
             return anatomyNode
-        mtime = anatomyNode.GetMTime() + (anatomyNode.GetImageData().GetMTime() if anatomyNode.GetImageData() else 0)
-        cached = self.temporaryNodes.get(anatomyNode.GetID())
-        if cached is not None and cached[0] == mtime and slicer.mrmlScene.IsNodePresent(cached[1]):
-            return cached[1]
-        if cached is not None and slicer.mrmlScene.IsNodePresent(cached[1]):
-            slicer.mrmlScene.RemoveNode(cached[1])
-        segmentation = addHiddenNode("vtkMRMLSegmentationNode", f"{anatomyNode.GetName()} (MedGen)")
-        segmentation.SetSaveWithScene(False)
-        if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(anatomyNode, segmentation):
-            slicer.mrmlScene.RemoveNode(segmentation)
-            raise ValueError(f"the label map {anatomyNode.GetName()} could not be read as segments")
-        if segmentation.GetDisplayNode() is not None:
-            segmentation.GetDisplayNode().SetVisibility(False)
-        self.temporaryNodes[anatomyNode.GetID()] = (mtime, segmentation)
-        return segmentation
+        return self.importedSegmentations.get(anatomyNode)
 
-    def removeTemporaryNodes(self):
-        for _, node in self.temporaryNodes.values():
-            if slicer.mrmlScene.IsNodePresent(node):
-                slicer.mrmlScene.RemoveNode(node)
-        self.temporaryNodes = {}
+    def removeTemporaryNodes(self) -> None:
+        """Remove the segmentations imported from label maps (module closed, Slicer quitting)."""
+        self.importedSegmentations.removeAll()
 
-    def segmentNames(self, anatomyNode):
+    def segmentNames(self, anatomyNode) -> list[str]:
+        """The anatomy's segment names (a label map's colour names); none without an anatomy."""
         segmentation = self.segmentationFor(anatomyNode)
-        if segmentation is None:
-            return []
-        segments = segmentation.GetSegmentation()
-        return [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
-
-    def _segmentIds(self, segmentation, name):
-        segments = segmentation.GetSegmentation()
-        return [segments.GetNthSegmentID(i) for i in range(segments.GetNumberOfSegments())
-                if segments.GetNthSegment(i).GetName() == name]
-
-    def segmentMask(self, segmentation, segmentId, scanNode):
-        """A segment's voxels on the scan's grid (k, j, i) as a boolean array; all False for an empty segment."""
-        try:
-            return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, scanNode) > 0
-        except RuntimeError:  # some Slicer versions refuse to export an empty segment
-            return np.zeros(tuple(reversed(scanNode.GetImageData().GetDimensions())), bool)
-
-    def labelArray(self, segmentation, assignment, scanNode):
-        """The segments painted into one label map on the scan's voxel grid (k, j, i), by class index."""
-        shape = tuple(reversed(scanNode.GetImageData().GetDimensions()))
-        largest = max([index for index in assignment.values()] + [0])
-        array = np.zeros(shape, np.uint8 if largest < 256 else np.uint16)
-        for name, index in label_names.paint_order(assignment):
-            for segmentId in self._segmentIds(segmentation, name):
-                array[self.segmentMask(segmentation, segmentId, scanNode)] = index
-        return array
-
-    def writeArray(self, array, scanNode, path, name):
-        """A label map node with `array` in the scan's geometry, written to `path` and removed again."""
-        node = addHiddenNode("vtkMRMLLabelMapVolumeNode", name)
-        try:
-            node.CopyOrientation(scanNode)  # origin, spacing, directions
-            slicer.util.updateVolumeFromArray(node, array)
-            self.writeNode(node, path)
-        finally:
-            slicer.mrmlScene.RemoveNode(node)
-
-    def writeNode(self, node, path):
-        """Write a volume node with a storage node of its own, so the node's own file name stays as it was."""
-        storage = slicer.mrmlScene.CreateNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-        try:
-            storage.SetFileName(path)
-            storage.UseCompressionOff()
-            if not storage.WriteData(node):
-                raise ValueError(f"{node.GetName()} could not be written to {path}")
-        finally:
-            storage.UnRegister(None)
+        return nodes.segmentNames(segmentation) if segmentation is not None else []
 
     # -- runs --
-    def start(self, command, scanNode, anatomyNode, assignment, options, regionSegment=None, followLabels=True):
+    def start(self, command: str, scanNode, anatomyNode, assignment: dict[str, int], options: dict,
+              regionSegment: str | None = None, followLabels: bool = True) -> MedGenJob:
         """Write the inputs and start a generate / inpaint run; returns a MedGenJob (raises ValueError or
         MedGenRunError with what to do)."""
         if scanNode is None or scanNode.GetImageData() is None:
@@ -558,36 +258,21 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
         segmentation = self.segmentationFor(anatomyNode)
         if segmentation is None:
             raise ValueError("pick the anatomy: a segmentation or a label map")
-        model = options.get("model")
-        classes = model.classes if model is not None else []
         folder = cli_runner.RunFolder(parent=slicer.app.temporaryPath)
         try:
-            sampling = {key: options.get(key) for key in ("steps", "seed", "guidance", "variants", "device")}
-            sampling["model"] = model.folder if model is not None else None
+            sampling = sampling_arguments(options)
             out = folder.file("result.nrrd")
-            useLabels = command == "generate" or followLabels
             labelsPath = None
-            if useLabels:
-                problem = label_names.mapping_problem(assignment, classes)
+            if command == "generate" or followLabels:
+                problem = label_names.mapping_problem(assignment, models.model_classes(options.get("model")))
                 if problem and command == "generate":
                     raise ValueError(problem)
                 if not problem:
-                    labelsPath = folder.file("labels.nrrd")
-                    self.writeArray(self.labelArray(segmentation, assignment, scanNode), scanNode, labelsPath, "labels")
+                    labelsPath = nodes.writeLabelMap(segmentation, assignment, scanNode, folder.file("labels.nrrd"))
             if command == "generate":
                 args = cli_runner.generate_arguments(labelsPath, out, **sampling)
             else:
-                ids = self._segmentIds(segmentation, regionSegment or "")
-                if not ids:
-                    raise ValueError("pick the segment to inpaint (the region)")
-                region = np.zeros(tuple(reversed(scanNode.GetImageData().GetDimensions())), np.uint8)
-                for segmentId in ids:
-                    region[self.segmentMask(segmentation, segmentId, scanNode)] = 1
-                if not region.any():
-                    raise ValueError(f"the region segment {regionSegment!r} is empty inside the scan")
-                regionPath, imagePath = folder.file("region.nrrd"), folder.file("image.nrrd")
-                self.writeArray(region, scanNode, regionPath, "region")
-                self.writeNode(scanNode, imagePath)
+                regionPath, imagePath = nodes.writeRegionAndScan(segmentation, regionSegment, scanNode, folder)
                 args = cli_runner.inpaint_arguments(imagePath, regionPath, out, labels=labelsPath, **sampling)
             run = self._startRun(command, args, folder.path)
         except Exception:
@@ -603,37 +288,20 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
             self.worker = ServeWorker(executable, env=self.environment(), cwd=slicer.app.temporaryPath)
         return self.worker.submit(command, args)
 
-    def stopWorker(self):
+    def stopWorker(self) -> None:
+        """End the background worker, if one runs (its running request ends as cancelled)."""
         if self.worker is not None and self.worker.alive:
             self.worker.stop()
         self.worker = None
 
-    def loadResults(self, job):
+    def loadResults(self, job: MedGenJob) -> list:
         """Load a finished run's files as new volume nodes, named and marked synthetic."""
-        options, scan = job.options, job.scanNode
-        model = options.get("model")
-        nodes = []
-        for k, path in enumerate(job.run.paths):
-            found = re.search(r"_seed(-?\d+)\.", os.path.basename(path))
-            seed = int(found.group(1)) if found else int(options.get("seed") or 0) + k
-            what = "generated" if job.command == "generate" else f"inpainted {options.get('region')}"
-            name = slicer.mrmlScene.GenerateUniqueName(f"{scan.GetName()} {what} (synthetic, seed {seed})")
-            node = slicer.util.loadVolume(path, properties={"name": name, "show": False, "singleFile": True})
-            attributes = {"Synthetic": "true", "Command": job.command, "Model": model.name if model else "",
-                          "Seed": str(seed), "Steps": str(options.get("steps")),
-                          "Guidance": str(options.get("guidance")), "Source": scan.GetID()}
-            for key, value in attributes.items():
-                node.SetAttribute(f"MedGen.{key}", value)
-            if node.GetImageData().GetDimensions() != scan.GetImageData().GetDimensions():
-                logger.warning(f"MedGen: {name} is not on the scan's voxel grid")
-            node.SetAndObserveTransformNodeID(scan.GetTransformNodeID())  # the inputs were written in its frame
-            storage = node.GetStorageNode()  # its file is in the run's folder, which goes next
-            if storage is not None:
-                slicer.mrmlScene.RemoveNode(storage)
-            nodes.append(node)
-        if nodes:
-            slicer.util.setSliceViewerLayers(background=nodes[0])
-        return nodes
+        scan = job.scanNode
+        results = describe_results(job.command, job.options, job.run.paths, scan.GetName(), scan.GetID())
+        loaded = [nodes.loadResult(result, scan) for result in results]
+        if loaded:
+            slicer.util.setSliceViewerLayers(background=loaded[0])
+        return loaded
 
 
 #

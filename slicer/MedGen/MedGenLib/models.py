@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cli_runner import MedGenRunError, clean_environment, executable_problem
+from .command_lines import MedGenRunError, clean_environment, require_executable
 
 COLUMNS = ("NAME", "VERSION", "DIMS", "TASKS", "CONDITIONING", "SOURCE", "FOLDER")
 CARD_FILE = "model.json"
@@ -41,7 +41,13 @@ class ModelInfo:
         return f"{self.name} {self.version} ({self.dims}; {', '.join(self.tasks)})".replace(" ()", "")
 
     def supports(self, command: str) -> bool:
+        """Whether the model can run `command` (a card that lists no tasks is taken to do both)."""
         return not self.tasks or command in self.tasks
+
+
+def model_classes(model: ModelInfo | None) -> list[tuple[int, str]]:
+    """The (index, name) label classes of a model; none when no model is picked."""
+    return model.classes if model is not None else []
 
 
 def parse_models_table(text: str) -> list[ModelInfo]:
@@ -113,9 +119,7 @@ def list_models(executable: str, env: dict[str, str] | None = None, timeout: flo
     """Run `napari-medgen models` and return its models with their label classes.
 
     Also the check of the executable setting: raises MedGenRunError with what went wrong, in words."""
-    problem = executable_problem(executable)
-    if problem:
-        raise MedGenRunError(problem)
+    require_executable(executable)
     try:
         done = subprocess.run([str(executable), "models"], check=False, capture_output=True, text=True, encoding="utf-8",
                               errors="replace", env=clean_environment(env), timeout=timeout,
@@ -133,4 +137,5 @@ def list_models(executable: str, env: dict[str, str] | None = None, timeout: flo
     return [add_card_details(model) for model in parse_models_table(done.stdout)]
 
 
-__all__ = ["ModelInfo", "add_card_details", "card_classes", "list_models", "parse_models_table", "read_card"]
+__all__ = ["ModelInfo", "add_card_details", "card_classes", "list_models", "model_classes", "parse_models_table",
+           "read_card"]

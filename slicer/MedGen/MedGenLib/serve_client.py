@@ -24,24 +24,9 @@ import subprocess
 import threading
 from typing import Any
 
-from .cli_runner import (
-    DEFAULT_GRACE_S,
-    RUN_COMMANDS,
-    STDERR_TAIL_LINES,
-    SUPPORTED_PROTOCOL,
-    TERMINAL_EVENTS,
-    MedGenRunError,
-    Run,
-    _make_absolute,
-    clean_environment,
-    executable_problem,
-    parse_event,
-    popen_group,
-    protocol_problem,
-    read_stderr,
-    signal_group,
-    stderr_tail_text,
-)
+from . import processes
+from .command_lines import MedGenRunError, check_command, clean_environment, require_executable
+from .events import SUPPORTED_PROTOCOL, TERMINAL_EVENTS, Run, absolute_paths, parse_event, protocol_problem
 
 
 class ServeRun(Run):
@@ -63,11 +48,10 @@ class ServeRun(Run):
     def _deliver(self, event: dict[str, Any]) -> None:
         if event.get("event") in TERMINAL_EVENTS:
             if event.get("event") == "result":
-                event = {**event, "paths": _make_absolute(event.get("paths"), self.worker.cwd)}
+                event = {**event, "paths": absolute_paths(event.get("paths"), self.worker.cwd)}
             self._finish(event)
             return
-        self._note_progress(event)
-        self._events.put(event)
+        self._pass_on(event)
 
 
 class ServeWorker:
@@ -75,30 +59,25 @@ class ServeWorker:
     event to its request. Thread-safe `submit`; `shutdown` lets submitted requests finish."""
 
     def __init__(self, executable: str, env: dict[str, str] | None = None, preload: str | None = None,
-                 cwd: str | None = None, grace_s: float = DEFAULT_GRACE_S) -> None:
-        problem = executable_problem(executable)
-        if problem:
-            raise MedGenRunError(problem)
+                 cwd: str | None = None, grace_s: float = processes.DEFAULT_GRACE_S) -> None:
+        require_executable(executable)
         self.cwd = os.path.abspath(cwd or os.getcwd())
         self.grace_s = grace_s
         self.argv = [str(executable), "serve"] + (["--preload", preload] if preload else [])
         self.version: str | None = None
         self.ready = threading.Event()  # set by the worker's `ready` event (imports done, preload loaded)
         self.messages: collections.deque[str] = collections.deque(maxlen=50)  # events with no request id
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=processes.STDERR_TAIL_LINES)
         self.exit_code: int | None = None
         self._runs: dict[str, ServeRun] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._ended = threading.Event()
         self._protocol_error: str | None = None
-        self.process: subprocess.Popen = popen_group(
+        self.process: subprocess.Popen = processes.popen_group(
             self.argv, env=clean_environment(env), cwd=self.cwd, stdin=subprocess.PIPE)
-        self._stderr_thread = threading.Thread(target=read_stderr, args=(self.process.stderr, self.stderr_tail),
-                                               name="medgen-serve-stderr", daemon=True)
-        self._stdout_thread = threading.Thread(target=self._read_stdout, name="medgen-serve-stdout", daemon=True)
-        self._stderr_thread.start()
-        self._stdout_thread.start()
+        self._stderr_thread, self._stdout_thread = processes.start_readers(
+            self.process, self.stderr_tail, self._read_stdout, "medgen-serve")
 
     @property
     def alive(self) -> bool:
@@ -107,12 +86,12 @@ class ServeWorker:
 
     @property
     def pid(self) -> int:
+        """The worker's process id (and its process group's, on POSIX)."""
         return self.process.pid
 
     def submit(self, command: str, args: dict[str, Any]) -> ServeRun:
         """Send a generate / inpaint request (options from `generate_arguments` / `inpaint_arguments`)."""
-        if command not in RUN_COMMANDS:
-            raise MedGenRunError(f"unknown command {command!r}; use one of: {', '.join(RUN_COMMANDS)}")
+        check_command(command)
         if not self.alive:
             raise MedGenRunError("the napari-medgen worker is not running" + self._ended_reason())
         request_id = f"medgen-{next(self._ids)}"
@@ -140,10 +119,8 @@ class ServeWorker:
         with self._lock:
             for run in self._runs.values():
                 run.cancel_requested = True
-        signal_group(self.process, hard=False)
-        timer = threading.Timer(self.grace_s, signal_group, args=(self.process, True))
-        timer.daemon = True
-        timer.start()
+        processes.signal_group(self.process, hard=False)
+        processes.kill_later(self.process, self.grace_s)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the worker process has ended and every request has its terminal event."""
@@ -164,7 +141,7 @@ class ServeWorker:
         code = self.process.poll()
         if code is None:
             return ""
-        tail = stderr_tail_text(self.stderr_tail)
+        tail = processes.stderr_tail_text(self.stderr_tail)
         return f" (it ended with exit code {code}{': ' + tail if tail else ''})"
 
     def _read_stdout(self) -> None:
@@ -176,7 +153,7 @@ class ServeWorker:
                 problem = protocol_problem(event)
                 if problem:
                     self._protocol_error = problem
-                    signal_group(self.process, hard=True)
+                    processes.signal_group(self.process, hard=True)
                     continue
                 request_id = event.get("id")
                 if request_id is None:
@@ -201,20 +178,18 @@ class ServeWorker:
             self.messages.append(str(event["message"]))
 
     def _settle(self) -> None:
-        code = self.process.wait()
-        self._stderr_thread.join(timeout=5)
+        code = processes.reap(self.process, self._stderr_thread)
         self.exit_code = code
         with self._lock:
             unfinished, self._runs = list(self._runs.values()), {}
-        tail = stderr_tail_text(self.stderr_tail)
         for run in unfinished:
             run.exit_code = code
             if run.cancel_requested and not self._protocol_error:
                 run._finish({"event": "cancelled", "protocol": SUPPORTED_PROTOCOL, "exit_code": code,
                              "message": "the worker was stopped; nothing was written"})
             else:
-                message = self._protocol_error or (
-                    f"the napari-medgen worker stopped unexpectedly (exit code {code})" + (f":\n{tail}" if tail else ""))
+                message = self._protocol_error or processes.with_stderr_tail(
+                    f"the napari-medgen worker stopped unexpectedly (exit code {code})", self.stderr_tail)
                 run._finish({"event": "error", "protocol": SUPPORTED_PROTOCOL, "exit_code": code, "message": message})
         self._ended.set()
 

@@ -1,0 +1,72 @@
+"""A front end's run: its sampling options, and what its results are called, without Slicer.
+
+`sampling_arguments` turns a front end's options into the command line's; `MedGenJob` keeps what a
+finished run still needs (its folder, the scan, the options); `describe_results` says what each result
+file becomes in the scene: a name that says it is synthetic and how it was made, and the `MedGen.*`
+attributes that mark it. Imports nothing of Slicer, Qt or numpy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+ATTRIBUTE_PREFIX = "MedGen."
+
+
+@dataclass(eq=False)  # a job is itself: compared and hashed by identity
+class MedGenJob:
+    """One run and what it needs afterwards: its folder, the scan and the options (to name the results)."""
+
+    command: str
+    run: Any  # a cli_runner.CliRun or a serve_client.ServeRun
+    folder: Any  # its command_lines.RunFolder
+    scanNode: Any  # the scan whose geometry the results take
+    options: dict[str, Any]
+
+
+@dataclass
+class ResultInfo:
+    """What one result file becomes: a node name (made unique by the scene) and its attributes."""
+
+    path: str
+    seed: int
+    name: str
+    attributes: dict[str, str]
+
+
+def sampling_arguments(options: dict[str, Any]) -> dict[str, Any]:
+    """The sampling options of a run for `generate_arguments` / `inpaint_arguments`, from a front end's
+    options (steps, seed, guidance, variants, device; the model, a ModelInfo, given by its folder)."""
+    model = options.get("model")
+    sampling = {key: options.get(key) for key in ("steps", "seed", "guidance", "variants", "device")}
+    sampling["model"] = model.folder if model is not None else None
+    return sampling
+
+
+def result_seed(path: str, first_seed: Any, k: int) -> int:
+    """The seed of the k-th result: from its file name (`..._seed7.nrrd`), else the first seed + k."""
+    found = re.search(r"_seed(-?\d+)\.", os.path.basename(path))
+    return int(found.group(1)) if found else int(first_seed or 0) + k
+
+
+def describe_results(command: str, options: dict[str, Any], paths: list[str], scan_name: str,
+                     source_id: str) -> list[ResultInfo]:
+    """Name and attributes of each result of a run, e.g. `T1 inpainted lesion (synthetic, seed 3)` with
+    MedGen.Synthetic = true, MedGen.Seed = 3, ...: a synthetic volume must never pass for a scan."""
+    model = options.get("model")
+    what = "generated" if command == "generate" else f"inpainted {options.get('region')}"
+    results = []
+    for k, path in enumerate(paths):
+        seed = result_seed(path, options.get("seed"), k)
+        attributes = {"Synthetic": "true", "Command": command, "Model": model.name if model else "",
+                      "Seed": str(seed), "Steps": str(options.get("steps")),
+                      "Guidance": str(options.get("guidance")), "Source": source_id}
+        results.append(ResultInfo(path=path, seed=seed, name=f"{scan_name} {what} (synthetic, seed {seed})",
+                                  attributes={ATTRIBUTE_PREFIX + key: value for key, value in attributes.items()}))
+    return results
+
+
+__all__ = ["ATTRIBUTE_PREFIX", "MedGenJob", "ResultInfo", "describe_results", "result_seed", "sampling_arguments"]
