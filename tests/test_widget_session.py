@@ -90,6 +90,20 @@ def test_two_viewers_do_not_share_a_model(make_napari_viewer, models, monkeypatc
     assert generates[0].sampling.guidance.value == 1.0 and generates[1].sampling.guidance.value == 3.0
 
 
+def test_guidance_is_switched_off_with_its_reason_for_a_model_that_cannot_apply_it(make_napari_viewer, models, tmp_path):
+    viewer = make_napari_viewer()
+    generate = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate")[1]
+    assert not generate.sampling.guidance.enabled  # no model yet
+    session = ModelSession.of(viewer)
+    session.load("tiny-2d", device="cpu")  # trained with condition dropout: guidance on, the card's 3
+    assert generate.sampling.guidance.enabled and generate.sampling.guidance.value == 3.0
+    unguided = make_tiny_model(tmp_path / "elsewhere" / "unguided", name="tiny-unguided", condition_dropout=0.0)
+    session.load(str(unguided), device="cpu")
+    assert not generate.sampling.guidance.enabled and generate.sampling.guidance.value == 1.0
+    assert "cannot apply classifier-free guidance" in generate.sampling.guidance.tooltip
+    assert generate.sampling.options().guidance == 1.0  # what a run of it records
+
+
 def test_notify_shows_napari_notifications_of_each_level():
     from napari.utils.notifications import NotificationSeverity, notification_manager
 

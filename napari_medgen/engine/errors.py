@@ -56,5 +56,9 @@ class TaskNotSupportedError(MedgenError):
     """The model does not support the task asked of it (e.g. inpainting)."""
 
 
+class OptionNotSupportedError(MedgenError):
+    """A sampling option that the model cannot honour (e.g. guidance for a model trained without it)."""
+
+
 class DeviceError(MedgenError):
     """The requested device or precision is not available on this machine."""

@@ -27,6 +27,16 @@ def defaults_for(model: LoadedModel | None) -> SamplingOptions:
     return resolve_options(None, {}, model.card)
 
 
+def guidance_note(model: LoadedModel | None) -> str:
+    """Why the guidance box is off for `model` ('' where the model applies guidance)."""
+    if model is None:
+        return "load a model first"
+    if model.card.supports_guidance:
+        return f"classifier-free guidance weight (1 = none; the card recommends {guidance_for(model):g})"
+    return (f"{model.card.name} cannot apply classifier-free guidance (it was trained without dropping its "
+            "conditions, or is a latent model): it always runs with 1")
+
+
 class SamplingControls(Container):
     """The sampling options of a run; guidance, steps and sampler follow the session's model's card."""
 
@@ -40,6 +50,7 @@ class SamplingControls(Container):
         self.variants = SpinBox(label="variants", value=defaults.variants, min=1, max=16, visible=variants)
         super().__init__(widgets=[self.steps, self.sampler, self.seed, self.dice, self.guidance, self.variants], labels=True)
         self.dice.changed.connect(self.roll)
+        self._show_guidance(session.model)
         self._session = session
         session.changed.connect(self._model_changed)  # held weakly: a closed widget is not kept alive
 
@@ -59,9 +70,15 @@ class SamplingControls(Container):
             **overrides,
         )
 
+    def _show_guidance(self, model: LoadedModel | None) -> None:
+        """Guidance only where the model applies it; the tooltip says why not (the run records 1)."""
+        self.guidance.value = guidance_for(model)
+        self.guidance.enabled = model is not None and model.card.supports_guidance
+        self.guidance.tooltip = guidance_note(model)
+
     def _model_changed(self, model: LoadedModel | None) -> None:
         try:
-            self.guidance.value = guidance_for(model)
+            self._show_guidance(model)
             defaults = defaults_for(model)  # a few-step model's card names its steps and sampler
             self.steps.value, self.sampler.value = defaults.steps, defaults.sampler
         except RuntimeError:  # the widget was closed and its Qt half deleted: stop listening

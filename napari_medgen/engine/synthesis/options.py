@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..diffusion.methods import DEFAULT_SAMPLER, SAMPLERS
-from ..errors import MedgenError
+from ..errors import MedgenError, OptionNotSupportedError
 from ..volume import Volume
 
 DEFAULT_STEPS = 20  # sampling steps of a model whose card names none
@@ -125,6 +125,8 @@ def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], 
         if not hasattr(options, key):
             raise TypeError(f"unknown sampling option {key!r}")
         setattr(options, key, value)
+    if card is not None:
+        check_guidance(card, options.guidance)
     if options.guidance is None and card is not None:
         options.guidance = card.conditioning.default_guidance if card.supports_guidance else 1.0
     if options.slice_noise_correlation is None and card is not None:
@@ -140,3 +142,16 @@ def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], 
             options.steps = defaults.steps if defaults is not None else DEFAULT_STEPS
     options.check()
     return options
+
+
+def check_guidance(card: Any, guidance: float | None) -> None:
+    """Refuse a guidance weight (other than 1, none) that `card`'s model cannot apply: it would run without
+    it, and the result and its provenance would claim what did not happen."""
+    if guidance is None or guidance == 1.0 or card.supports_guidance:
+        return
+    why = ("a latent model takes no classifier-free guidance" if card.is_latent
+           else "it was trained without dropping its conditions (condition_dropout 0)"
+           if card.conditioning.label_map != "none" else "it has no condition to guide by")
+    raise OptionNotSupportedError(
+        f"model {card.name} cannot apply classifier-free guidance {guidance:g}: {why}; leave guidance out or give 1"
+    )

@@ -10,8 +10,12 @@ from ..model.loading import LoadedModel
 from .options import SamplingOptions
 
 
-def provenance(loaded: LoadedModel, options: SamplingOptions, task: str, variant: int, inputs: dict[str, str]) -> dict[str, Any]:
-    """The metadata of one variant: `synthetic: true` and the record of model, weights, seed, sampler and inputs."""
+def provenance(
+    loaded: LoadedModel, options: SamplingOptions, task: str, variant: int, inputs: dict[str, str], network_calls: int
+) -> dict[str, Any]:
+    """The metadata of one variant: `synthetic: true` and the record of what ran: model, weights, seed, the
+    sampler, steps and guidance as applied (the options once resolved against the card), the network calls
+    this variant took, the fill of an inpainting, the device and precision it ran on, and the inputs."""
     return {
         "synthetic": True,
         "provenance": {
@@ -22,6 +26,7 @@ def provenance(loaded: LoadedModel, options: SamplingOptions, task: str, variant
             "weights_sha256": loaded.weights_sha256,
             "sampler": options.sampler,
             "steps": options.steps,
+            "network_calls": network_calls,
             "eta": options.eta,
             "guidance": options.guidance,
             "guidance_rescale": options.guidance_rescale,

@@ -121,7 +121,7 @@ def run_task(
         if first_device.type == "cuda":
             torch.cuda.empty_cache()
     for variant, volume in enumerate(results):  # `model`: a CPU copy if the run fell back to the CPU
-        volume.metadata = provenance(model, options, task.name, variant, task.inputs_sha256)
+        volume.metadata = provenance(model, options, task.name, variant, task.inputs_sha256, done // options.variants)
     return results
 
 
