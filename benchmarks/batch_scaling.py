@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_count": os.cpu_count(),
     }
     common.write_result("batch_scaling", result)
-    common.update_readme("batch-scaling-table", readme_table(result))
+    common.update_doc("batch-scaling-table", readme_table(result))
     print(result)
     return result
 

@@ -5,7 +5,12 @@ Every benchmark takes `--threads N` and `--smoke` (see `parse`). The model is th
 not depend on the weights; quality does, and the quality benchmarks say which they used); under
 `--smoke`, a tiny random-weight network on the demo card. Every result file records the machine it
 came from. Results go to benchmarks/results/, or to the folder named by $MEDGEN_BENCHMARK_RESULTS
-(a smoke run makes a temporary one): only results in benchmarks/results/ update README.md.
+(a smoke run makes a temporary one): only results in benchmarks/results/ update the documentation.
+
+The figures' tables are generated blocks (`<!-- NAME:start -->` ... `<!-- NAME:end -->`) in the pages of
+docs/; GENERATED_BLOCKS says which page holds each block, and `update_doc(block, text)` writes it there. The
+README's one short performance-and-quality table is hand-kept (a few headline figures with links to these
+pages), not generated: after a benchmark changes a headline figure, update that row by hand.
 """
 
 from __future__ import annotations
@@ -31,7 +36,17 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+# Each generated block -> the page (relative to the repository) that holds it; the one place that says so.
+GENERATED_BLOCKS: dict[str, str] = {
+    "performance-table": "docs/benchmarks.md",  # run_all.py
+    "batch-scaling-table": "docs/benchmarks.md",  # batch_scaling.py
+    "quality-table": "docs/quality.md",  # quality.py
+    "unseen-inpainting-table": "docs/quality.md",  # unseen_inpainting.py
+    "realism-table": "docs/quality.md",  # realism.py
+    "synthetic-training-table": "docs/quality.md",  # synthetic_training.py
+    "distilled-table": "docs/models.md",  # distilled.py
+}
 DEMO = "brain-t1-demo"
 RESULTS_ENV = "MEDGEN_BENCHMARK_RESULTS"
 
@@ -348,24 +363,26 @@ def results_dir() -> Path:
 
 
 def official_results() -> bool:
-    """Whether results go to benchmarks/results/ (only those may update README.md)."""
+    """Whether results go to benchmarks/results/ (only those may update the documentation's tables)."""
     return results_dir().resolve() == RESULTS.resolve()
 
 
-def update_readme(block: str, text: str) -> bool:
-    """Put `text` between README.md's `<!-- block:start -->` and `<!-- block:end -->` markers.
+def update_doc(block: str, text: str) -> bool:
+    """Put `text` between the `<!-- block:start -->` and `<!-- block:end -->` markers of the page that
+    GENERATED_BLOCKS names for `block`; False (nothing written) when the page lacks the markers.
 
-    Only for results in benchmarks/results/: a smoke run (or one writing elsewhere) leaves README alone.
+    Only for results in benchmarks/results/: a smoke run (or one writing elsewhere) leaves the pages alone.
     """
     if not official_results():
         return False
+    page = REPO / GENERATED_BLOCKS[block]
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
-    readme = README.read_text() if README.is_file() else ""
-    if start not in readme or end not in readme:
+    current = page.read_text() if page.is_file() else ""
+    if start not in current or end not in current:
         return False
-    head, rest = readme.split(start, 1)
+    head, rest = current.split(start, 1)
     _, tail = rest.split(end, 1)
-    README.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+    page.write_text(f"{head}{start}\n{text}\n{end}{tail}")
     return True
 
 

@@ -17,8 +17,9 @@ bf16 vs fp32 (where this CPU runs it), and torch.compile (inductor), with the co
 
 Targets: the whole 91-slice volume in under 30 s and one slice in under 0.3 s on the 2-core CPU, Dice within 0.02
 of the teacher at 20 steps, inpainting no worse. Writes benchmarks/results/distilled.json, pictures
-distilled_fidelity_<row>.png / distilled_inpaint_<row>.png / distilled_planes.png, and the README's distilled table;
-with `--result-name NAME` (another student measured beside the shipped one) NAME.json and NAME_*.png, README untouched.
+distilled_fidelity_<row>.png / distilled_inpaint_<row>.png / distilled_planes.png, and the distilled table of
+docs/models.md; with `--result-name NAME` (another student measured beside the shipped one) NAME.json and
+NAME_*.png, docs untouched.
 `--smoke`: a tiny random-weight teacher and the same weights as a 2-step "student" (a card with sampling
 defaults), three slices, one inpainting case: a check that the script runs.
 """
@@ -230,7 +231,7 @@ def table(report: dict) -> str:
 
 
 def table_row(r: dict) -> tuple[str, str, str, str]:
-    """The README performance table's row: what, figure, target, met."""
+    """The performance table's row (docs/benchmarks.md): what, figure, target, met."""
     student, teacher = r["student"], r["teacher"]
     s, t = r["rows"][student], r["rows"][teacher]
     return (
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--result-name", default="distilled",
                         help="name of the results (benchmarks/results/NAME.json and its pictures); another student measured "
-                             "beside the shipped one takes another name, and only the default updates the README")
+                             "beside the shipped one takes another name, and only the default updates docs/models.md")
     args = common.parse(parser, SMOKE, argv)
     common.note_start()
     teacher, student = _models(args)
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     print(f"wrote {path}")
     if args.result_name == "distilled":
-        common.update_readme("distilled-table", text)
+        common.update_doc("distilled-table", text)
 
 
 if __name__ == "__main__":

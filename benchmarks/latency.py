@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def table_row(r: dict) -> tuple[str, str, str, str]:
-    """The README performance table's row: what, figure, target, met."""
+    """The performance table's row (docs/benchmarks.md): what, figure, target, met."""
     w, c = r["warm_median"], r["cold_first_run"]
     return (
         f"Generate -> first preview / result, one {'x'.join(map(str, r['settings']['size']))} slice, {r['settings']['sampler']} {r['settings']['steps']} steps, "

@@ -13,8 +13,8 @@
 - Diversity: pixel-wise standard deviation between variants with different seeds, inside the brain.
 
 Writes benchmarks/results/quality.json and PNG panels (labels, result, real) in benchmarks/results/, and
-the README's quality table. `--smoke`: a tiny random-weight model, 2 slices, 2 steps, one inpainting case,
-results in a temporary folder (a check that the script runs; README and card untouched).
+the quality table of docs/quality.md. `--smoke`: a tiny random-weight model, 2 slices, 2 steps, one inpainting case,
+results in a temporary folder (a check that the script runs; docs and card untouched).
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def load_for_benchmark(model_name: str, checkpoint: Path | None) -> LoadedModel:
 
 
 def summary_table(report: dict) -> str:
-    """The README's quality table, from a report of `main`."""
+    """The quality table (docs/quality.md), from a report of `main`."""
     fid, inp, div = report["mask_fidelity_dpm++2m_20"], report["inpainting"], report["diversity"]
     tissues = lambda r: " / ".join(f"{r[k]:.2f}" for k in TISSUES.values())  # noqa: E731
     ceiling = fid["ceiling_real_t1"]
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"diversity: std {report['diversity']['mean_std_inside_brain']:.1f} inside brain")
     print(f"wrote {out} in {report['seconds']} s")
     if args.checkpoint is None:
-        common.update_readme("quality-table", summary_table(report))
+        common.update_doc("quality-table", summary_table(report))
     if args.update_card and args.checkpoint is None:
         card = model.card.model_copy(deep=True)
         card.provenance["quality"] = {

@@ -20,8 +20,8 @@ On the sample brain's own map the real T1 is the exact reference; on the same ma
 of about 2 voxels (maps no training slice had) the real T1 is only an approximate one. A table over guidance
 (with and without guidance rescaling) on a block of slices gives realism, mask fidelity (k-means Dice, as in
 quality.py) and time side by side, which is what the card's defaults are chosen from. Writes
-benchmarks/results/realism.json, a three-plane picture per map (realism_planes_<map>.png), and the README's
-realism table.
+benchmarks/results/realism.json, a three-plane picture per map (realism_planes_<map>.png), and the realism
+table of docs/quality.md.
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     text = table(report)
     print(text)
     if common.official_results():
-        common.update_readme("realism-table", text)
+        common.update_doc("realism-table", text)
 
 
 if __name__ == "__main__":

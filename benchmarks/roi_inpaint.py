@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def table_row(r: dict) -> tuple[str, str, str, str]:
-    """The README performance table's row: what, figure, target, met."""
+    """The performance table's row (docs/benchmarks.md): what, figure, target, met."""
     s, v = r["slice_256_at_1mm_20mm_disk"], r["volume_91x109x91_at_2mm_20mm_ball"]
     qs, qv = s["quality_inside_region_mean"], v["quality_inside_region_mean"]
     sweep = ", ".join(f"{k} {x['roi_s']:.2f}/{x['full_frame_s']:.2f} s" for k, x in r["sweep_image_size_20mm_disk"].items())

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def table_row(r: dict) -> tuple[str, str, str, str]:
-    """The README performance table's row: what, figure, target, met."""
+    """The performance table's row (docs/benchmarks.md): what, figure, target, met."""
     cells = ", ".join(
         f"{k}: {x['gflop_per_call']} GFLOP in {x['seconds_per_call'] * 1000:.0f} ms = {x['achieved_gflops']} GFLOP/s "
         f"({x['fraction_of_matmul']:.0%})" for k, x in r["calls"].items()

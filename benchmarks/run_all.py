@@ -1,20 +1,22 @@
 """Every benchmark in one command (issue 6): runs them, writes their JSON, the performance table.
 
-    python benchmarks/run_all.py [--smoke | --quick] [--threads N] [--only vs_monai latency ...] [--no-readme] [--table-only]
+    python benchmarks/run_all.py [--smoke | --quick] [--threads N] [--only vs_monai ...] [--no-docs] [--table-only]
 
 Each benchmark in BENCHMARKS runs in its own process (memory figures are per process) and writes
 <name>.json with the machine it ran on into benchmarks/results/; then the table of figures (a row from each
-benchmark's `table_row(result)`, in BENCHMARKS' order) goes to benchmarks/results/performance.md and into
-README.md's "## Performance" section (between its table markers); quality.py writes the README's quality
-table itself. Benchmarks that need the trained demo model (`NEEDS_TRAINED_MODEL`) are skipped without it.
+benchmark's `table_row(result)`, in BENCHMARKS' order, the machine stated once under it) goes to
+benchmarks/results/performance.md and into docs/benchmarks.md (between its performance-table markers); the
+other scripts write their own tables into the pages common.GENERATED_BLOCKS names (docs/quality.md,
+docs/models.md, docs/benchmarks.md). README.md's short table is hand-kept: update its headline figures by hand.
+Benchmarks that need the trained demo model (`NEEDS_TRAINED_MODEL`) are skipped without it.
 
 A benchmark that fails does not stop the others: at the end run_all names each failed one with its
-error's last line, leaves README.md as it was (the table would mix fresh and stale figures; rerun the
+error's last line, leaves docs/benchmarks.md as it was (the table would mix fresh and stale figures; rerun the
 failed ones with --only, then --table-only) and exits with status 1.
 
 `--smoke` (`--quick` is the same): every benchmark with `--smoke`, its tiny sizes and a tiny random-weight
 model, results in a temporary folder (or $MEDGEN_BENCHMARK_RESULTS): a check that the scripts run, in a
-minute or two; its figures are not for quoting, and benchmarks/results/ and README.md are left alone.
+minute or two; its figures are not for quoting, and benchmarks/results/ and docs/ are left alone.
 
 A benchmark is a script benchmarks/<name>.py whose `main(argv=None)` parses its command line with
 `common.parse` (so it takes `--smoke` and `--threads N`), gets its model from `common.benchmark_model()`
@@ -41,7 +43,9 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
-# In the README table's order (each benchmark with a `table_row` is a numbered row).
+PAGE = common.GENERATED_BLOCKS["performance-table"]
+
+# In the performance table's order (each benchmark with a `table_row` is a numbered row).
 BENCHMARKS = [
     "vs_monai",
     "steps_quality",
@@ -104,19 +108,33 @@ def run_benchmarks(names: list[str], flags: list[str], skip_untrained: bool) -> 
 
 
 def table(names: list[str] = BENCHMARKS) -> str:
-    """The README table, from whatever results exist in the results folder."""
+    """The performance table, from whatever results exist in the results folder; the machine is stated
+    once under it (each distinct machine once, with its rows), and rows measured while other processes
+    were busy are named in one line."""
     rows = ["| # | What | Figure | Target | Met |", "|---|---|---|---|---|"]
-    machines = set()
+    machines: dict[str, list[int]] = {}
+    busy: list[int] = []
     for name in names:
         result = common.load_result(name)
         row = getattr(module(name), "table_row", None)
         if result is None or row is None:
             continue
-        rows.append(f"| {len(rows) - 1} | " + " | ".join(row(result)) + " |")
+        number = len(rows) - 1
+        rows.append(f"| {number} | " + " | ".join(row(result)) + " |")
         if "machine" in result and isinstance(result["machine"], dict):
-            machines.add(f"{common.machine_line(result['machine'])}; {result['machine']['note']}")
+            machines.setdefault(common.machine_line(result["machine"]), []).append(number)
+            if "disturbed" in str(result["machine"].get("note", "")):
+                busy.append(number)
     rows.append(f"| {len(rows) - 1} | GPU | not measured: no GPU in this session | - | - |")
-    return "\n".join(rows + [""] + [f"Machine: {m}." for m in sorted(machines)])
+    if len(machines) == 1:
+        notes = [f"Machine: {next(iter(machines))}."]
+    else:
+        notes = ["Machines: " + "; ".join(f"rows {', '.join(map(str, numbers))}: {line}"
+                                          for line, numbers in sorted(machines.items())) + "."]
+    if busy:
+        notes.append(f"Rows {', '.join(map(str, busy))} ran while other processes were busy (timings disturbed; "
+                     "each result's JSON names them).")
+    return "\n".join(rows + [""] + notes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", "--quick", action="store_true", help="tiny sizes and model, results to a temporary folder")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=None)
-    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--no-docs", "--no-readme", dest="no_readme", action="store_true", help=f"leave {PAGE} alone")
     parser.add_argument("--table-only", action="store_true", help="rebuild the table from the existing results")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -139,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     common.result_path("performance.md").write_text(text + "\n")
     print(text)
     if failed:
-        print("README left as it was: some benchmarks failed")
+        print(f"{PAGE} left as it was: some benchmarks failed")
     elif not args.no_readme and common.official_results():
-        print("README table updated" if common.update_readme("performance-table", text)
-              else "README has no performance table markers; the table is in results/performance.md")
+        print(f"performance table updated in {PAGE}" if common.update_doc("performance-table", text)
+              else f"{PAGE} has no performance table markers; the table is in results/performance.md")
     print(f"results in {common.results_dir()}; benchmark wall times: {timings}; total {time.perf_counter() - started:.0f} s")
     for name, error in failed.items():
         print(f"FAILED {name}: {error}")

@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def table_row(r: dict) -> tuple[str, str, str, str]:
-    """The README performance table's row: what, figure, target, met."""
+    """The performance table's row (docs/benchmarks.md): what, figure, target, met."""
     import common
 
     s, c = r["summary"], r["commands"]

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def table_row(r: dict) -> tuple[str, str, str, str]:
-    """The README performance table's row: what, figure, target, met."""
+    """The performance table's row (docs/benchmarks.md): what, figure, target, met."""
     main, sub = r["main_set"], r["ddpm_subset"]["rows"]
     fast, reference = r.get("fast", "dpm++2m 20"), r.get("reference", "ddim 50")  # results before both were named
     ddpm = next(k for k in sub if k.startswith("ddpm"))
@@ -130,7 +130,7 @@ README_NAMES = {"dpm++2m": "DPM++", "dpm++2m-sde": "DPM++ SDE"}
 
 
 def _upper(run: str) -> str:
-    """'dpm++2m 20' -> 'DPM++ 20', 'ddim 50' -> 'DDIM 50' (as the README names them)."""
+    """'dpm++2m 20' -> 'DPM++ 20', 'ddim 50' -> 'DDIM 50' (as the performance table names them)."""
     sampler, steps = sampler_and_steps(run)
     return f"{README_NAMES.get(sampler, sampler.upper())} {steps}"
 

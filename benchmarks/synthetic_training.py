@@ -16,7 +16,7 @@ Tested on real data the segmenter never saw (tissue Dice, CSF / GM / WM, 3-D ove
   smooth bias field and noise: exact truth;
 - `nibabel_anatomical`: nibabel's test T1 (another person's head, 2 mm), brain found by `labels_from_scan`,
   tissues by 3-class k-means inside it, as benchmarks/quality.py makes them (a weak truth).
-Writes benchmarks/results/synthetic_training.json, a picture of synthetic cases, and README's table.
+Writes benchmarks/results/synthetic_training.json, a picture of synthetic cases, and the table in docs/quality.md.
 `--smoke`: the tiny random-weight model, 2 cases, a few training steps, the deformed test only.
 """
 
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
         "per_test": scores,
     }
     common.write_result("synthetic_training", result)
-    common.update_readme("synthetic-training-table", readme_table(result))
+    common.update_doc("synthetic-training-table", readme_table(result))
     print({arm: {k: v["mean"] for k, v in row.items() if isinstance(v, dict)} for arm, row in table.items()})
     return result
 

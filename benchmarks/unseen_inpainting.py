@@ -15,7 +15,7 @@ seam: gradient magnitude on the region's border over the mean inside the brain (
 Each region is filled twice: with the posterior mean (`inpaint_estimate="mean"`, the faithful fill a
 repair asks for, blended with the interpolation of the known tissue near the border: the headline
 figures) and with the default `"auto"` (the mean up to `small_region_mm` thick, a textured sample beyond).
-Writes benchmarks/results/unseen_inpainting.json, a PNG panel, and the README's unseen-inpainting table.
+Writes benchmarks/results/unseen_inpainting.json, a PNG panel, and the unseen-inpainting table of docs/quality.md.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["seconds"] = round(time.perf_counter() - started, 1)
     common.write_result("unseen_inpainting", report)
     panel(panels[:6], common.result_path("unseen_inpainting.png"))
-    common.update_readme("unseen-inpainting-table", summary_table(report))
+    common.update_doc("unseen-inpainting-table", summary_table(report))
     return report
 
 

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def table_row(r: dict) -> tuple[str, str, str, str]:
-    """The README performance table's row: what, figure, target, met."""
+    """The performance table's row (docs/benchmarks.md): what, figure, target, met."""
     cells = ", ".join(
         f"{n}: {x['seconds_per_slice']:.3f} s/slice, peak +{x['peak_over_baseline_mb']:.0f} MB (output {x['output_array_mb']:.0f} MB)"
         for n, x in r["sizes"].items()

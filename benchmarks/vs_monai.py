@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def table_row(r: dict) -> tuple[str, str, str, str]:
-    """The README performance table's row: what, figure, target, met."""
+    """The performance table's row (docs/benchmarks.md): what, figure, target, met."""
     eq = r["equal_output"]["matched_schedule_no_clip"]
     nc = r["network_call"]["speedup_over_monai_network"]
     return (

@@ -1,9 +1,11 @@
 """The benchmarks still run: each one's smoke mode (a tiny random-weight model, tiny sizes, one repeat).
 
 Every benchmark listed in benchmarks/run_all.py runs through its `main(["--smoke"])` in this process
-(imports paid once), with results in a temporary folder; benchmarks/results/ and README.md's generated
-tables must come out untouched. run_all itself is checked to go on past a failing benchmark, name it and
-exit non-zero. Figures are not looked at: speed lives in the benchmarks, not in tests.
+(imports paid once), with results in a temporary folder; benchmarks/results/ and the generated tables
+(in the pages of docs/ that benchmarks/common.py's GENERATED_BLOCKS names, and any in README.md) must come
+out untouched; each generated block is where GENERATED_BLOCKS says it is. run_all itself is checked to go
+on past a failing benchmark, name it and exit non-zero. Figures are not looked at: speed lives in the
+benchmarks, not in tests.
 """
 
 from __future__ import annotations
@@ -24,14 +26,35 @@ sys.path.insert(0, str(BENCHMARKS_DIR))
 
 import run_all  # noqa: E402
 
+BLOCK_START = r"<!-- ([a-z][a-z0-9-]*):start -->"  # a generated block's marker (prose may write NAME)
+
+
+def generated_pages() -> list[str]:
+    """The pages that hold generated tables: README.md and every page GENERATED_BLOCKS names."""
+    return sorted({"README.md", *run_all.common.GENERATED_BLOCKS.values()})
+
 
 def committed_figures() -> dict[str, str]:
-    """A fingerprint of what a smoke run must not touch: the results folder and README's generated tables."""
+    """A fingerprint of what a smoke run must not touch: the results folder and every generated table."""
     prints = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((BENCHMARKS_DIR / "results").glob("*"))}
-    readme = (REPO / "README.md").read_text()
-    for block in re.findall(r"<!-- ([\w-]+):start -->", readme):
-        prints[f"README {block}"] = readme.split(f"<!-- {block}:start -->", 1)[1].split(f"<!-- {block}:end -->", 1)[0]
+    for page in generated_pages():
+        text = (REPO / page).read_text()
+        for block in re.findall(BLOCK_START, text):
+            prints[f"{page} {block}"] = text.split(f"<!-- {block}:start -->", 1)[1].split(f"<!-- {block}:end -->", 1)[0]
     return prints
+
+
+def test_each_generated_block_lies_in_the_page_named_for_it():
+    """update_doc writes a block into the page GENERATED_BLOCKS names: the markers must be there, once, and
+    in no other page (a block moved by hand without the table would no longer be regenerated)."""
+    for block, page in run_all.common.GENERATED_BLOCKS.items():
+        for other in generated_pages():
+            text = (REPO / other).read_text()
+            count = (text.count(f"<!-- {block}:start -->"), text.count(f"<!-- {block}:end -->"))
+            assert count == ((1, 1) if other == page else (0, 0)), f"{block} in {other}: {count}"
+    for page in generated_pages():
+        for block in re.findall(BLOCK_START, (REPO / page).read_text()):
+            assert block in run_all.common.GENERATED_BLOCKS, f"{page} holds {block}, which no benchmark regenerates"
 
 
 @pytest.fixture(scope="module")
