@@ -28,7 +28,7 @@ because a GPU lease here is 15 minutes and one command 10 (the card's provenance
         --device cpu --threads 2 --batch-size 12 --learning-rate 1e-4 --warmup-steps 20 --ema-decay 0.995 \
         --steps 508 --field-of-view-fraction 0.5 --updates 0 --warp-interpolation bilinear  # 2-core CPU, 22 min
 
-and the student by ``napari-medgen distill`` on the 2-core CPU (the README gives the command).
+and the student by ``napari-medgen distill`` on the 2-core CPU (docs/models.md gives the command).
 """
 
 from __future__ import annotations
