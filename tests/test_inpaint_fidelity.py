@@ -12,6 +12,7 @@ import torch
 from scipy.ndimage import binary_erosion
 
 sys.path.insert(0, str(Path(__file__).parent))
+from engine_fixtures import one_thread  # noqa: E402, F401 (fixture)
 from tiny_models import randomize_zero_layers, tiny_card  # noqa: E402
 
 from napari_medgen.engine.errors import MedgenError  # noqa: E402
@@ -27,14 +28,6 @@ from napari_medgen.engine.volume import Volume  # noqa: E402
 
 LEVELS = {"1": -0.1, "2": 0.45, "3": 0.85}
 IDENTITY = tuple(np.eye(3).ravel())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tissue_image(medians: dict[int, float], shape=(4, 24, 24), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -4,8 +4,8 @@ Each bad input (a file, a model folder, an output place, a memory budget) must g
 project's own type whose message says what is wrong and what to do, a non-zero exit with one stderr line
 and a last JSON line, and must leave every input and every existing output file exactly as it was (no
 temporary files either). Where the engine alone already has a test for a case (test_volume_io.py,
-test_engine_cards.py, test_engine_synthesis.py), this adds the command-line side; the napari side is in
-test_reliability_widgets.py.
+test_engine_cards.py, test_engine_models.py, test_engine_synthesis_*.py), this adds the command-line side;
+the napari side is in test_reliability_widgets.py.
 """
 
 from __future__ import annotations
