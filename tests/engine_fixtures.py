@@ -22,7 +22,6 @@ from napari_medgen.engine.model.loading import LoadedModel, load_model, release_
 from napari_medgen.engine.model.networks import build_networks
 from napari_medgen.engine.model.weights import save_model
 from napari_medgen.engine.orientation import to_canonical
-from napari_medgen.engine.synthesis import ProgressEvent
 from napari_medgen.engine.volume import Volume
 
 SPACING = (0.9, 1.1, 3.0)
@@ -50,16 +49,6 @@ def clean_model_cache():
     release_model()
     yield
     release_model()
-
-
-def drive(gen) -> tuple[list, list[ProgressEvent]]:
-    """Run an engine generator to its end: (returned volumes, events)."""
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return stop.value, events
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from scipy.ndimage import binary_erosion
 from test_demo_model import painted_slice  # noqa: F401 (the fixture: a grey-matter disc painted into white matter)
+from reliability_helpers import drive
 from tiny_models import make_tiny_model, tiny_card
 
 from napari_medgen._paths import sample_dir
@@ -36,15 +37,6 @@ from napari_medgen.engine.training.distill import (
     teacher_path,
 )
 from napari_medgen.engine.volume import Volume
-
-
-def _drive(run):
-    events = []
-    try:
-        while True:
-            events.append(next(run))
-    except StopIteration as stop:
-        return stop.value, events
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +131,7 @@ def test_teacher_path_is_where_the_teachers_own_sampling_loop_goes(sampler, step
 def test_distillation_writes_a_loadable_student_whose_runs_follow_its_card(slabs, teacher_folder, tmp_path):
     teacher = load_model(teacher_folder, device="cpu")
     out = tmp_path / "student"
-    folder, events = _drive(distill(teacher, find_training_pairs(slabs), out, _config(3), data_description="one slab"))
+    folder, events = drive(distill(teacher, find_training_pairs(slabs), out, _config(3), data_description="one slab"))
     assert folder == out and [e.step for e in events] == [1, 2, 3] and all(np.isfinite(e.loss) for e in events)
     assert (out / "loss_curve.png").stat().st_size > 0 and (out / "checkpoint" / "loss_curve.png").is_file()
     saved = json.loads((out / "model.json").read_text())
@@ -157,32 +149,32 @@ def test_distillation_writes_a_loadable_student_whose_runs_follow_its_card(slabs
                if not torch.equal(v, load_file(str(teacher_folder / "weights.safetensors"))[k])]
     assert changed
     label_map = read_volume(slabs / "a_label.nii.gz")
-    results, progress = _drive(generate(student, label_map, seed=1, preview_every=0))
+    results, progress = drive(generate(student, label_map, seed=1, preview_every=0))
     # Asked for nothing, a run takes the card's 3 DDIM steps: 3 calls per batch of slices.
     assert progress[-1].step == progress[-1].total and progress[-1].total % 3 == 0
     run_record = results[0].metadata["provenance"]
     assert run_record["steps"] == 3 and run_record["sampler"] == "ddim"
     # Asked for more, the user's steps win.
-    _, asked = _drive(generate(student, label_map, seed=1, steps=5, preview_every=0))
+    _, asked = drive(generate(student, label_map, seed=1, steps=5, preview_every=0))
     assert asked[-1].total == progress[-1].total // 3 * 5
 
 
 def test_resumed_distillation_continues_the_same_run(slabs, teacher_folder, tmp_path):
     teacher = load_model(teacher_folder, device="cpu")
     pairs = find_training_pairs(slabs)
-    straight, _ = _drive(distill(teacher, pairs, tmp_path / "straight", _config(4)))
+    straight, _ = drive(distill(teacher, pairs, tmp_path / "straight", _config(4)))
     first = distill(teacher, pairs, tmp_path / "resumed", _config(4))
     for _ in range(2):  # stop after the checkpoint at update 2
         next(first)
     first.close()
-    resumed, events = _drive(distill(teacher, pairs, tmp_path / "resumed", _config(4), resume=True))
+    resumed, events = drive(distill(teacher, pairs, tmp_path / "resumed", _config(4), resume=True))
     assert [e.step for e in events] == [3, 4]
     a = load_file(str(straight / "weights.safetensors"))
     b = load_file(str(resumed / "weights.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     with pytest.raises(MedgenError, match="no checkpoint"):
-        _drive(distill(teacher, pairs, tmp_path / "nothing", _config(2), resume=True))
+        drive(distill(teacher, pairs, tmp_path / "nothing", _config(2), resume=True))
 
 
 def test_the_path_defaults_to_the_teacher_cards_sampling_and_a_resume_keeps_it(slabs, tmp_path):
@@ -194,7 +186,7 @@ def test_the_path_defaults_to_the_teacher_cards_sampling_and_a_resume_keeps_it(s
     pairs = find_training_pairs(slabs)
     config = DistillationConfig(student_steps=3, steps=2, batch_size=2, crop_size=16, warmup_steps=1, checkpoint_every=1,
                                 device="cpu")
-    out, _ = _drive(distill(teacher, pairs, tmp_path / "student", config))
+    out, _ = drive(distill(teacher, pairs, tmp_path / "student", config))
     record = json.loads((out / "model.json").read_text())["provenance"]["distillation"]
     schedule = NoiseSchedule(teacher.card.scheduler)
     assert record["teacher_path"] == {"sampler": "dpm++2m", "steps": 8,
@@ -203,9 +195,9 @@ def test_the_path_defaults_to_the_teacher_cards_sampling_and_a_resume_keeps_it(s
     # The same weights sampled another way make another path: its checkpoint is not resumed by mistake.
     other = DistillationConfig(**{**config.__dict__, "steps": 3, "teacher_sampler": "ddim", "teacher_steps": 5})
     with pytest.raises(MedgenError, match="another teacher path"):
-        _drive(distill(teacher, pairs, tmp_path / "student", other, resume=True))
+        drive(distill(teacher, pairs, tmp_path / "student", other, resume=True))
     with pytest.raises(MedgenError, match="unknown teacher sampler"):
-        _drive(distill(teacher, pairs, tmp_path / "x", DistillationConfig(**{**config.__dict__, "teacher_sampler": "euler"})))
+        drive(distill(teacher, pairs, tmp_path / "x", DistillationConfig(**{**config.__dict__, "teacher_sampler": "euler"})))
 
 
 def test_distill_command_line(slabs, teacher_folder, tmp_path, capsys):
@@ -261,7 +253,7 @@ def test_shipped_fast_model_follows_painted_tissue(painted_slice):  # noqa: F811
     model = load_model("brain-t1-demo-fast", device="cpu")
     assert model.source == "shipped" and model.card.sampling is not None and model.card.sampling.steps <= 4
     assert (model.folder / "weights.safetensors").stat().st_size < 20 * 2**20
-    (result,), progress = _drive(generate(model, label_map, seed=3, preview_every=0, slice_range=(z, z + 1)))
+    (result,), progress = drive(generate(model, label_map, seed=3, preview_every=0, slice_range=(z, z + 1)))
     assert progress[-1].total == model.card.sampling.steps  # its own few steps when asked for nothing
     image, labels = result.array[0], label_map.array[z]
     mean = {k: float(image[binary_erosion(labels == k)].mean()) for k in (1, 2, 3)}

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_fixtures import PERMUTED_FLIPPED, SPACING, drive, make_image, make_labels, make_region
+from engine_fixtures import PERMUTED_FLIPPED, SPACING, make_image, make_labels, make_region
 from engine_fixtures import model_folders, models, one_thread  # noqa: F401 (fixtures)
+from reliability_helpers import drive
 
 from napari_medgen.engine.errors import (
     GeometryMismatchError,

@@ -14,12 +14,12 @@ from engine_fixtures import (
     assert_same_geometry,
     assert_same_image,
     axial_slices,
-    drive,
     make_image,
     make_labels,
     make_region,
 )
 from engine_fixtures import model_folders, models, one_thread  # noqa: F401 (fixtures)
+from reliability_helpers import drive
 
 from napari_medgen.engine.errors import InvalidVolumeError
 from napari_medgen.engine.resample import Grid, resample

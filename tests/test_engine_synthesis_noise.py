@@ -10,8 +10,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from engine_fixtures import ORIGIN, SPACING, drive, make_labels
+from engine_fixtures import ORIGIN, SPACING, make_labels
 from engine_fixtures import model_folders, models, one_thread  # noqa: F401 (fixtures)
+from reliability_helpers import drive
 
 from napari_medgen.engine.errors import MedgenError
 from napari_medgen.engine.model.loading import load_model

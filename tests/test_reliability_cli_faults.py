@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from reliability_helpers import FaultyNetwork, cuda_out_of_memory, hidden_leftovers, listing
+from engine_fixtures import one_thread  # noqa: F401 (fixture)
 from tiny_models import make_tiny_model
 
 from napari_medgen import cli
@@ -21,14 +21,6 @@ from napari_medgen.engine.model.loading import load_model, release_model
 from napari_medgen.engine.volume import Volume
 
 FLIP_XY = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from reliability_helpers import (
     runtime_out_of_memory,
     volume_copy,
 )
+from engine_fixtures import one_thread  # noqa: F401 (fixture)
 from tiny_models import make_tiny_model
 
 from napari_medgen.engine.errors import DeviceError, MedgenError
@@ -30,14 +31,6 @@ from napari_medgen.engine.volume import Volume
 SPACING = (4.0, 4.0, 4.0)
 ORIGIN = (-20.0, 11.0, 3.5)
 FLIP_XY = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from reliability_helpers import drive
 from tiny_models import tiny_card
 
 from napari_medgen._paths import sample_dir
@@ -22,15 +23,6 @@ from napari_medgen.engine.model.presets import preset_card
 from napari_medgen.engine.synthesis import generate
 from napari_medgen.engine.training import TrainingConfig, find_training_pairs, train
 from napari_medgen.engine.volume import Volume
-
-
-def _drive(run):
-    events = []
-    try:
-        while True:
-            events.append(next(run))
-    except StopIteration as stop:
-        return stop.value, events
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +46,7 @@ def _config(steps: int) -> TrainingConfig:
 def test_train_writes_loadable_model_card_and_curve(flat_dataset, tmp_path, tiny_model):
     out = tmp_path / "model"
     card = tiny_card(name="tiny-trained")
-    folder, events = _drive(train(card, find_training_pairs(flat_dataset), out, _config(3), data_description="two slabs"))
+    folder, events = drive(train(card, find_training_pairs(flat_dataset), out, _config(3), data_description="two slabs"))
     assert folder == out
     assert [e.step for e in events] == [1, 2, 3] and all(np.isfinite(e.loss) for e in events)
     assert (out / "loss_curve.png").stat().st_size > 0
@@ -66,7 +58,7 @@ def test_train_writes_loadable_model_card_and_curve(flat_dataset, tmp_path, tiny
     assert -1.0 < levels["1"] < levels["2"] < levels["3"] <= 1.0  # T1: CSF darker than grey, grey than white
     model = load_model(out, device="cpu")
     label_map = read_volume(flat_dataset / "a_label.nii.gz")
-    result, _ = _drive(generate(model, label_map, steps=2))
+    result, _ = drive(generate(model, label_map, steps=2))
     assert result[0].same_grid(label_map)
     # The trained folder is a model folder like one built directly from the same architecture.
     built = json.loads((tiny_model / "model.json").read_text())
@@ -96,7 +88,7 @@ def test_resumed_run_is_the_same_run(flat_dataset, tmp_path):
     step counts, learning-rate schedule, random generators and losses of the run made in one go."""
     pairs = find_training_pairs(flat_dataset)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _drive(train(tiny_card(), pairs, straight, _config(4)))
+    drive(train(tiny_card(), pairs, straight, _config(4)))
     run = train(tiny_card(), pairs, resumed, _config(4))
     next(run), next(run)
     run.close()  # stopped (as by cancelling) just after the checkpoint of step 2
@@ -106,7 +98,7 @@ def test_resumed_run_is_the_same_run(flat_dataset, tmp_path):
     assert steps and all(float(v) == 2 for v in steps)
     assert not (resumed / "model.json").exists()
 
-    _, events = _drive(train(tiny_card(), pairs, resumed, _config(4), resume=True))
+    _, events = drive(train(tiny_card(), pairs, resumed, _config(4), resume=True))
     assert [e.step for e in events] == [3, 4]
     (straight_tensors, straight_state), (resumed_tensors, resumed_state) = _checkpoint(straight), _checkpoint(resumed)
     assert {k.split(".")[0] for k in straight_tensors} == {"network", "ema", "optimizer", "rng"}
@@ -121,10 +113,10 @@ def test_resumed_run_is_the_same_run(flat_dataset, tmp_path):
 def test_resume_with_more_steps_follows_the_longer_schedule(flat_dataset, tmp_path):
     out = tmp_path / "model"
     pairs = find_training_pairs(flat_dataset)
-    _drive(train(tiny_card(), pairs, out, _config(2)))
+    drive(train(tiny_card(), pairs, out, _config(2)))
     state = json.loads((out / "checkpoint" / "training_state.json").read_text())
     assert state["step"] == 2
-    _, events = _drive(train(tiny_card(), pairs, out, _config(4), resume=True))
+    _, events = drive(train(tiny_card(), pairs, out, _config(4), resume=True))
     assert [e.step for e in events] == [3, 4]
     tensors, state = _checkpoint(out)
     assert state["step"] == 4 and len(state["losses"]) == 4
@@ -238,14 +230,14 @@ def test_checkpoints_outside_the_model_folder_leave_it_unwritten_until_the_end(f
     next(run), next(run)  # two steps: one checkpoint written
     assert (checkpoint / "training_state.json").is_file() and (checkpoint / "loss_curve.png").is_file()
     assert not out.exists()
-    _drive(run)
+    drive(run)
     assert (out / "model.json").is_file() and (out / "loss_curve.png").is_file()
     assert not (out / "checkpoint").exists()
 
 
 def test_resume_without_checkpoint_is_a_clear_error(flat_dataset, tmp_path):
     with pytest.raises(MedgenError, match="no checkpoint"):
-        _drive(train(tiny_card(), find_training_pairs(flat_dataset), tmp_path / "m", _config(2), resume=True))
+        drive(train(tiny_card(), find_training_pairs(flat_dataset), tmp_path / "m", _config(2), resume=True))
 
 
 def test_training_pairs_from_nnunet_layout_and_manifest(flat_dataset, tmp_path):
@@ -269,7 +261,7 @@ def test_label_values_outside_schema_are_refused(flat_dataset, tmp_path):
     write_volume(labels.with_array(np.where(labels.array == 2, 5, labels.array).astype(np.uint8)), tmp_path / "c_label.nii.gz")
     (tmp_path / "c_image.nii.gz").write_bytes((flat_dataset / "a_image.nii.gz").read_bytes())
     with pytest.raises(MedgenError, match="5"):
-        _drive(train(tiny_card(), find_training_pairs(tmp_path), tmp_path / "m", _config(1)))
+        drive(train(tiny_card(), find_training_pairs(tmp_path), tmp_path / "m", _config(1)))
 
 
 def test_pasted_tissue_keeps_image_and_labels_paired():
@@ -296,14 +288,14 @@ def test_a_checkpoint_of_the_earlier_format_resumes(flat_dataset, tmp_path):
     from safetensors.torch import save_file
 
     out, pairs = tmp_path / "model", find_training_pairs(flat_dataset)
-    _drive(train(tiny_card(), pairs, out, _config(2)))
+    drive(train(tiny_card(), pairs, out, _config(2)))
     tensors, state = _checkpoint(out)
     earlier = {k: v for k, v in tensors.items() if k.startswith(("network.", "ema."))}
     earlier.update({k.replace("optimizer.state.", "optimizer."): v for k, v in tensors.items() if k.startswith("optimizer.state.")})
     save_file(earlier, str(out / "checkpoint" / "training_state.safetensors"))
     state = {k: state[k] for k in ("step", "losses", "seconds", "config")}
     (out / "checkpoint" / "training_state.json").write_text(json.dumps(state))
-    _, events = _drive(train(tiny_card(), pairs, out, _config(3), resume=True))
+    _, events = drive(train(tiny_card(), pairs, out, _config(3), resume=True))
     assert [e.step for e in events] == [3]
     tensors, state = _checkpoint(out)
     assert all(float(v) == 3 for k, v in tensors.items() if k.startswith("optimizer.state.") and k.endswith(".step"))
@@ -352,8 +344,8 @@ def test_prepared_slices_round_trip_and_train_the_same(flat_dataset, tmp_path):
     assert np.array_equal(again.images, data.images) and np.array_equal(again.labels, data.labels)
     assert np.array_equal(again.positions, data.positions) and again.description == data.description
     from_pairs, from_file = tmp_path / "a", tmp_path / "b"
-    _drive(train(card, find_training_pairs(flat_dataset), from_pairs, _config(2)))
-    _drive(train(card, again, from_file, _config(2)))
+    drive(train(card, find_training_pairs(flat_dataset), from_pairs, _config(2)))
+    drive(train(card, again, from_file, _config(2)))
     assert _same(load_file(from_pairs / "weights.safetensors"), load_file(from_file / "weights.safetensors"))
     (tmp_path / "broken.npz").write_bytes(b"not a zip file")
     with pytest.raises(VolumeReadError, match="prepared training slices"):
@@ -364,10 +356,10 @@ def test_a_further_stage_starts_from_the_earlier_weights_and_records_them(flat_d
     from napari_medgen.engine.model.weights import weights_sha256
 
     pairs = find_training_pairs(flat_dataset)
-    first = _drive(train(tiny_card(), pairs, tmp_path / "first", _config(2)))[0]
+    first = drive(train(tiny_card(), pairs, tmp_path / "first", _config(2)))[0]
     config = TrainingConfig(steps=1, batch_size=2, crop_size=16, learning_rate=1e-12, warmup_steps=1, ema_decay=0.0,
                             device="cpu")
-    second = _drive(train(tiny_card(), pairs, tmp_path / "second", config, initial=first))[0]
+    second = drive(train(tiny_card(), pairs, tmp_path / "second", config, initial=first))[0]
     start, end = load_file(first / "weights.safetensors"), load_file(second / "weights.safetensors")
     assert all(torch.allclose(start[k].float(), end[k].float(), atol=1e-6) for k in start)  # a step of ~0
     record = json.loads((second / "model.json").read_text())["provenance"]["training"]["started_from"]
@@ -376,12 +368,12 @@ def test_a_further_stage_starts_from_the_earlier_weights_and_records_them(flat_d
     other = tiny_card()
     other.network.kwargs["channels"] = [16, 16]
     with pytest.raises(MedgenError):
-        _drive(train(other, pairs, tmp_path / "third", config, initial=first))
+        drive(train(other, pairs, tmp_path / "third", config, initial=first))
 
 
 def test_time_limit_stops_early_and_still_writes_the_model(flat_dataset, tmp_path):
     config = TrainingConfig(steps=50, batch_size=2, crop_size=16, warmup_steps=1, device="cpu", time_limit_s=0.0)
-    folder, events = _drive(train(tiny_card(), find_training_pairs(flat_dataset), tmp_path / "m", config))
+    folder, events = drive(train(tiny_card(), find_training_pairs(flat_dataset), tmp_path / "m", config))
     assert [e.step for e in events] == [1]
     training = json.loads((folder / "model.json").read_text())["provenance"]["training"]
     assert training["steps_done"] == 1 and training["steps"] == 50
@@ -423,5 +415,5 @@ def test_unknown_warp_interpolation_is_refused_before_training(flat_dataset, tmp
     config = _config(2)
     config.warp_interpolation = "lanczos"
     with pytest.raises(MedgenError, match="warp_interpolation"):
-        _drive(train(tiny_card(), find_training_pairs(flat_dataset), tmp_path / "model", config))
+        drive(train(tiny_card(), find_training_pairs(flat_dataset), tmp_path / "model", config))
     assert not (tmp_path / "model").exists()
