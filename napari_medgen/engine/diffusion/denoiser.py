@@ -34,7 +34,7 @@ def label_channels(label_map: np.ndarray, channels: int) -> np.ndarray:
 
     Fractions carry what hard labels cannot: how much of a voxel at a boundary is each tissue (partial
     volume). On the demo's template a fit on them leaves 0.064 of CSF's 0.122 intensity standard deviation
-    within the label and 0.035 of grey matter's 0.116 (README, Realism).
+    within the label and 0.035 of grey matter's 0.116 (docs/quality.md, Realism).
     """
     if np.issubdtype(label_map.dtype, np.floating):
         if label_map.ndim < 3 or label_map.shape[1] != channels:

@@ -66,7 +66,7 @@ def brain_t1_demo_card() -> ModelCard:
                 "position_frequencies": 4,
                 "condition_dropout": 0.15,
                 # Measured with benchmarks/realism.py (30 axial slices of the sample map, ratios to the real T1;
-                # the README's Realism table has every setting). Card 2.0.0 at guidance 1 with DPM-Solver++ 2M:
+                # docs/quality.md's Realism table has every setting). Card 2.0.0 at guidance 1 with DPM-Solver++ 2M:
                 # inside-tissue gradient 0.99x, histogram distance 0.007, mask Dice 0.86; guidance 1.15 already
                 # flattens the tissues (0.86x, 0.012), 2 more so (card 1.x: spreads 0.83 / 0.74 / 0.74x), and
                 # guidance 1 needs half the network calls.
