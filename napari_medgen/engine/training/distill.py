@@ -7,7 +7,7 @@ walks its own sampling path: the deterministic form of its card's sampler (DPM-S
 timesteps that sampler takes at the card's steps, cut at t and s: by default the student learns the path the
 teacher ships with. (The first brain-t1-demo-fast learned its teacher's DDIM path, 6 steps per student step, which
 `teacher_sampler="ddim"` at 19 steps still gives: its grey matter came out flat, 0.62x the real T1's texture,
-where the DPM-Solver++ path gives 0.91x; README, "The fast model".) The student learns the one prediction at t
+where the DPM-Solver++ path gives 0.91x; docs/models.md, "The fast model".) The student learns the one prediction at t
 whose DDIM step lands exactly where the teacher's steps landed:
 
     x0~ = (x_s - (sigma_s / sigma_t) x_t) / (alpha_s - (sigma_s / sigma_t) alpha_t)
