@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MedgenError
+from ..hashing import file_sha256
 from ..synthesis.options import SamplingOptions
 from ..volume import Volume
 from . import layout
@@ -192,7 +193,7 @@ def _write_case(out_dir: Path, case_id: str, image: Volume, label_map: Volume, s
         image_file = write_volume(image, staged / layout.image_path(out_dir, case_id).name)
         image_sidecar = layout.sidecar(image_file)
         metadata = json.loads(image_sidecar.read_text())
-        metadata["batch"]["files_sha256"] = {"image": layout.file_sha256(image_file), "label": layout.file_sha256(label_file)}
+        metadata["batch"]["files_sha256"] = {"image": file_sha256(image_file), "label": file_sha256(label_file)}
         image_sidecar.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
         if stop is not None and stop(True):  # a stopped run gets no new case after it counted the cases there
             raise CaseStopped(f"case {case_id} stopped before it was written")

@@ -14,7 +14,6 @@ label map without an image, which no reader counts as a case and `sweep` removes
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MedgenError, VolumeWriteError
+from ..hashing import file_sha256
 from ..model.card import ModelCard
 
 FILE_ENDING = ".nii.gz"
@@ -64,14 +64,6 @@ def prepare(out_dir: Path) -> None:
         raise VolumeWriteError(f"{out_dir}: cannot create the data set's folders ({error.strerror or error})") from None
     if not os.access(out_dir / IMAGES, os.W_OK) or not os.access(out_dir / LABELS, os.W_OK):
         raise VolumeWriteError(f"{out_dir}: the folder is not writable")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def case_record(out_dir: Path, case_id: str) -> dict[str, Any] | None:

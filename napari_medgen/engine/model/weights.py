@@ -6,13 +6,13 @@ Nothing is ever unpickled from a model folder. A plain PyTorch state dict is con
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelCardError, ModelWeightsError
+from ..hashing import file_sha256
 from .card import ModelCard, save_card
 from .networks import build_networks
 
@@ -42,11 +42,8 @@ def save_model(card: ModelCard, networks: dict[str, torch.nn.Module], folder: st
 
 
 def weights_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The SHA-256 of a weights file: the model's identity in provenance records and the model cache."""
+    return file_sha256(path)
 
 
 def _weights_path(card: ModelCard, folder: Path) -> Path:
