@@ -6,12 +6,17 @@ tests (``geometry_cases``, ``tiny_models``) are made importable here.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# `--precision auto` means fp32 in the tests (and in the commands they start), whatever the CI machine's
+# processor: results compared across runs and processes must not depend on it. test_precision.py tests auto.
+os.environ.setdefault("NAPARI_MEDGEN_AUTO_PRECISION", "fp32")
 
 from geometry_cases import DIRECTIONS, make_volume
 

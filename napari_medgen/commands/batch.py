@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=1, help="tries again for a failing case before reporting it")
     parser.add_argument("--prefix", default="case", help="case names: PREFIX_0000, PREFIX_0001, ...")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (on each worker)")
-    parser.add_argument("--precision", choices=PRECISION_NAMES, default=PRECISION_NAMES[0])
+    parser.add_argument("--precision", choices=PRECISION_NAMES, default=PRECISION_NAMES[0],
+                        help="auto (default): bf16 where the processor runs it natively (AMX, AVX512-BF16; a GPU's "
+                        "bf16 or fp16) and the model allows it, else fp32; the result's provenance records which")
     add_progress_argument(parser)
 
 

@@ -27,7 +27,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", type=int, default=default.variants, help="number of results, with seeds seed, seed+1, ...")
     parser.add_argument("--batch-size", type=int, default=None, help="slices per network call (default: from memory)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--precision", choices=PRECISION_NAMES, default=PRECISION_NAMES[0])
+    parser.add_argument("--precision", choices=PRECISION_NAMES, default=PRECISION_NAMES[0],
+                        help="auto (default): bf16 where the processor runs it natively (AMX, AVX512-BF16; a GPU's "
+                        "bf16 or fp16) and the model allows it, else fp32; the result's provenance records which")
     add_progress_argument(parser)
 
 

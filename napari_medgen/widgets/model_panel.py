@@ -114,7 +114,9 @@ class ModelPanel(Container):
             memory = f"weights {model.parameter_bytes() / 2**20:.1f} MiB"
             if model.device.type == "cuda":
                 memory += f", GPU memory in use {torch.cuda.memory_allocated(model.device) / 2**20:.0f} MiB"
-            status = f"loaded {model.name} on {model.device} ({str(model.dtype).replace('torch.', '')}); {memory}"
+            precision = str(model.dtype).replace("torch.", "")
+            why = model.extra.get("precision", {}).get("why", "")
+            status = f"loaded {model.name} on {model.device} ({precision}{': ' + why if why != 'asked for' and why else ''}); {memory}"
         try:
             self._status.value = status
         except RuntimeError:  # the panel was closed and its Qt half deleted: stop listening

@@ -48,7 +48,7 @@ class ModelSession:
         self._model = model
         self.changed.emit(model)
 
-    def load(self, model: str | os.PathLike[str], device: str = "auto", precision: str = "fp32") -> LoadedModel:
+    def load(self, model: str | os.PathLike[str], device: str = "auto", precision: str = "auto") -> LoadedModel:
         """Load a model by registry name or folder and make it the session's model.
 
         Raises the engine's MedgenError (unknown model, broken weights, unavailable device); the model

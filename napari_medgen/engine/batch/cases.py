@@ -50,7 +50,7 @@ class CaseSettings:
 
     model: str | None = None  # name or folder (None: the shipped demo model)
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     options: SamplingOptions = field(default_factory=SamplingOptions)
     augment: AugmentOptions = field(default_factory=AugmentOptions)
 

@@ -204,7 +204,7 @@ def synthesize_dataset(
     augment: AugmentOptions | str | None = None,
     seed: int = 0,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     workers: int = 2,
     scheduler: str | None = None,
     client: Any = None,

@@ -61,6 +61,9 @@ class ModelCard(StrictModel):
     weights: str = "weights.safetensors"
     atlas: AtlasSpec | None = None
     sampling: SamplingDefaults | None = None  # default steps and sampler; None: SamplingOptions' own
+    reduced_precision: bool = Field(
+        True, description="whether `--precision auto` may run the model in bf16 / fp16 (false: always fp32 unless asked)"
+    )
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("network", "controlnet", "autoencoder")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DeviceError
 
@@ -10,7 +10,8 @@ if TYPE_CHECKING:
     import torch
 
 # Torch is imported when a device is resolved, not here: the command line's --help lists these names.
-PRECISION_NAMES = ("fp32", "fp16", "bf16")
+# "auto" (the default everywhere) is bf16 where this machine runs it natively and fast, else fp32 (precision.py).
+PRECISION_NAMES = ("auto", "fp32", "fp16", "bf16")
 
 
 def available_devices() -> list[str]:
@@ -54,11 +55,23 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+def choose_precision(precision: str, device: torch.device, card: Any = None) -> tuple[str, str]:
+    """The precision name a run uses for `precision` as asked ('auto' settled for this machine and card), and why."""
+    if precision not in PRECISION_NAMES:
+        raise DeviceError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+    if precision != "auto":
+        return precision, "asked for"
+    from .precision import auto_precision
+
+    return auto_precision(device, card)
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The torch dtype of a precision name, refused where the device has no kernels for it."""
+    """The torch dtype of a precision name (not 'auto': see choose_precision), refused where the device has no
+    kernels for it."""
     import torch
 
-    if precision not in PRECISION_NAMES:
+    if precision not in PRECISION_NAMES[1:]:
         raise DeviceError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
     if precision == "fp16" and device.type == "cpu":
         raise DeviceError("fp16 is not supported on the CPU; use fp32 or bf16")

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import ModelWeightsError
 from .card import CARD_FILE, ModelCard
-from .device import resolve_device, resolve_precision
+from .device import choose_precision, resolve_device, resolve_precision
 from .networks import build_networks
 from .registry import ModelEntry, find_model
 from .weights import load_weights, check_weights_fit, weights_sha256
@@ -58,11 +58,13 @@ def _files_stamp(entry: ModelEntry) -> tuple[Any, ...]:
 
 
 def load_model(
-    model: str | os.PathLike[str] | None = None, device: str = "auto", precision: str = "fp32"
+    model: str | os.PathLike[str] | None = None, device: str = "auto", precision: str = "auto"
 ) -> LoadedModel:
-    """Load (or fetch from the cache) a model by name or folder on a device at a precision."""
+    """Load (or fetch from the cache) a model by name or folder on a device at a precision ('auto': bf16 where
+    this machine runs it natively and the card allows it, else fp32; `extra["precision"]` says what and why)."""
     entry = find_model(model)
     torch_device = resolve_device(device)
+    precision, why = choose_precision(precision, torch_device, entry.card)
     dtype = resolve_precision(precision, torch_device)
     key = (str(entry.folder.resolve()), str(torch_device), precision, _files_stamp(entry))
     with _CACHE_LOCK:
@@ -81,6 +83,7 @@ def load_model(
         device=torch_device,
         dtype=dtype,
         weights_sha256=weights_sha256(entry.folder / entry.card.weights),
+        extra={"precision": {"used": precision, "why": why}},
     )
     with _CACHE_LOCK:
         # An older load of the same folder (before it was re-saved) is dropped, not kept alive.
@@ -121,6 +124,8 @@ def cpu_copy(loaded: LoadedModel) -> LoadedModel:
         device=torch.device("cpu"),
         dtype=dtype,
         weights_sha256=loaded.weights_sha256,
+        extra={"precision": {"used": {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype)),
+                             "why": "moved to the CPU after running out of GPU memory"}},
     )
 
 

@@ -41,6 +41,7 @@ def provenance(
             "inputs_sha256": inputs,
             "device": str(loaded.device),
             "precision": str(loaded.dtype).replace("torch.", ""),
+            "precision_why": loaded.extra.get("precision", {}).get("why", ""),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
