@@ -16,16 +16,14 @@ Real brains that pip packages ship (nibabel's and dipy's test data): no truth, s
 pictures (benchmarks/results/anatomy_<name>.png) are shown. Needs nilearn (1 mm template) and dipy (its T2),
 both optional: a case whose package is missing is skipped and says so.
 
-`--smoke` runs one small case in seconds (6 mm working grid, few iterations) to check the script; `--quick`
-one seed of each 2 mm case. Only a full run writes benchmarks/results/anatomy_accuracy.json; every run
-prints its figures as one JSON line last.
+`--smoke` runs one small case in seconds (6 mm working grid, few iterations) to check the script, its results and
+pictures in a temporary folder; `--quick` one seed of each 2 mm case, printed only. A full run writes
+benchmarks/results/anatomy_accuracy.json and the pictures; every run prints its figures as one JSON line last.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -349,23 +347,19 @@ def picture(name: str, scan: Volume, overlays: dict[str, np.ndarray]) -> None:
                 ax.set_title("scan" if row == 0 else list(maps)[row - 1], fontsize=9, loc="left")
     figure.suptitle(f"{name.removeprefix('anatomy_')}: CSF blue, grey matter orange, white matter cream", fontsize=10)
     figure.tight_layout()
-    common.RESULTS.mkdir(parents=True, exist_ok=True)
-    figure.savefig(common.RESULTS / f"{name}.png", dpi=70)
+    figure.savefig(common.result_path(f"{name}.png"), dpi=70)
     plt.close(figure)
 
 
 # -- main ----------------------------------------------------------------------------------------------
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--smoke", action="store_true", help="one small case in seconds (checks the script)")
-    mode.add_argument("--quick", action="store_true", help="one seed of each 2 mm case, no 1 mm, no real brains")
+def main(argv: list[str] | None = None) -> None:
+    parser = common.argument_parser(__doc__)
+    parser.add_argument("--quick", action="store_true", help="one seed of each 2 mm case, no 1 mm, no real brains")
     parser.add_argument("--seeds", type=int, default=3, help="deformations of the 2 mm template (full run)")
     parser.add_argument("--no-1mm", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="accepted for run_all.py; SimpleITK uses every core")
-    args = parser.parse_args()
-    common.note_start()
-    load_at_start = os.getloadavg()
+    args = common.parse(parser, {}, argv)  # --threads: torch's (SimpleITK uses every core)
+    if args.smoke and args.quick:
+        parser.error("--smoke and --quick are different runs: choose one")
     t1 = read_volume(sample_dir() / "mni152_t1_2mm.nii.gz")
     labels = read_volume(sample_dir() / "mni152_tissue_labels_2mm.nii.gz")
     options: dict[str, Any] = dict(SMOKE) if args.smoke else {}
@@ -420,10 +414,9 @@ def main() -> None:
         "cases": cases,
         "real_brains": real,
         "options": options or "defaults (AnatomyOptions)",
-        "load_average_at_start": [round(v, 2) for v in load_at_start],
         "machine": common.machine(),
     }
-    if full:
+    if not args.quick:
         print(f"wrote {common.write_result('anatomy_accuracy', payload)}")
     print(json.dumps(payload, default=common._plain))
 

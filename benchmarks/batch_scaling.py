@@ -9,7 +9,8 @@ in this process (`workers=0`: the model loaded once, torch on every core), a Loc
 and the workers' imports and model loads included: what a user waits for. The overhead of the
 distributed path is the 1-worker time over the loop's (same cores, same cases). Per-case seconds inside
 the workers are also kept (`case_seconds`). Writes benchmarks/results/batch_scaling.json.
-`--smoke`: the tiny random-weight model, 2 cases of 2 slices, 1 step (a check that it runs).
+`--smoke`: the tiny random-weight model, 2 cases of 2 slices, 1 step, the plain loop only (a check that it runs;
+a cluster's start-up would cost more than the rest of the smoke run).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def slab(count: int):
 
 def run(label_map, model, cases: int, steps: int, workers: int, folder: Path) -> dict:
     from napari_medgen.engine.batch import run_synthesis, synthesize_dataset
+    from napari_medgen.engine.batch.layout import image_path
+    from napari_medgen.engine.io import read_volume
     from napari_medgen.engine.synthesis.options import SamplingOptions
 
     start = time.perf_counter()
@@ -53,9 +56,11 @@ def run(label_map, model, cases: int, steps: int, workers: int, folder: Path) ->
     # What the run cost beyond the cases' own work (cluster and worker start-up, scheduling, transfers):
     # the wall time less the case seconds each process spent (the loop's first case includes its model load).
     outside = wall - sum(seconds) / max(1, workers)
+    ran = [common.ran(read_volume(image_path(folder, case))) for case in sorted(summary.done)]  # each case's provenance
     return {"workers": workers, "where": summary.where, "wall_s": round(wall, 2), "cases_per_minute": round(60 * cases / wall, 3),
             "case_seconds": [round(s, 2) for s in seconds], "outside_cases_s": round(outside, 2), "models_loaded": summary.models_loaded,
-            "torch_threads_per_process": sorted({r.torch_threads for r in summary.results if r.status == "done"})}
+            "torch_threads_per_process": sorted({r.torch_threads for r in summary.results if r.status == "done"}),
+            "ran": sorted({common.ran_words({k: v for k, v in r.items() if k != "network_calls"}) for r in ran})}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -72,23 +77,23 @@ def main(argv: list[str] | None = None) -> dict:
     root = Path(tempfile.mkdtemp(prefix="medgen-batch-scaling-"))
     rows = []
     try:
-        for workers in ((0, 1) if common.smoke() else (0, 1, 2)):
+        for workers in ((0,) if common.smoke() else (0, 1, 2)):
             rows.append(run(label_map, model, args.cases, args.steps, workers, root / f"w{workers}"))
             print(f"{rows[-1]['where']}: {rows[-1]['wall_s']} s, {rows[-1]['cases_per_minute']} cases/min", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     loop = rows[0]
-    one = next(r for r in rows if r["workers"] == 1)
+    one = next((r for r in rows if r["workers"] == 1), None)
     result = {
         "what": "batch synthesis: cases per minute, plain loop vs LocalCluster of 1 and 2 workers, same cases",
         "machine": common.machine(),
         "model": what,
         "cases": args.cases,
         "label_map": f"sample tissue labels, {args.slices} central axial slices {list(label_map.shape)} at 2 mm",
-        "steps": args.steps,
-        "sampler": "dpm++2m",
+        "asked": {"sampler": "dpm++2m", "steps": args.steps},
+        "ran": sorted({words for row in rows for words in row["ran"]}),
         "rows": rows,
-        "distributed_overhead_1_worker": round(one["wall_s"] / loop["wall_s"] - 1, 3),
+        "distributed_overhead_1_worker": round(one["wall_s"] / loop["wall_s"] - 1, 3) if one else None,
         "speedup_2_vs_1_worker": round(one["wall_s"] / rows[-1]["wall_s"], 3) if len(rows) > 2 else None,
         "cpu_count": os.cpu_count(),
     }
@@ -108,20 +113,14 @@ def readme_table(result: dict) -> str:
         rows.append(f"| {name} | {', '.join(map(str, row.get('torch_threads_per_process', [])))} | {row['wall_s']:.1f} s | "
                     f"{row['cases_per_minute']:.2f} | {', '.join(f'{s:.1f}' for s in row['case_seconds'])} | {outside:.1f} s |")
     rows.append("")
-    rows.append(f"{result['cases']} cases of the {result['label_map']}, {result['sampler']} {result['steps']} steps, "
-                f"{result['model']}. Distributed overhead (1 worker over the loop, same cores): "
-                f"{100 * result['distributed_overhead_1_worker']:.0f} %"
+    ran = "; ".join(result["ran"]) if "ran" in result else f"{result['sampler']} {result['steps']} steps asked (what ran was not recorded)"
+    rows.append(f"{result['cases']} cases of the {result['label_map']}, {ran}, "
+                f"{result['model']}"
+                + (f". Distributed overhead (1 worker over the loop, same cores): {100 * result['distributed_overhead_1_worker']:.0f} %"
+                   if result.get("distributed_overhead_1_worker") is not None else "")
                 + (f"; 2 workers vs 1: {result['speedup_2_vs_1_worker']:.2f}x" if result.get("speedup_2_vs_1_worker") else "")
                 + f". Machine: {common.machine_line(result['machine'])}; {result['machine']['note']}.")
     return "\n".join(rows)
-
-
-def table_row(result: dict) -> tuple[str, str, str, str]:
-    rows = {r["workers"]: r for r in result["rows"]}
-    figure = (f"loop {rows[0]['cases_per_minute']:.2f}, 1 worker {rows[1]['cases_per_minute']:.2f}"
-              + (f", 2 workers {rows[2]['cases_per_minute']:.2f}" if 2 in rows else "")
-              + f" cases/min; overhead {100 * result['distributed_overhead_1_worker']:.0f} %")
-    return ("Batch synthesis throughput", figure, "-", "n/a")
 
 
 if __name__ == "__main__":

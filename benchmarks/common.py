@@ -4,8 +4,11 @@ Every benchmark takes `--threads N` and `--smoke` (see `parse`). The model is th
 (`brain-t1-demo`) when its weights exist, else the demo ARCHITECTURE with random weights (speed does
 not depend on the weights; quality does, and the quality benchmarks say which they used); under
 `--smoke`, a tiny random-weight network on the demo card. Every result file records the machine it
-came from. Results go to benchmarks/results/, or to the folder named by $MEDGEN_BENCHMARK_RESULTS
-(a smoke run makes a temporary one): only results in benchmarks/results/ update the documentation.
+came from and how busy other processes kept it (machine_record.py); a run they disturbed does not replace
+the headline figures unless told `--allow-disturbed` (`refused_as_headline`). What a synthesis run did
+(sampler, steps, network calls, fill) is read from its result's provenance (`ran`), never from the arguments.
+Results go to benchmarks/results/, or to the folder named by $MEDGEN_BENCHMARK_RESULTS (a smoke run makes a
+temporary one): only results in benchmarks/results/ update the documentation.
 
 The figures' tables are generated blocks (`<!-- NAME:start -->` ... `<!-- NAME:end -->`) in the pages of
 docs/; GENERATED_BLOCKS says which page holds each block, and `update_doc(block, text)` writes it there. The
@@ -22,7 +25,6 @@ import importlib
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,8 +34,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import machine_record
 import numpy as np
 import torch
+from machine_record import cpu_name, machine_line  # noqa: F401 - the benchmarks' names for them
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -51,27 +55,31 @@ DEMO = "brain-t1-demo"
 RESULTS_ENV = "MEDGEN_BENCHMARK_RESULTS"
 
 # What this process was asked on its command line (`parse`): probes in fresh processes get the same.
-_SETTINGS: dict[str, Any] = {"smoke": False, "threads": None}
+_SETTINGS: dict[str, Any] = {"smoke": False, "threads": None, "allow_disturbed": False}
 
 
 # -- the command line ------------------------------------------------------------------------------
 def parse(parser: argparse.ArgumentParser, smoke: dict[str, Any], argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse a benchmark's command line with the options every benchmark has, and set up the run.
+    """Parse a benchmark's command line with the options every benchmark has, and set up the run (the machine is
+    watched from here on).
 
-    `--threads N`: torch's intra-op threads (default: one per core). `--smoke`: `smoke`'s values become
+    `--threads N`: torch's intra-op threads (default: one per core). `--allow-disturbed`: see `refused_as_headline`. `--smoke`: `smoke`'s values become
     the defaults (options given on the command line still win), one thread unless told, the model is a
     tiny random-weight one, and results go to a temporary folder unless $MEDGEN_BENCHMARK_RESULTS names
     one: a check that the script runs, in seconds, on a busy machine too; its figures mean nothing.
     """
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and model, results to a temporary folder")
+    parser.add_argument("--allow-disturbed", action="store_true",
+                        help="let a run on a busy machine replace the headline figures (they then say it was disturbed)")
     args = parser.parse_args(argv)
     if args.smoke:
         parser.set_defaults(**{"threads": 1, **smoke})
         args = parser.parse_args(argv)
         if not os.environ.get(RESULTS_ENV):
             os.environ[RESULTS_ENV] = tempfile.mkdtemp(prefix="medgen-bench-smoke-")
-    _SETTINGS.update(smoke=args.smoke, threads=args.threads)
+    _SETTINGS.update(smoke=args.smoke, threads=args.threads, allow_disturbed=args.allow_disturbed)
+    machine_record.watch()
     set_threads(args.threads)
     return args
 
@@ -86,75 +94,21 @@ def smoke() -> bool:
 
 
 # -- the machine -----------------------------------------------------------------------------------
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def other_load() -> str | None:
-    """What else is running that disturbs timings (other processes busy on the CPU), if anything."""
-    try:
-        import psutil
-    except ImportError:
-        return None
-    mine = {os.getpid(), os.getppid()}
-    try:
-        mine |= {p.pid for p in psutil.Process().parents()}
-    except psutil.Error:
-        pass
-    procs = [p for p in psutil.process_iter(["pid", "name", "cmdline"]) if p.pid not in mine]
-    for p in procs:
-        try:
-            p.cpu_percent(None)
-        except psutil.Error:
-            pass
-    time.sleep(0.5)
-    busy = []
-    for p in procs:
-        try:
-            load = p.cpu_percent(None)
-        except psutil.Error:
-            continue
-        if load > 20:
-            cmd = " ".join(p.info.get("cmdline") or [p.info.get("name") or "?"])
-            busy.append(f"{cmd[:60]} ({load:.0f}% CPU)")
-    return "other processes busy during the run: " + "; ".join(busy) + ": timings disturbed" if busy else None
-
-
-_NOTE_AT_START: list[str | None] = []
-
-
-def note_start() -> None:
-    """Look for other busy processes now (the start of a benchmark); `machine()` reports both looks."""
-    _NOTE_AT_START.append(None if smoke() else other_load())
-
-
 def machine() -> dict[str, Any]:
-    """The machine and settings a figure came from (other busy processes at the start and the end)."""
-    info: dict[str, Any] = {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": "cpu",
-        "python": platform.python_version(),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-    }
-    if smoke():
-        info["note"] = "smoke run: figures mean nothing"
-        return info
-    notes = [n for n in (_NOTE_AT_START[:1] + [other_load()]) if n]
-    info["note"] = " / ".join(dict.fromkeys(notes)) or "no other busy process at start or end"
-    return info
+    """The machine and settings a figure came from, and how busy other processes kept it (machine_record)."""
+    return machine_record.record(smoke())
 
 
-def machine_line(info: dict[str, Any]) -> str:
-    return f"{info['cpu']}, {info['cores']} cores, torch {info['torch']} on {info['device']} with {info['torch_threads']} threads"
+def refused_as_headline() -> str | None:
+    """Why this run's figures may not replace the headline figures (its results file, a generated block), or None.
+
+    A run on a machine that other processes kept busy (machine_record's `busy`) is refused unless the benchmark was
+    told `--allow-disturbed`; results outside benchmarks/results/ are never headline figures anyway.
+    """
+    if not official_results() or _SETTINGS["allow_disturbed"]:
+        return None
+    words = machine_record.disturbance(machine())
+    return f"this run was {words} (over {machine_record.BUSY_PERCENT:g} %)" if words else None
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -267,6 +221,31 @@ def brain_label_slices(count: int, size: int = 128, first: int | None = None):
     return Volume(out, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
 
 
+# -- what ran --------------------------------------------------------------------------------------
+RAN_KEYS = ("sampler", "steps", "network_calls", "guidance", "inpaint_estimate", "slice_noise_correlation",
+            "slice_noise_correlation_by_label", "device", "precision")
+
+
+def ran(volume) -> dict[str, Any]:
+    """What a synthesis run did, read from its result's provenance (never from what the benchmark asked for): the
+    sampler and steps as applied, its network calls (all slice batches of the variant), guidance, slice-noise
+    correlation, an inpainting's fill as settled (`mean`: the posterior mean, one call per draw; `sample`: the whole walk), device, precision."""
+    provenance = volume.metadata["provenance"]
+    return {key: provenance[key] for key in RAN_KEYS if key in provenance}
+
+
+def ran_words(record: dict[str, Any] | None, asked: str = "") -> str:
+    """A table's words for what ran: 'dpm++2m 20 steps, 20 network calls', or for a posterior-mean fill
+    'posterior-mean fill, 4 network calls'; a result from before the record says what was `asked` and no more."""
+    if not record:
+        return f"{asked} asked (what ran was not recorded)" if asked else "what ran was not recorded"
+    calls = f", {record['network_calls']} network calls" if "network_calls" in record else ""
+    if record.get("inpaint_estimate") == "mean":
+        return f"posterior-mean fill{calls}"
+    guidance = f", guidance {record['guidance']:g}" if record.get("guidance", 1.0) != 1.0 else ""
+    return f"{record['sampler']} {record['steps']} steps{calls}{guidance}"
+
+
 # -- timing ----------------------------------------------------------------------------------------
 def drive(run, on_event: Callable[[Any], None] | None = None):
     """Run a progress generator to its end, handing each event to `on_event`; returns its result."""
@@ -371,11 +350,22 @@ def update_doc(block: str, text: str) -> bool:
     """Put `text` between the `<!-- block:start -->` and `<!-- block:end -->` markers of the page that
     GENERATED_BLOCKS names for `block`; False (nothing written) when the page lacks the markers.
 
-    Only for results in benchmarks/results/: a smoke run (or one writing elsewhere) leaves the pages alone.
+    Only for results in benchmarks/results/: a smoke run (or one writing elsewhere) leaves the pages alone. A
+    benchmark's own run on a busy machine leaves them alone too (`refused_as_headline`), unless it was told
+    --allow-disturbed: then the block says under the table that it was disturbed. (run_all's performance table is
+    built from results files that passed `write_result`'s same check, so run_all, which watches no run, is not held.)
     """
     if not official_results():
         return False
     page = REPO / GENERATED_BLOCKS[block]
+    if machine_record.watching():
+        why = refused_as_headline()
+        if why:
+            print(f"{page.name}'s {block} left as it was: {why}; rerun on a quiet machine, or pass --allow-disturbed",
+                  file=sys.stderr)
+            return False
+        words = machine_record.disturbance(machine())
+        text += f"\n\n({words} while this ran; written with --allow-disturbed)" if words else ""
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
     current = page.read_text() if page.is_file() else ""
     if start not in current or end not in current:
@@ -394,7 +384,13 @@ def result_path(name: str) -> Path:
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    path = result_path(f"{name}.json")
+    """Write <name>.json into the results folder; a run that `refused_as_headline` writes <name>.disturbed.json
+    instead, so the figures measured on a quiet machine stay the ones the tables are built from."""
+    why = refused_as_headline() if isinstance(payload.get("machine"), dict) else None
+    path = result_path(f"{name}.disturbed.json" if why else f"{name}.json")
+    if why:
+        print(f"{name}.json left as it was: {why}; this run's results are in {path.name} (rerun on a quiet machine, "
+              "or pass --allow-disturbed to make them the figures)", file=sys.stderr)
     path.write_text(json.dumps(payload, indent=2, default=_plain) + "\n")
     return path
 
@@ -418,9 +414,7 @@ def met(value: bool | None) -> str:
 
 
 def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads (None: its default, one per core); also notes other load now."""
-    if not _NOTE_AT_START:
-        note_start()
+    """Set torch's intra-op threads (None: its default, one per core)."""
     if threads:
         torch.set_num_threads(int(threads))
     return torch.get_num_threads()

@@ -81,7 +81,7 @@ def whole_volume(model: LoadedModel, steps: int, sampler: str, labels, t1, slice
     row = realism.relative(realism.figures(result.array, labels.array[slices], spacing, background), real)
     # CPU seconds (all threads): on a busy machine wall time grows with the others' load, CPU time much less.
     return {"slices": slices.stop - slices.start, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
-            "realism": row}, result.array
+            "realism": row, "ran": common.ran(result)}, result.array
 
 
 def slice_latency(model: LoadedModel, steps: int, sampler: str, labels, z: int, repeats: int) -> dict:
@@ -126,6 +126,7 @@ def quality_figures(model: LoadedModel, steps: int, sampler: str, name: str, t1,
         "fidelity_slices": [block.start, block.stop],
         "inpainting": {k: round(v, 4) for k, v in inpainting["mean"].items()},
         "inpainting_cases": len(inpainting["cases"]),
+        "inpainting_ran": inpainting["ran"],
     }
 
 
@@ -223,7 +224,10 @@ def table(report: dict) -> str:
     lines.append(
         f"Targets (student): whole volume < {TARGET_VOLUME_S:g} s: {common.met(t['volume'])}; one slice < {TARGET_SLICE_S:g} s: "
         f"{common.met(t['slice'])}; Dice within {TARGET_DICE_GAP} of the teacher: {common.met(t['dice'])} (gap {t['dice_gap']:+.3f}); "
-        f"inpainting no worse (PSNR): {common.met(t['inpainting'])} ({t['psnr_gap']:+.2f} dB). Realism: ratios to the real T1 "
+        f"inpainting no worse (PSNR): {common.met(t['inpainting'])} ({t['psnr_gap']:+.2f} dB). Inpainting: "
+        + "; ".join(f"{name}: {quality.fill_words(row['quality']['inpainting_ran'])}" for name, row in report["rows"].items()
+                    if "inpainting_ran" in row["quality"])
+        + ". Realism: ratios to the real T1 "
         "(1 = as the scan) of the whole volume. Measured by `python benchmarks/distilled.py`; "
         f"{common.machine_line(report['machine'])}"
     )
@@ -261,7 +265,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="name of the results (benchmarks/results/NAME.json and its pictures); another student measured "
                              "beside the shipped one takes another name, and only the default updates docs/models.md")
     args = common.parse(parser, SMOKE, argv)
-    common.note_start()
     teacher, student = _models(args)
     t1, labels = common.sample_brain()
     count = args.volume_slices or labels.shape[0]
@@ -272,19 +275,19 @@ def main(argv: list[str] | None = None) -> None:
     teacher_steps, teacher_sampler = _defaults(teacher)
     if args.smoke:
         teacher_steps = 3  # the tiny teacher's card names no steps (20): seconds, not minutes
-    runs = {
-        f"{teacher.card.name} ({teacher_sampler} {teacher_steps})": (teacher, teacher_steps, teacher_sampler, "teacher"),
-        f"{teacher.card.name} cut to {student_steps} steps, not distilled": (teacher, student_steps, student_sampler, "teacher_cut"),
-        f"{student.card.name} ({student_sampler} {student_steps})": (student, student_steps, student_sampler, "student"),
-    }
+    runs = [(teacher, teacher_steps, teacher_sampler, "teacher"), (teacher, student_steps, student_sampler, "teacher_cut"),
+            (student, student_steps, student_sampler, "student")]
     started = time.perf_counter()
     rows, planes = {}, []
-    for name, (model, steps, sampler, key) in runs.items():
+    for model, steps, sampler, key in runs:
         volume, array = whole_volume(model, steps, sampler, labels, t1, volume_slices)
+        ran = volume["ran"]  # the row is named by what ran (the volume's provenance), not by what was asked
+        name = (f"{model.card.name} cut to {ran['steps']} steps, not distilled" if key == "teacher_cut"
+                else f"{model.card.name} ({ran['sampler']} {ran['steps']})")
         rows[name] = {
             "key": key,
-            "steps": steps,
-            "sampler": sampler,
+            "steps": ran["steps"],
+            "sampler": ran["sampler"],
             "weights_sha256": model.weights_sha256,
             "volume": volume,
             "slice": slice_latency(model, steps, sampler, labels, z, args.repeats),

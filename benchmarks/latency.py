@@ -3,8 +3,9 @@
     python benchmarks/latency.py [--repeats 5] [--size 128] [--steps S] [--preview-every P] [--threads N] [--smoke]
 
 One 128x128 slice (an axial slice of the sample brain's labels), the demo model, the Generate
-panel's defaults (`SamplingOptions`: its sampler, steps and preview interval), on the engine the panel drives
-(`generate`, whose events the napari worker forwards). Warm: the model already loaded (the Model
+panel's defaults (the card's sampler, `--steps` and the panel's preview interval), on the engine the panel drives
+(`generate`, whose events the napari worker forwards). The sampler, steps and network calls recorded are the
+result's provenance (what ran). Warm: the model already loaded (the Model
 panel's Load), median of `--repeats`. Cold: a fresh process that loads the model from disk first
 (imports not counted), one run.
 """
@@ -22,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from napari_medgen.engine.synthesis import SamplingOptions  # noqa: E402
-from napari_medgen.engine.synthesis.options import DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
+from napari_medgen.engine.synthesis.options import DEFAULT_STEPS  # noqa: E402
 
-PANEL = SamplingOptions(sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS)  # the Generate panel's defaults (for the teacher)
+PANEL = SamplingOptions(steps=DEFAULT_STEPS)  # the Generate panel's steps and preview interval (the card picks the sampler)
 
 TARGET_PREVIEW_S, TARGET_RESULT_S = 1.0, 5.0
 SMOKE = {"repeats": 1, "size": 64, "steps": 2, "preview_every": 1}
@@ -42,9 +43,9 @@ def one_run(model, label_map, steps: int, preview_every: int) -> dict:
         if event.preview is not None:
             seen.setdefault("first_preview_s", now)
 
-    common.drive(generate(model, label_map, steps=steps, seed=0, preview_every=preview_every), note)
+    result = common.drive(generate(model, label_map, steps=steps, seed=0, preview_every=preview_every), note)
     return {"first_step_s": seen["first_step_s"], "first_preview_s": seen["first_preview_s"],
-            "result_s": time.perf_counter() - start}
+            "result_s": time.perf_counter() - start, "ran": common.ran(result[0])}
 
 
 def cold(args) -> dict:
@@ -61,7 +62,8 @@ def cold(args) -> dict:
     model = load_model(folder, device="cpu")
     loaded = time.perf_counter() - start
     result = one_run(model, label_map, args.steps, args.preview_every)
-    return {"load_model_s": loaded, **{k: v + loaded for k, v in result.items()}, "model": kind}
+    ran = result.pop("ran")
+    return {"load_model_s": loaded, **{k: v + loaded for k, v in result.items()}, "model": kind, "ran": ran}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     label_map = common.brain_label_slices(1, args.size)
     one_run(model, label_map, 2, 1)  # warm-up: the first call builds oneDNN's kernels
     runs = [one_run(model, label_map, args.steps, args.preview_every) for _ in range(args.repeats)]
+    ran = runs[-1].pop("ran")
+    for r in runs[:-1]:
+        r.pop("ran")
     warm = {k: round(common.median([r[k] for r in runs]), 3) for k in runs[0]}
     cold_run = common.run_in_subprocess("latency", ["--size", str(args.size), "--steps", str(args.steps),
                                                     "--preview-every", str(args.preview_every), "--cold"])
@@ -88,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         "what": "Generate pressed -> first preview and -> result; one slice, demo model, panel defaults",
         "machine": common.machine(),
         "model": f"{model.card.name} ({kind})",
-        "settings": {"sampler": PANEL.sampler, "steps": args.steps, "preview_every": args.preview_every, "size": [args.size, args.size]},
+        "settings": {"steps": args.steps, "preview_every": args.preview_every, "size": [args.size, args.size]},
+        "ran": ran,
         "warm_median": warm,
         "warm_runs": [{k: round(v, 3) for k, v in r.items()} for r in runs],
         "cold_first_run": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in cold_run.items()},
@@ -103,8 +109,9 @@ def main(argv: list[str] | None = None) -> None:
 def table_row(r: dict) -> tuple[str, str, str, str]:
     """The performance table's row (docs/benchmarks.md): what, figure, target, met."""
     w, c = r["warm_median"], r["cold_first_run"]
+    ran = common.ran_words(r.get("ran"), f"{r['settings']['steps']} steps")
     return (
-        f"Generate -> first preview / result, one {'x'.join(map(str, r['settings']['size']))} slice, {r['settings']['sampler']} {r['settings']['steps']} steps, "
+        f"Generate -> first preview / result, one {'x'.join(map(str, r['settings']['size']))} slice, {ran}, "
         f"preview every {r['settings']['preview_every']}, {r['model']}",
         f"**{w['first_preview_s']} s / {w['result_s']} s** (model loaded); cold process incl. model load "
         f"{c['first_preview_s']} s / {c['result_s']} s",

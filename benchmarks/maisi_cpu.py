@@ -163,8 +163,8 @@ def full_run(model, size_xyz: tuple[int, int, int], steps: int) -> dict:
     seconds, peak, results = _peak(lambda: common.drive(generate(model, source, steps=steps, seed=0, preview_every=10)))
     image = results[0]
     assert image.same_grid(source)
-    return {"output_xyz": list(size_xyz), "steps": steps, "total_s": round(seconds, 1), "peak_rss_gib": round(peak, 2),
-            "hu_range": [float(image.array.min()), float(image.array.max())]}
+    return {"output_xyz": list(size_xyz), "steps_asked": steps, "ran": common.ran(image), "total_s": round(seconds, 1),
+            "peak_rss_gib": round(peak, 2), "hu_range": [float(image.array.min()), float(image.array.max())]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -174,7 +174,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--full-steps", type=int, default=0, help="a whole generate of this many steps at the first size (0: none)")
     parser.add_argument("--skip-decode-above", type=int, default=0, help="skip the decode above this many output voxels (0: never)")
     args = common.parse(parser, SMOKE, argv)
-    common.note_start()
     card = maisi_card(tiny=common.smoke())
     model = random_model(card)
     parameters = {role: sum(p.numel() for p in net.parameters()) for role, net in model.networks.items()}
@@ -191,16 +190,6 @@ def main(argv: list[str] | None = None) -> dict:
     common.write_result("maisi_cpu", result)
     print(result)
     return result
-
-
-def table_row(result: dict) -> tuple[str, str, str, str]:
-    first = result["sizes"][0]
-    return (
-        f"MAISI architecture (random weights), {'x'.join(map(str, first['output_xyz']))}: step / decode",
-        f"{min(first['step_s']):.1f} s / {first['decode_s'] if first['decode_s'] is not None else '-'} s",
-        "runs on the CPU",
-        common.met(True),
-    )
 
 
 if __name__ == "__main__":

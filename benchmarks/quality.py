@@ -19,8 +19,6 @@ results in a temporary folder (a check that the script runs; docs and card untou
 
 from __future__ import annotations
 
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -131,7 +129,7 @@ def mask_fidelity(
     """
     brain_real = labels.array[slices] > 0
     ceiling = tissue_dice(kmeans_tissues(t1.array[slices], brain_real), labels.array[slices])
-    results, panels = {}, []
+    results, panels, ran = {}, [], None
     held_out = held_out_label_maps(labels, slices, seed if map_seed is None else map_seed)
     for name, label_map in held_out.items():
         if maps is not None and name not in maps:
@@ -140,6 +138,7 @@ def mask_fidelity(
         synthetic = drive(generate(model, label_map, steps=steps, sampler=sampler, seed=seed, preview_every=0,
                                    slice_range=(slices.start, slices.stop)))[0]
         seconds = time.perf_counter() - start
+        ran = ran or common.ran(synthetic)
         conditioning = label_map.array[slices]
         brain = conditioning > 0
         scores = tissue_dice(kmeans_tissues(synthetic.array, brain), conditioning)
@@ -149,7 +148,8 @@ def mask_fidelity(
     if panel_path:
         panel(panels, common.result_path(f"quality_generate_{sampler}_{steps}.png") if panel_path is True else Path(panel_path))
     mean = float(np.mean([r["mean"] for r in results.values()]))
-    return {"ceiling_real_t1": {**ceiling, "mean": float(np.mean(list(ceiling.values())))}, "held_out": results, "mean_dice": mean}
+    return {"ceiling_real_t1": {**ceiling, "mean": float(np.mean(list(ceiling.values())))}, "held_out": results, "mean_dice": mean,
+            "ran": ran}
 
 
 def inpainting(model: LoadedModel, t1: Volume, labels: Volume, cases: int, steps: int, seed: int) -> dict:
@@ -161,7 +161,7 @@ def inpainting(model: LoadedModel, t1: Volume, labels: Volume, cases: int, steps
     brain = labels.array > 0
     image = t1.array.astype(np.float32)
     data_range = float(np.percentile(image[brain], 99.5))
-    rows, panels = [], []
+    rows, panels, ran = [], [], []
     zz, yy, xx = np.mgrid[: image.shape[0], : image.shape[1], : image.shape[2]]
     candidates = np.argwhere(binary_erosion(brain, iterations=6))
     for case in range(cases):
@@ -173,6 +173,7 @@ def inpainting(model: LoadedModel, t1: Volume, labels: Volume, cases: int, steps
         start = time.perf_counter()
         result = drive(inpaint(model, t1, region_volume, labels, steps=steps, seed=seed + case, preview_every=0))[0]
         seconds = time.perf_counter() - start
+        ran.append(common.ran(result))
         z0, z1 = np.where(region.any((1, 2)))[0][[0, -1]]
         box = (slice(z0, z1 + 1),) + tuple(slice(max(0, c - 20), c + 21) for c in centre[1:])
         voided = image.copy()
@@ -199,7 +200,7 @@ def inpainting(model: LoadedModel, t1: Volume, labels: Volume, cases: int, steps
             panels.append((f"inpainted {diameter_mm:.0f} mm", np.where(region[mid], 4, labels.array[mid]), result.array[mid], image[mid]))
     panel(panels, common.result_path("quality_inpaint.png"))
     summary = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "biharmonic_psnr", "biharmonic_ssim", "seam_ratio")}
-    return {"cases": rows, "mean": summary}
+    return {"cases": rows, "mean": summary, "ran": ran}
 
 
 def diversity(model: LoadedModel, labels: Volume, slices: slice, steps: int, seed: int) -> dict:
@@ -211,6 +212,14 @@ def diversity(model: LoadedModel, labels: Volume, slices: slice, steps: int, see
     std = stack.std(0)[brain]
     wm, gm = (np.mean(stack[:, conditioning == k]) for k in (3, 2))
     return {"mean_std_inside_brain": float(std.mean()), "relative_to_wm_gm_contrast": float(std.mean() / max(abs(wm - gm), 1e-6))}
+
+
+def fill_words(ran: list[dict]) -> str:
+    """How inpainting runs filled their regions, from their provenance: 'posterior-mean fill, 4 network calls' (each
+    distinct way once, with how many runs took it when they differ)."""
+    words = [common.ran_words(r) for r in ran]
+    counts = {w: words.count(w) for w in dict.fromkeys(words)}
+    return "; ".join(w if len(counts) == 1 else f"{w} ({n} of {len(words)})" for w, n in counts.items())
 
 
 def load_for_benchmark(model_name: str, checkpoint: Path | None) -> LoadedModel:
@@ -225,11 +234,11 @@ def load_for_benchmark(model_name: str, checkpoint: Path | None) -> LoadedModel:
 
 def summary_table(report: dict) -> str:
     """The quality table (docs/quality.md), from a report of `main`."""
-    fid, inp, div = report["mask_fidelity_dpm++2m_20"], report["inpainting"], report["diversity"]
+    fid, inp, div = report["mask_fidelity"], report["inpainting"], report["diversity"]
     tissues = lambda r: " / ".join(f"{r[k]:.2f}" for k in TISSUES.values())  # noqa: E731
-    ceiling = fid["ceiling_real_t1"]
+    ceiling, ran = fid["ceiling_real_t1"], fid["ran"]
     rows = [
-        f"| Measure ({report['model']}, DPM-Solver++ 2M, {report['steps']} steps, guidance {report['guidance']}) | Result | Reference |",
+        f"| Measure ({report['model']}, {ran['sampler']} {ran['steps']} steps, guidance {ran['guidance']:g}) | Result | Reference |",
         "|---|---|---|",
         f"| Mask fidelity: mean Dice of k-means tissue classes vs the conditioning map, {len(fid['held_out'])} held-out maps "
         f"x {report['slices'][1] - report['slices'][0]} slices | **{fid['mean_dice']:.3f}** | bar 0.80; real T1 on its own labels "
@@ -239,13 +248,14 @@ def summary_table(report: dict) -> str:
         rows.append(f"| ... {name.replace('_', ' ')} (CSF / GM / WM) | {r['mean']:.3f} ({tissues(r)}) | |")
     m = inp["mean"]
     rows += [
-        f"| Inpainting {len(inp['cases'])} random regions of 5-30 mm guided by the tissue labels: PSNR / SSIM inside the region "
+        f"| Inpainting {len(inp['cases'])} random regions of 5-30 mm guided by the tissue labels ({fill_words(inp['ran'])}): "
+        "PSNR / SSIM inside the region "
         f"| **{m['psnr']:.1f} dB / {m['ssim']:.3f}** | scikit-image `inpaint_biharmonic`: {m['biharmonic_psnr']:.1f} dB / {m['biharmonic_ssim']:.3f} |",
         f"| Seam: gradient magnitude on the region's border / inside the brain | {m['seam_ratio']:.2f} | the real T1: 1.0 on average |",
         f"| Diversity: std between 3 seeds inside the brain | {div['mean_std_inside_brain']:.1f} ({100 * div['relative_to_wm_gm_contrast']:.0f} % "
         "of the GM-WM contrast) | 0 would mean the seed is ignored |",
         "",
-        f"Measured by `python benchmarks/quality.py` on {report['machine']} in {report['seconds']:.0f} s "
+        f"Measured by `python benchmarks/quality.py` on {common.machine_line(report['machine'])} in {report['seconds']:.0f} s "
         f"(weights sha256 {report['weights_sha256'][:12]}).",
     ]
     return "\n".join(rows)
@@ -257,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="evaluate a training checkpoint's EMA weights")
     parser.add_argument("--slices", type=int, default=16, help="axial slices around the middle to generate")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sampler", default="dpm++2m", help="the mask-fidelity runs' sampler")
     parser.add_argument("--inpaint-cases", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--update-card", action="store_true", help="write the figures into the model card")
@@ -272,18 +283,18 @@ def main(argv: list[str] | None = None) -> None:
         "model": model.card.name,
         "weights_sha256": model.weights_sha256,
         "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-        "machine": f"{platform.node()} {platform.machine()}, device {model.device}",
+        "machine": common.machine(),
         "slices": [slices.start, slices.stop],
-        "steps": args.steps,
-        "guidance": model.card.conditioning.default_guidance,
-        "mask_fidelity_dpm++2m_20": mask_fidelity(model, t1, labels, slices, args.steps, "dpm++2m", args.seed),
+        "steps_asked": args.steps,
+        "sampler_asked": args.sampler,
+        "mask_fidelity": mask_fidelity(model, t1, labels, slices, args.steps, args.sampler, args.seed),
         "inpainting": inpainting(model, t1, labels, args.inpaint_cases, args.steps, args.seed),
         "diversity": diversity(model, labels, slice(middle - 2, middle + 2), args.steps, args.seed),
     }
     report["seconds"] = round(time.perf_counter() - started, 1)
-    out = common.result_path("quality.json" if args.checkpoint is None else "quality_checkpoint.json")
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    fid = report["mask_fidelity_dpm++2m_20"]
+    report["machine"] = common.machine()
+    out = common.write_result("quality" if args.checkpoint is None else "quality_checkpoint", report)
+    fid = report["mask_fidelity"]
     print(f"mask fidelity: mean Dice {fid['mean_dice']:.3f} (ceiling on real T1 {fid['ceiling_real_t1']['mean']:.3f})")
     for name, r in fid["held_out"].items():
         print(f"  {name:16s} CSF {r['CSF']:.3f} GM {r['GM']:.3f} WM {r['WM']:.3f}")

@@ -35,7 +35,6 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from napari_medgen.engine.diffusion.methods import DEFAULT_SAMPLER
 from napari_medgen.engine.synthesis import generate
 from napari_medgen.engine.volume import Volume
 
@@ -176,7 +175,7 @@ def unseen_anatomy(model, steps: int, background) -> dict:
     rows = {}
     for name in ("nibabel_anatomical", "dipy_t1_coronal"):
         image, labels, _ = load_brain(name)
-        image_generated, seconds = generated(model, labels, steps, 0)
+        image_generated, seconds, _ = generated(model, labels, steps, 0)
         spacing = image.spacing[::-1]
         real = figures(image.array, labels.array, spacing, None)
         row = relative(figures(image_generated, labels.array, spacing, background), real)
@@ -189,11 +188,13 @@ def unseen_anatomy(model, steps: int, background) -> dict:
     return rows
 
 
-def generated(model, labels: Volume, steps: int, seed: int, slice_range=None, fractions=None, **options) -> tuple[np.ndarray, float]:
+def generated(model, labels: Volume, steps: int, seed: int, slice_range=None, fractions=None,
+              **options) -> tuple[np.ndarray, float, dict]:
+    """The generated array, its seconds, and what ran (the result's provenance)."""
     started = time.perf_counter()
     result = common.drive(generate(model, labels, slice_range=slice_range, steps=steps, seed=seed, preview_every=0,
                                    tissue_fractions=fractions, **options))
-    return result[0].array, time.perf_counter() - started
+    return result[0].array, time.perf_counter() - started, common.ran(result[0])
 
 
 def guidance_table(model, t1: Volume, labels: Volume, steps: int, block: slice, background) -> list[dict]:
@@ -213,16 +214,26 @@ def guidance_table(model, t1: Volume, labels: Volume, steps: int, block: slice, 
     for setting in settings:
         options = {key: value for key, value in setting.items() if key != "steps"}
         run_steps = setting.get("steps", steps)
-        image, seconds = generated(model, labels, run_steps, 0, (block.start, block.stop), **options)
+        image, seconds, ran = generated(model, labels, run_steps, 0, (block.start, block.stop), **options)
         row = relative(figures(image, labels.array[block], spacing, background), real)
         dice = tissue_dice(kmeans_tissues(image, brain), labels.array[block])
-        row.update(guidance=setting["guidance"], guidance_rescale=setting.get("guidance_rescale", 0.0),
-                   sampler=setting.get("sampler", model.card.sampling.sampler if model.card.sampling else DEFAULT_SAMPLER),
-                   steps=run_steps, slice_noise_correlation=setting.get("slice_noise_correlation"),
+        row.update(guidance=ran["guidance"], guidance_rescale=setting.get("guidance_rescale", 0.0), sampler=ran["sampler"],
+                   steps=ran["steps"], network_calls=ran["network_calls"],
+                   slice_noise_correlation=None if ran.get("slice_noise_correlation_by_label") else ran["slice_noise_correlation"],
                    mean_dice=round(float(np.mean(list(dice.values()))), 3), seconds=round(seconds, 1))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def defaults_words(model, ran: dict) -> str:
+    """The card's defaults as the sample map's run applied them (its provenance): sampler, steps, guidance and the
+    slice-noise correlation (per tissue where the card gives tissues their own)."""
+    correlation = ran["slice_noise_correlation"]
+    by_label = ran.get("slice_noise_correlation_by_label") or {}
+    per_tissue = ", ".join(f"{model.card.label_schema.name_of(int(k)) or k} {v:g}" for k, v in by_label.items())
+    return (f"{ran['sampler']} {ran['steps']} steps, guidance {ran['guidance']:g}, slice-noise correlation {correlation:g}"
+            + (f" ({per_tissue})" if per_tissue else ""))
 
 
 def _f(value, digits: int = 2) -> str:
@@ -282,7 +293,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--whole", action=__import__("argparse").BooleanOptionalAction, default=True,
                         help="generate whole volumes (else the table's block only)")
     args = common.parse(parser, SMOKE, argv)
-    common.note_start()
     model, weights = common.benchmark_model()
     t1, labels = common.sample_brain()
     norm = model.card.normalization
@@ -301,10 +311,10 @@ def main(argv: list[str] | None = None) -> None:
             warped(labels, s), [warped(f, s, interpolator=sitk.sitkLinear) for f in fractions]) for s in range(1, args.warps + 1)})
     report: dict = {"model": model.card.name, "weights": weights, "steps": args.steps, "maps": {}, "seconds": {}}
     real = figures(t1.array[region], labels.array[region], spacing, None)
-    pictures = []
+    pictures, ran = [], {}
     for name, (label_map, fractions) in maps.items():
         slice_range = None if args.whole else (block.start, block.stop)
-        image, seconds = generated(model, label_map, args.steps, 0, slice_range, fractions)
+        image, seconds, ran[name] = generated(model, label_map, args.steps, 0, slice_range, fractions)
         row = relative(figures(image, label_map.array[region], spacing, background), real)
         row["met"] = meets(row, "warped" if name.startswith("warped") else "sample")
         report["maps"][name] = row
@@ -316,13 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     report["unseen_anatomy"] = unseen_anatomy(model, args.steps, background) if not common.smoke() else {}
     planes_picture(pictures, common.result_path("realism_planes.png"))
     report["guidance_table"] = guidance_table(model, t1, labels, args.steps, block, background)
-    guidance = model.card.conditioning.default_guidance
-    correlation = getattr(model.card.conditioning, "default_slice_noise_correlation", 0.0)
-    sampler = model.card.sampling.sampler if model.card.sampling else DEFAULT_SAMPLER
-    by_label = model.card.conditioning.slice_noise_correlation_by_label
-    per_tissue = ", ".join(f"{model.card.label_schema.name_of(int(k)) or k} {v:g}" for k, v in by_label.items())
-    report["defaults"] = (f"{sampler} {args.steps} steps, guidance {guidance:g}, slice-noise correlation {correlation:g}"
-                          + (f" ({per_tissue})" if per_tissue else ""))
+    report["ran"] = ran
+    report["defaults"] = defaults_words(model, ran["sample map"])
     report["machine"] = common.machine()
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     common.write_result("realism", report)

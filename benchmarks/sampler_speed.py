@@ -4,7 +4,8 @@
 
 The demo model (trained weights when present, else its architecture with random weights: speed does
 not depend on the weights). Reports the median of `--repeats` runs of a whole generation of one slice
-through the engine's own `generate` (no previews), and writes sampler_speed.json.
+through the engine's own `generate` (no previews), and writes sampler_speed.json; the sampler, steps and
+network calls recorded are the result's provenance (what ran).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER)
     args = common.parse(parser, SMOKE, argv)
     model, kind = common.benchmark_model()
-    rows = {}
+    rows, ran = {}, None
     for size in args.sizes:
         label_map = square_label_map(size)
 
@@ -52,19 +53,19 @@ def main(argv: list[str] | None = None) -> None:
         run(2)  # warm-up: the first call at a shape builds oneDNN's kernels
         times = common.side_by_side({"run": run}, args.repeats, warmup=0)["run"]
         median = common.median(times)
+        ran = common.ran(run()[0])
         rows[f"{size}x{size}"] = {
             "seconds_per_slice": round(median, 3),
-            "steps_per_second": round(args.steps / median, 2),
+            "network_calls_per_second": round(ran["network_calls"] / median, 2),
             "runs": [round(t, 3) for t in times],
         }
-        print(f"{size}x{size}: {args.steps / median:.1f} steps/s ({median:.2f} s for {args.steps} steps, "
+        print(f"{size}x{size}: {ran['network_calls'] / median:.1f} network calls/s ({median:.2f} s for {common.ran_words(ran)}, "
               f"median of {args.repeats})", flush=True)
     report = {
         "what": "network calls per second of a whole one-slice generation through generate",
         "machine": common.machine(),
         "model": f"{model.card.name} ({kind})",
-        "sampler": args.sampler,
-        "steps": args.steps,
+        "ran": ran,  # the last size's run
         "sizes": rows,
     }
     print(f"wrote {common.write_result('sampler_speed', report)}")

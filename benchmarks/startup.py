@@ -242,11 +242,11 @@ def main(argv: list[str] | None = None) -> None:
                      "--device", "cpu"]
     env = _env(args.threads)
     probe = folder / "probe.txt"
-    load_start = os.getloadavg()[0]
 
     # --help and models: fresh processes
     commands = {"--help": ["--help"], "generate --help": ["generate", "--help"], "models": ["models"]}
-    command_runs = {name: [time_command(argv_, env) for _ in range(max(args.repeats, 3))] for name, argv_ in commands.items()}
+    command_repeats = args.repeats if args.smoke else max(args.repeats, 3)
+    command_runs = {name: [time_command(argv_, env) for _ in range(command_repeats)] for name, argv_ in commands.items()}
     command_s = {name: {"wall_s": round(statistics.median(w for w, _ in runs), 3),
                         "cpu_s": round(statistics.median(c for _, c in runs), 3)} for name, runs in command_runs.items()}
 
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         for mode, mode_env in modes.items():
             cold[mode].append(cold_run(generate_args, cold_out, probe, mode_env))
     phases = {}
-    for mode in modes:
+    for mode in (["lean"] if args.smoke else modes):
         out = subprocess.run([sys.executable, "-c", PHASES, repr(time.time()), str(labels_path), str(model.folder),
                               str(args.steps), mode], capture_output=True, text=True, env=env, cwd=folder)
         if out.returncode != 0:
@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     warm = [worker.request(f"r{k}", generate_args, folder / f"warm_{k}.nii.gz") for k in range(args.repeats)]
     exit_code = worker.shutdown()
 
-    reference = read_volume(cold_out).array
+    cold_result = read_volume(cold_out)
+    reference = cold_result.array
     warm_files = [folder / "warm_first.nii.gz"] + [folder / f"warm_{k}.nii.gz" for k in range(args.repeats)]
     max_diff = max(float(np.max(np.abs(read_volume(p).array.astype(np.float64) - reference))) for p in warm_files)
 
@@ -286,10 +287,9 @@ def main(argv: list[str] | None = None) -> None:
            and summary["warm"]["first_network_call_s"] < TARGET_WARM_FIRST_CALL_S)
     result = {
         "machine": common.machine(),
-        "load_average_1min_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "model": f"{model.card.name} ({kind})",
-        "settings": {"slice": list(one_slice.shape), "steps": args.steps, "sampler": "default (ddim)", "seed": 1,
-                     "repeats": args.repeats, "device": "cpu"},
+        "settings": {"slice": list(one_slice.shape), "steps": args.steps, "seed": 1, "repeats": args.repeats, "device": "cpu"},
+        "ran": common.ran(cold_result),  # the cold command's result file: what it ran (the warm ones are equal to it)
         "commands": command_s,
         "summary": summary,
         "cold": {mode: {"runs": [{k: round(v, 3) for k, v in r.items()} for r in runs]} for mode, runs in cold.items()},
@@ -320,7 +320,7 @@ def table_row(r: dict) -> tuple[str, str, str, str]:
     s, c = r["summary"], r["commands"]
     return (
         f"Start-up: cold `generate` process vs a warm `serve` worker, one {r['settings']['slice'][1]}x"
-        f"{r['settings']['slice'][2]} slice, {r['settings']['steps']} steps, {r['model']}",
+        f"{r['settings']['slice'][2]} slice, {common.ran_words(r.get('ran'), str(r['settings']['steps']) + ' steps')}, {r['model']}",
         f"first network call: cold **{s['cold_lean']['first_network_call_s']} s** (was "
         f"{s['cold_full_monai']['first_network_call_s']} s with all of MONAI), warm **{s['warm']['first_network_call_s']} s**; "
         f"result: cold {s['cold_lean']['total_s']} s, warm {s['warm']['total_s']} s; same file: "

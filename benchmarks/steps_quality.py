@@ -46,7 +46,7 @@ def fidelity(model, t1, labels, slices: slice, sampler: str, steps: int, seed: i
     seconds = time.perf_counter() - start
     return {"mean_dice": round(result["mean_dice"], 4), "seconds": round(seconds, 2),
             "per_map": {k: round(v["mean"], 4) for k, v in result["held_out"].items()},
-            "ceiling_real_t1": round(result["ceiling_real_t1"]["mean"], 4)}
+            "ceiling_real_t1": round(result["ceiling_real_t1"]["mean"], 4), "ran": result["ran"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,13 +113,15 @@ def table_row(r: dict) -> tuple[str, str, str, str]:
     main, sub = r["main_set"], r["ddpm_subset"]["rows"]
     fast, reference = r.get("fast", "dpm++2m 20"), r.get("reference", "ddim 50")  # results before both were named
     ddpm = next(k for k in sub if k.startswith("ddpm"))
-    cells = ", ".join(f"{k} {v['mean_dice']:.3f} / {v['seconds']:.0f} s" for k, v in main["rows"].items())
+    cells = ", ".join(f"{_ran(k, v)} {v['mean_dice']:.3f} / {v['seconds']:.0f} s" for k, v in main["rows"].items())
     gap = r.get("fast_vs_reference") or r["dpm20_vs_ddim50"]
+    recorded = all("ran" in row for row in [*main["rows"].values(), *sub.values()])
     return (
-        f"Mask-fidelity Dice / time, {r['model']}, 4 held-out maps x {main['slices'][1] - main['slices'][0]} slices",
+        f"Mask-fidelity Dice / time, {r['model']}, 4 held-out maps x {main['slices'][1] - main['slices'][0]} slices"
+        + ("" if recorded else " (samplers and steps as asked: this run kept no record of what ran)"),
         f"{cells}; seed-to-seed spread {main['seed_to_seed_dice_spread']:.3f}; on {'+'.join(r['ddpm_subset']['maps'])}: "
-        f"{ddpm} {sub[ddpm]['mean_dice']:.3f} / {sub[ddpm]['seconds']:.0f} s vs {reference} {sub[reference]['mean_dice']:.3f}, "
-        f"{fast} {sub[fast]['mean_dice']:.3f}",
+        f"{_ran(ddpm, sub[ddpm])} {sub[ddpm]['mean_dice']:.3f} / {sub[ddpm]['seconds']:.0f} s vs {_ran(reference, sub[reference])} "
+        f"{sub[reference]['mean_dice']:.3f}, {_ran(fast, sub[fast])} {sub[fast]['mean_dice']:.3f}",
         f"{_upper(fast)} within {TARGET_DICE} of {_upper(reference)} (gap {gap['dice_gap']:+.3f}) at < {TARGET_TIME_FRACTION} "
         f"of its time ({gap['time_fraction']:.2f})",
         common.met(r["met"]),
@@ -127,6 +129,13 @@ def table_row(r: dict) -> tuple[str, str, str, str]:
 
 
 README_NAMES = {"dpm++2m": "DPM++", "dpm++2m-sde": "DPM++ SDE"}
+
+
+def _ran(run: str, row: dict) -> str:
+    """A row's sampler and steps as they ran ('dpm++2m 20'), from its provenance; a result from before the record
+    gives the name it was asked by (the row's first cell then says so)."""
+    ran = row.get("ran")
+    return f"{ran['sampler']} {ran['steps']}" if ran else run
 
 
 def _upper(run: str) -> str:

@@ -117,8 +117,9 @@ def evaluate_brain(model, name: str, sizes: list[float], per_size: int, steps: i
                 results = drive(inpaint(model, image, region_volume, labels, steps=steps, seed=seed + k, preview_every=0,
                                         variants=average, inpaint_estimate=estimate, **options))
                 fills[estimate] = (np.mean([r.array.astype(np.float32) for r in results], axis=0),
-                                   results[0].metadata["provenance"]["inpaint_estimate"], time.perf_counter() - start)
-            ours, _, seconds = fills["mean"]
+                                   results[0].metadata["provenance"]["inpaint_estimate"], time.perf_counter() - start,
+                                   common.ran(results[0]))
+            ours, _, seconds, _ = fills["mean"]
             voided = np.where(region, 0, array)
             classical = array.copy()
             for z in np.where(region.any((1, 2)))[0]:
@@ -155,7 +156,8 @@ def evaluate_brain(model, name: str, sizes: list[float], per_size: int, steps: i
                          "auto_psnr": auto_psnr, "auto_ssim": auto_ssim, "auto_estimate": fills["auto"][1],
                          "auto_seconds": round(fills["auto"][2], 2), "sample_psnr": sample_psnr,
                          "sample_ssim": sample_ssim, "texture": texture(ours), "sample_texture": texture(fills["sample"][0]),
-                         "auto_texture": texture(fills["auto"][0]), "biharmonic_texture": texture(classical)})
+                         "auto_texture": texture(fills["auto"][0]), "biharmonic_texture": texture(classical),
+                         "ran": {estimate: fill[3] for estimate, fill in fills.items()}})
             if k == 0:
                 z = int(centre[0])
                 panels.append((f"{name} {diameter_mm:.0f} mm", np.where(region[z], 4, labels.array[z]), ours[z], array[z]))
@@ -166,7 +168,20 @@ def evaluate_brain(model, name: str, sizes: list[float], per_size: int, steps: i
                                      for key in FIGURES}
         by_size[str(diameter_mm)]["auto_estimates"] = sorted({r["auto_estimate"] for r in chosen})
     mean = {key: float(np.mean([r[key] for r in rows])) for key in FIGURES}
-    return {"cases": rows, "by_size": by_size, "mean": mean, "panels": panels}
+    return {"cases": rows, "by_size": by_size, "mean": mean, "panels": panels, "ran": ran_summary(rows)}
+
+
+def ran_summary(rows: list[dict]) -> dict[str, str]:
+    """How each fill ran over all regions, from the runs' provenance: the mean's network calls (their range), a
+    draw's sampler and steps."""
+    out = {}
+    for estimate in ("mean", "sample"):
+        records = [r["ran"][estimate] for r in rows]
+        calls = sorted({r["network_calls"] for r in records})
+        span = f"{calls[0]}" if len(calls) == 1 else f"{calls[0]}-{calls[-1]}"
+        walks = sorted({f"{r['sampler']} {r['steps']} steps" for r in records})
+        out[estimate] = (f"{span} network calls" if estimate == "mean" else f"{', '.join(walks)}, {span} network calls")
+    return out
 
 
 def summary_table(report: dict) -> str:
@@ -189,10 +204,17 @@ def summary_table(report: dict) -> str:
              "within about 2 mm of the border (`--border-interpolation-mm`). The default fill (auto) is the mean up to "
              f"{SamplingOptions().small_region_mm:g} mm thick and a textured sample beyond. Texture: the mean in-plane "
              "gradient inside the region over the real scan's (1 = as the scan; a smooth fill has less).",
-             "", f"PSNR / SSIM inside the region, {report['regions_per_size']} regions per size and brain, "
-             f"{report['steps']} steps; measured by `python benchmarks/unseen_inpainting.py` on {report['machine']} "
+             "", f"PSNR / SSIM inside the region, {report['regions_per_size']} regions per size and brain; {ran_words(report)}; "
+             f"measured by `python benchmarks/unseen_inpainting.py` on {common.machine_line(report['machine'])} "
              f"in {report['seconds']:.0f} s."]
     return "\n".join(rows)
+
+
+def ran_words(report: dict) -> str:
+    """What ran, per brain, from the runs' provenance (a report from before the record: the steps asked)."""
+    if not all("ran" in result for result in report["brains"].values()):
+        return f"{report.get('steps_asked', report.get('steps'))} steps asked (what ran was not recorded)"
+    return "; ".join(f"{name}: the mean {r['ran']['mean']}, a draw {r['ran']['sample']}" for name, r in report["brains"].items())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -207,8 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = common.benchmark_model()[0] if args.smoke else load_for_benchmark(args.model, None)
     started = time.perf_counter()
     report = {"model": model.card.name, "model_version": model.card.version, "weights_sha256": model.weights_sha256,
-              "machine": f"{common.cpu_name()}, device {model.device}", "sizes": args.sizes,
-              "regions_per_size": args.regions_per_size, "steps": args.steps, "brains": {}}
+              "sizes": args.sizes,
+              "regions_per_size": args.regions_per_size, "steps_asked": args.steps, "brains": {}}
     panels = []
     for name in args.brains:
         result = evaluate_brain(model, name, args.sizes, args.regions_per_size, args.steps, args.seed)
@@ -224,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{b['auto_ssim']:.3f}   sample {b['sample_psnr']:.2f} / {b['sample_ssim']:.3f}   texture mean / sample / "
                   f"biharmonic {b['texture']:.2f} / {b['sample_texture']:.2f} / {b['biharmonic_texture']:.2f}", flush=True)
     report["seconds"] = round(time.perf_counter() - started, 1)
+    report["machine"] = common.machine()
     common.write_result("unseen_inpainting", report)
     panel(panels[:6], common.result_path("unseen_inpainting.png"))
     common.update_doc("unseen-inpainting-table", summary_table(report))

@@ -3,8 +3,9 @@
     python benchmarks/volume_scaling.py [--sizes 32 64 128 256] [--steps 5] [--threads N] [--smoke]
 
 A label volume of N axial 128x128 slices (the sample brain's slices, repeated) generated with the
-demo model (the default sampler, `--steps`, previews every 5 steps as in the Generate panel, the slice
-batch chosen by `auto_slice_batch` from the memory available). Each size runs in a fresh process:
+demo model (the card's sampler, `--steps`, previews every 5 steps as in the Generate panel, the slice
+batch chosen by `auto_slice_batch` from the memory available; the sampler, steps and network calls recorded
+are each result's provenance). Each size runs in a fresh process:
 time per slice, and the peak resident memory of the run over the resident memory before it (model
 loaded and warmed up), set against the output array itself (N x 128 x 128 float32).
 """
@@ -22,8 +23,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-
-from napari_medgen.engine.diffusion.methods import DEFAULT_SAMPLER  # noqa: E402
 
 SMOKE = {"sizes": [2, 4], "steps": 1, "preview_every": 1}
 
@@ -59,7 +58,8 @@ def probe(args) -> dict:
     seconds = time.perf_counter() - start
     peak = common.peak_rss_bytes() - before
     return {"slices": args.probe, "seconds": seconds, "batch": batch, "previews": sum(previews),
-            "peak_over_baseline_bytes": peak, "output_bytes": int(result[0].array.nbytes), "model": kind}
+            "peak_over_baseline_bytes": peak, "output_bytes": int(result[0].array.nbytes), "model": kind,
+            "ran": common.ran(result[0])}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             "peak_over_baseline_mb": round(r["peak_over_baseline_bytes"] / 2**20, 1),
             "output_array_mb": round(r["output_bytes"] / 2**20, 1),
             "peak_over_output": round(r["peak_over_baseline_bytes"] / r["output_bytes"], 2),
+            "ran": r["ran"],
         }
         kind = r["model"]
         print(f"{n} slices: {rows[str(n)]}", flush=True)
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         "what": "generate N slices of 128x128: time per slice and peak resident memory (fresh process per size)",
         "machine": common.machine(),
         "model": f"brain-t1-demo ({kind})",
-        "settings": {"sampler": DEFAULT_SAMPLER, "steps": args.steps, "preview_every": args.preview_every},
+        "settings": {"steps": args.steps, "preview_every": args.preview_every},
+        "ran": {k: v for k, v in rows[str(args.sizes[0])]["ran"].items() if k != "network_calls"},  # the same in every size
         "sizes": rows,
         "time_per_slice_spread": round(max(per_slice) / min(per_slice), 2),
         "peak_memory_growth_per_output_byte": round(growth, 2),
@@ -113,8 +115,10 @@ def table_row(r: dict) -> tuple[str, str, str, str]:
         for n, x in r["sizes"].items()
     )
     batch = "/".join(map(str, sorted({x["slice_batch"] for x in r["sizes"].values()})))
+    ran = r.get("ran")
+    what = f"{ran['sampler']} {ran['steps']} steps" if ran else f"{r['settings']['steps']} steps asked (what ran was not recorded)"
     return (
-        f"Volumes of N 128x128 slices, {r['settings']['steps']} steps, slice batch {batch} (from memory)",
+        f"Volumes of N 128x128 slices, {what}, slice batch {batch} (from memory)",
         f"{cells}; time/slice spread {r['time_per_slice_spread']}x; memory grows {r['peak_memory_growth_per_output_byte']} "
         "bytes per output byte",
         "flat time, memory bounded by the batch + output",

@@ -4,8 +4,10 @@ Every benchmark listed in benchmarks/run_all.py runs through its `main(["--smoke
 (imports paid once), with results in a temporary folder; benchmarks/results/ and the generated tables
 (in the pages of docs/ that benchmarks/common.py's GENERATED_BLOCKS names, and any in README.md) must come
 out untouched; each generated block is where GENERATED_BLOCKS says it is. run_all itself is checked to go
-on past a failing benchmark, name it and exit non-zero. Figures are not looked at: speed lives in the
-benchmarks, not in tests.
+on past a failing benchmark, name it and exit non-zero. What a run did (sampler, steps, network calls, fill)
+must come from its result's provenance; the machine watch must count another process's CPU as other work, and
+a disturbed run must not replace the headline figures unless allowed (then it says so beside them). Figures are
+not looked at: speed lives in the benchmarks, not in tests.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import hashlib
 import importlib
 import json
 import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +103,77 @@ def test_run_all_goes_on_past_a_failing_benchmark(tmp_path, monkeypatch, capsys)
     assert "== fine" in out  # ran after the broken one
     assert "FAILED broken: ValueError: the engine moved" in out
     assert "FAILED fine" not in out
+
+
+def test_labels_say_what_ran_not_what_was_asked(smoke_results):
+    """The tiny model's card runs dpm++2m (not the engine's default ddim); a small inpainting region is filled with
+    the posterior mean (one call per draw), whatever steps were asked: the results must say so."""
+    results, _ = smoke_results
+    load = lambda name: json.loads((results / f"{name}.json").read_text())  # noqa: E731
+    card = run_all.common.tiny_demo_card()
+    assert load("latency")["ran"]["sampler"] == card.sampling.sampler
+    assert load("startup")["ran"]["sampler"] == card.sampling.sampler
+    roi = load("roi_inpaint")["slice_256_at_1mm_20mm_disk"]["ran"]["roi"]
+    assert roi["inpaint_estimate"] == "mean" and roi["steps"] == 1
+    assert "posterior-mean fill" in importlib.import_module("roi_inpaint").table_row(load("roi_inpaint"))[0]
+    assert load("synthetic_training")["synthesis"]["made_with"] == [{"sampler": card.sampling.sampler, "steps": 1}]
+
+
+def test_the_watch_counts_another_process_as_other_work():
+    """CPU time of this run's own child counts as ours; an orphan's (a process outside this one's tree) as other
+    work, however busy the machine is otherwise."""
+    import psutil
+
+    machine_record = run_all.common.machine_record
+    me = psutil.Process()
+    spin = "import time\nend = time.time() + {s}\nwhile time.time() < end: pass"
+    ours_before = machine_record.tree_cpu_s(psutil, me)
+    own = psutil.Popen([sys.executable, "-c", spin.format(s=1.0)])
+    while own.cpu_times().user < 0.3 and own.is_running():
+        time.sleep(0.05)
+    own_cpu = sum(own.cpu_times()[:2])
+    own.wait()
+    assert machine_record.tree_cpu_s(psutil, me) - ours_before >= own_cpu
+
+    machine_record.watch()
+    launcher = f"import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', {spin.format(s=5)!r}]).pid)"
+    orphan = psutil.Process(int(subprocess.run([sys.executable, "-c", launcher], check=True, capture_output=True,
+                                                text=True).stdout))
+    try:
+        while orphan.cpu_times().user < 0.5:
+            time.sleep(0.05)
+        orphan_cpu = sum(orphan.cpu_times()[:2])
+        theirs = machine_record.record()
+    finally:
+        orphan.kill()
+    other_cpu_s = theirs["other_cpu_percent"] / 100 * theirs["cores"] * theirs["watched_s"]
+    assert other_cpu_s >= 0.8 * orphan_cpu, theirs
+
+
+def test_a_disturbed_run_keeps_the_headline_figures(tmp_path, monkeypatch, capsys):
+    common = run_all.common
+    page = tmp_path / "docs" / "quality.md"
+    page.parent.mkdir()
+    page.write_text("<!-- quality-table:start -->\nold\n<!-- quality-table:end -->\n")
+    busy = {"cpu": "x", "cores": 2, "torch": "t", "device": "cpu", "torch_threads": 2, "busy": True,
+            "other_cpu_percent": 40.0}
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    monkeypatch.delenv(common.RESULTS_ENV, raising=False)
+    monkeypatch.setattr(common, "machine", lambda: busy)
+    monkeypatch.setattr(common.machine_record, "watching", lambda: True)
+    monkeypatch.setitem(common._SETTINGS, "allow_disturbed", False)
+    assert common.write_result("latency", {"machine": busy}).name == "latency.disturbed.json"
+    assert not (tmp_path / "results" / "latency.json").exists()
+    assert not common.update_doc("quality-table", "new") and "old" in page.read_text()
+    assert "disturbed: other processes used 40 % of the CPU" in capsys.readouterr().err
+    monkeypatch.setitem(common._SETTINGS, "allow_disturbed", True)
+    assert common.write_result("latency", {"machine": busy}).name == "latency.json"
+    assert common.update_doc("quality-table", "new")
+    assert "new\n\n(disturbed: other processes used 40 % of the CPU" in page.read_text()
+    latency = json.loads((BENCHMARKS_DIR / "results" / "latency.json").read_text())
+    latency["machine"] = busy
+    (tmp_path / "results" / "latency.json").write_text(json.dumps(latency))
+    monkeypatch.setenv(common.RESULTS_ENV, str(tmp_path / "results"))
+    row = next(line for line in run_all.table(["latency"]).splitlines() if line.startswith("| 1 |"))
+    assert "(disturbed: other processes used 40 % of the CPU)" in row
