@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need on a fresh Debian machine: system packages for a virtual X server with
 # Mesa OpenGL, a Python 3.11 virtual environment in .venv, the CPU build of PyTorch where none is
-# installed, and the package with its test extras. The README's test command runs pytest after it.
+# installed, and the package with its test extras (and the slicer extra where its wheel exists). The README's
+# test command runs pytest after it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,4 +26,9 @@ if [ ! -x .venv/bin/python ]; then "$PYTHON" -m venv .venv; fi
 python -m pip install -q --upgrade pip
 # The CPU build of PyTorch, unless a torch is already there (a CUDA build on a GPU machine stays).
 python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
-pip install -q ".[test]"
+# The test extras, and Slicer's core libraries (the slicer-core wheel) for tests/test_slicer_scene.py; where
+# no slicer-core wheel exists for this platform those tests skip, and the rest installs without it.
+pip install -q ".[test,slicer]" || {
+  echo "install_test_deps: no slicer-core for this platform; tests/test_slicer_scene.py will be skipped" >&2
+  pip install -q ".[test]"
+}

@@ -13,7 +13,6 @@ import importlib
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import slicer_fixtures
 from tiny_models import make_tiny_model
 
 from napari_medgen.engine.io import write_volume
@@ -52,15 +52,7 @@ def _load_lib():
 
 cli_runner, serve_client, models, label_names = _load_lib()
 results = importlib.import_module("MedGenLib.results")
-
-
-@pytest.fixture(scope="module")
-def executable() -> str:
-    """The napari-medgen command of the environment the tests run in."""
-    beside = Path(sys.executable).parent / ("napari-medgen.exe" if os.name == "nt" else "napari-medgen")
-    found = str(beside) if beside.exists() else shutil.which("napari-medgen")
-    assert found, "napari-medgen is not installed in the test environment"
-    return found
+executable = slicer_fixtures.executable  # the fixture, by name
 
 
 @pytest.fixture(scope="module")
@@ -318,9 +310,14 @@ def test_segment_names_map_onto_the_schema_by_name():
     assert [index for _, index in label_names.paint_order(assignment)] == [1, 2, 3, 4]
     assert label_names.mapping_problem(assignment, classes) is None
     assert "no segment" in label_names.mapping_problem({"Segment_1": label_names.IGNORE}, classes)
+    names = list(assignment)  # every segment must be in the mapping, every one mapped must exist, with a class
+    assert label_names.default_assignment(names, classes) == assignment
+    assert "'Segment_1' has no class" in label_names.mapping_problem(matched, classes, names)
+    assert "'Segment_1' is assigned label 9" in label_names.mapping_problem({**matched, "Segment_1": 9}, classes, names)
+    assert "no segment 'gone'" in label_names.mapping_problem({**assignment, "gone": 1}, classes, names)
 
 
-def test_results_are_named_and_marked_synthetic_with_their_seeds():
+def test_results_are_named_and_marked_synthetic_with_their_seeds(tmp_path):
     model = models.ModelInfo(name="brain-t1-demo", folder="/models/brain")
     options = {"model": model, "steps": 20, "seed": 5, "guidance": 1.5, "region": "lesion"}
     paths = ["/run/result_seed7.nrrd", "/run/result.nrrd"]  # a seed in the file name wins; else seed + k
@@ -333,6 +330,10 @@ def test_results_are_named_and_marked_synthetic_with_their_seeds():
     [generated] = results.describe_results("generate", {"model": None}, ["/run/r.nrrd"], "CT", "id")
     assert generated.name == "CT generated (synthetic, seed 0)" and generated.attributes["MedGen.Model"] == ""
     assert models.model_classes(None) == [] and results.result_seed("x_seed-3.nrrd", 9, 2) == -3
+    (tmp_path / "r.json").write_text(json.dumps({"synthetic": True, "provenance": {"steps": 4, "inputs": {"a": "1"}}}))
+    [described] = results.describe_results("generate", {"model": None}, [str(tmp_path / "r.nii.gz")], "CT", "id")
+    assert described.attributes["MedGen.Provenance.steps"] == "4"  # the sidecar's provenance, kept on the node
+    assert described.attributes["MedGen.Provenance.inputs"] == '{"a": "1"}'
 
 
 # -- the serve worker ---------------------------------------------------------------------------

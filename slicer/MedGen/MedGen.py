@@ -5,7 +5,8 @@ Slicer's Python cannot easily hold torch and MONAI, so this module runs `napari-
 worker), as SlicerTotalSegmentator and SlicerMONAIAuto3DSeg run their inference. What runs without Slicer
 (command lines, processes, jsonl events, cancelling, errors, models, segment names, result names) lives in
 MedGenLib, tested in napari-medgen's CI; what needs Slicer is here (Module / Widget / Logic / Test, a timer
-polling the run) and in MedGenSlicerLib (the panel's sections, writing and reading nodes).
+polling the run) and in MedGenSlicerLib: the panel's sections, and the data work (nodes, segments, jobs,
+the check's scenario) as functions of a scene, which napari-medgen's CI runs on Slicer's core libraries.
 """
 
 from __future__ import annotations
@@ -13,18 +14,17 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 import qt
 import slicer
-import vtk
 from MedGenLib import cli_runner, label_names, models
 from MedGenLib.command_lines import DEVICES
-from MedGenLib.results import MedGenJob, describe_results, sampling_arguments
+from MedGenLib.results import MedGenJob
 from MedGenLib.serve_client import ServeWorker
-from MedGenSlicerLib import nodes
+from MedGenSlicerLib import jobs, segments
 from MedGenSlicerLib.inputs_section import InputsSection
 from MedGenSlicerLib.panel import waitCursor
 from MedGenSlicerLib.run_controls import RunControls
+from MedGenSlicerLib.scenario import Scenario, segmentClassNames
 from MedGenSlicerLib.settings_section import SettingsSection
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -162,20 +162,20 @@ class MedGenWidget(ScriptedLoadableModuleWidget):
         self.controls.showEnded()
         status = self.controls.statusLabel
         try:
+            loaded = self.logic.endJob(job)  # removes the run's folder; adds nothing unless it succeeded
             if job.run.state == "succeeded":
-                loaded = self.logic.loadResults(job)
                 status.text = f"Done in {time.monotonic() - job.run.started_at:.0f} s: " + ", ".join(
                     node.GetName() for node in loaded)
-            elif job.run.state == "cancelled":
-                status.text = "Cancelled; nothing was added."
             else:
-                status.text = "Failed."
-                slicer.util.errorDisplay(f"{job.command.capitalize()} failed:\n{job.run.error}")
-        except Exception as error:  # loading the result failed: say it in words, keep the scene as it was
+                status.text = "Cancelled; nothing was added."
+        except cli_runner.MedGenRunError as error:
+            status.text = "Failed."
+            slicer.util.errorDisplay(f"{job.command.capitalize()} failed:\n{error}")
+        except Exception as error:  # loading the result failed: say it in words, the scene is as it was
             logger.exception("MedGen: loading the result failed")
+            status.text = "Failed."
             slicer.util.errorDisplay(f"The result could not be loaded:\n{error}")
         finally:
-            job.folder.remove()
             self.updateButtons()
 
 
@@ -185,17 +185,19 @@ class MedGenWidget(ScriptedLoadableModuleWidget):
 
 
 class MedGenLogic(ScriptedLoadableModuleLogic):
-    """Writes nodes to files, starts runs through MedGenLib, loads results. Usable without the widget:
+    """Settings, the worker, and MedGenSlicerLib.jobs on Slicer's scene. Usable without the widget:
 
         logic = MedGenLogic()
-        job = logic.start("generate", scanNode, segmentationNode, {"CSF": 1, "grey matter": 2}, {"steps": 20})
-        job.run.wait(); nodes = logic.loadResults(job); job.folder.remove()
+        model = logic.listModels()[0]
+        assignment = label_names.default_assignment(logic.segmentNames(segmentationNode), model.classes)
+        job = logic.start("generate", scanNode, segmentationNode, assignment, {"model": model, "steps": 20})
+        job.run.wait(); volumeNodes = logic.endJob(job)
     """
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.worker = None
-        self.importedSegmentations = nodes.ImportedSegmentations()  # the anatomy given as label maps
+        self.importedSegmentations = segments.ImportedSegmentations(slicer.mrmlScene)  # anatomy given as label maps
 
     # -- settings --
     def executable(self) -> str:
@@ -246,41 +248,19 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
     def segmentNames(self, anatomyNode) -> list[str]:
         """The anatomy's segment names (a label map's colour names); none without an anatomy."""
         segmentation = self.segmentationFor(anatomyNode)
-        return nodes.segmentNames(segmentation) if segmentation is not None else []
+        return segments.segmentNames(segmentation) if segmentation is not None else []
 
     # -- runs --
     def start(self, command: str, scanNode, anatomyNode, assignment: dict[str, int], options: dict,
               regionSegment: str | None = None, followLabels: bool = True) -> MedGenJob:
-        """Write the inputs and start a generate / inpaint run; returns a MedGenJob (raises ValueError or
-        MedGenRunError with what to do)."""
-        if scanNode is None or scanNode.GetImageData() is None:
-            raise ValueError("pick a scan (a scalar volume with voxels)")
-        segmentation = self.segmentationFor(anatomyNode)
-        if segmentation is None:
-            raise ValueError("pick the anatomy: a segmentation or a label map")
-        folder = cli_runner.RunFolder(parent=slicer.app.temporaryPath)
-        try:
-            sampling = sampling_arguments(options)
-            out = folder.file("result.nrrd")
-            labelsPath = None
-            if command == "generate" or followLabels:
-                problem = label_names.mapping_problem(assignment, models.model_classes(options.get("model")))
-                if problem and command == "generate":
-                    raise ValueError(problem)
-                if not problem:
-                    labelsPath = nodes.writeLabelMap(segmentation, assignment, scanNode, folder.file("labels.nrrd"))
-            if command == "generate":
-                args = cli_runner.generate_arguments(labelsPath, out, **sampling)
-            else:
-                regionPath, imagePath = nodes.writeRegionAndScan(segmentation, regionSegment, scanNode, folder)
-                args = cli_runner.inpaint_arguments(imagePath, regionPath, out, labels=labelsPath, **sampling)
-            run = self._startRun(command, args, folder.path)
-        except Exception:
-            folder.remove()
-            raise
-        return MedGenJob(command, run, folder, scanNode, dict(options, region=regionSegment))
+        """Write the inputs and start a generate / inpaint run (jobs.startJob on Slicer's scene); returns a
+        MedGenJob (raises ValueError or MedGenRunError with what to do)."""
+        return jobs.startJob(slicer.mrmlScene, command, scanNode, self.segmentationFor(anatomyNode), assignment,
+                             options, self.startRun, slicer.app.temporaryPath, regionSegment=regionSegment,
+                             followLabels=followLabels)
 
-    def _startRun(self, command, args, cwd):
+    def startRun(self, command: str, args: dict, cwd: str):
+        """A run of napari-medgen: a process of its own, or a request to the worker when that is on."""
         executable = self.executable()
         if not self.useWorker():
             return cli_runner.start_run(executable, command, args, env=self.environment(), cwd=cwd)
@@ -294,11 +274,9 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
             self.worker.stop()
         self.worker = None
 
-    def loadResults(self, job: MedGenJob) -> list:
-        """Load a finished run's files as new volume nodes, named and marked synthetic."""
-        scan = job.scanNode
-        results = describe_results(job.command, job.options, job.run.paths, scan.GetName(), scan.GetID())
-        loaded = [nodes.loadResult(result, scan) for result in results]
+    def endJob(self, job: MedGenJob) -> list:
+        """A finished run's results as new volumes (jobs.endJob), the first one shown in the slice views."""
+        loaded = jobs.endJob(slicer.mrmlScene, job)
         if loaded:
             slicer.util.setSliceViewerLayers(background=loaded[0])
         return loaded
@@ -310,8 +288,10 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
 
 
 class MedGenTest(ScriptedLoadableModuleTest):
-    """Tests run inside Slicer (Reload and Test, or ctest). The process handling is tested without Slicer
-    in napari-medgen's tests/test_slicer_logic.py; here: the Slicer side, end to end when napari-medgen is set."""
+    """Reload and Test: the check of an install. The scenario of MedGenSlicerLib.scenario (the same one
+    napari-medgen's CI runs on Slicer's core libraries) on Slicer's scene, with the configured napari-medgen
+    and the first model it lists that inpaints and has three label classes; skipped until the executable
+    is set. The process handling is tested without Slicer in napari-medgen's tests/test_slicer_logic.py."""
 
     def setUp(self):
         slicer.mrmlScene.Clear(0)
@@ -320,7 +300,7 @@ class MedGenTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_SegmentNamesMatchClasses()
         self.setUp()
-        self.test_GenerateAndInpaint()
+        self.test_Scenario()
 
     def test_SegmentNamesMatchClasses(self):
         classes = [(0, "background"), (1, "CSF"), (2, "grey matter"), (3, "white matter")]
@@ -328,71 +308,17 @@ class MedGenTest(ScriptedLoadableModuleTest):
         self.assertEqual(matched, {"csf": 1, "Gray_Matter": 2})
         self.assertEqual(unmatched, ["Segment_1"])
 
-    def _scanAndSegmentation(self):
-        shape = (4, 48, 48)
-        _, y, x = np.mgrid[0:shape[0], 0:shape[1], 0:shape[2]]
-        radius = np.hypot(y - 24, x - 24)
-        scan = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "test scan")
-        scan.SetSpacing(2.0, 2.0, 2.0)
-        slicer.util.updateVolumeFromArray(scan, (1000.0 - 30.0 * radius).clip(0).astype(np.float32))
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "test anatomy")
-        segmentation.CreateDefaultDisplayNodes()
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(scan)
-        for name, low, high in (("white matter", 0, 8), ("grey matter", 8, 14), ("CSF", 14, 18)):
-            segmentId = segmentation.GetSegmentation().AddEmptySegment(name, name)
-            mask = ((radius >= low) & (radius < high)).astype(np.uint8)
-            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, segmentId, scan)
-        return scan, segmentation
-
-    def _wait(self, job, timeout=600):
-        deadline = time.monotonic() + timeout
-        while not job.run.done and time.monotonic() < deadline:
-            slicer.app.processEvents()
-            time.sleep(0.1)
-        self.assertTrue(job.run.done, "napari-medgen did not finish")
-
-    def test_GenerateAndInpaint(self):
+    def test_Scenario(self):
         logic = MedGenLogic()
         if cli_runner.executable_problem(logic.executable()):
             self.delayDisplay("Skipped: set the napari-medgen executable in the MedGen module's settings")
             return
-        available = [m for m in logic.listModels() if m.supports("inpaint") and m.classes]
-        self.assertTrue(available, "napari-medgen lists no model that generates and inpaints")
-        model = available[0]
-        scan, segmentation = self._scanAndSegmentation()
-        assignment, _ = label_names.match_segments(logic.segmentNames(segmentation), model.classes)
-        options = {"model": model, "steps": 2, "seed": 1, "guidance": 1.0, "variants": 1, "device": "cpu"}
-
-        job = logic.start("generate", scan, segmentation, assignment, options)
-        self._wait(job)
-        self.assertEqual(job.run.state, "succeeded", job.run.error)
-        [generated] = logic.loadResults(job)
-        job.folder.remove()
-        self.assertEqual(generated.GetAttribute("MedGen.Synthetic"), "true")
-        self.assertEqual(generated.GetImageData().GetDimensions(), scan.GetImageData().GetDimensions())
-        matrix, scanMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        generated.GetIJKToRASMatrix(matrix)
-        scan.GetIJKToRASMatrix(scanMatrix)
-        for i in range(3):
-            for j in range(4):
-                self.assertAlmostEqual(matrix.GetElement(i, j), scanMatrix.GetElement(i, j), places=4)
-
-        job = logic.start("inpaint", scan, segmentation, assignment, options, regionSegment="CSF")
-        self._wait(job)
-        self.assertEqual(job.run.state, "succeeded", job.run.error)
-        [inpainted] = logic.loadResults(job)
-        job.folder.remove()
-        outside = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, "CSF", scan) == 0
-        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(inpainted)[outside],
-                                       slicer.util.arrayFromVolume(scan)[outside]))
-
-        job = logic.start("generate", scan, segmentation, assignment, dict(options, steps=500, variants=4))
-        deadline = time.monotonic() + 300
-        while job.run.step == 0 and not job.run.done and time.monotonic() < deadline:
-            slicer.app.processEvents()
-            time.sleep(0.05)
-        job.run.cancel()
-        self._wait(job, timeout=10)
-        self.assertEqual(job.run.state, "cancelled")
-        job.folder.remove()
+        available = [m for m in logic.listModels() if m.supports("inpaint") and len(segmentClassNames(m.classes)) == 3]
+        self.assertTrue(available, "napari-medgen lists no model that inpaints and has three label classes")
+        scenario = Scenario(slicer.mrmlScene, available[0], logic.startRun, slicer.app.temporaryPath,
+                            idle=slicer.app.processEvents, device=logic.device())
+        try:
+            scenario.runAll(report=self.delayDisplay)
+        finally:
+            logic.stopWorker()
         self.delayDisplay("MedGen test passed")

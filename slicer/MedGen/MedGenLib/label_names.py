@@ -52,18 +52,41 @@ def paint_order(assignment: dict[str, int]) -> list[tuple[str, int]]:
     return sorted(((name, index) for name, index in assignment.items() if index != IGNORE), key=lambda item: item[1])
 
 
-def mapping_problem(assignment: dict[str, int], classes: Sequence[tuple[int, str]]) -> str | None:
-    """Why an assignment cannot make a label map (None when it can)."""
+def default_assignment(segment_names: Iterable[str], classes: Sequence[tuple[int, str]]) -> dict[str, int]:
+    """{segment name: class index} for every segment, as the module's table presets it: the class the name
+    matches, else IGNORE (left out until the user picks a class)."""
+    names = list(segment_names)
+    matched, _ = match_segments(names, classes)
+    return {name: matched.get(name, IGNORE) for name in names}
+
+
+def mapping_problem(assignment: dict[str, int], classes: Sequence[tuple[int, str]],
+                    segment_names: Iterable[str] | None = None) -> str | None:
+    """Why an assignment cannot make a label map (None when it can). Given the anatomy's `segment_names`,
+    each segment must be in the assignment (a class, or left out: what the user confirmed in the table)
+    and each assigned segment must exist; every assigned index must be a class of the model."""
     known = {index for index, _ in classes}
+    class_names = ", ".join(name for _, name in classes) or "none"
+    if segment_names is not None:
+        names = list(segment_names)
+        unconfirmed = [name for name in names if name not in assignment]
+        if unconfirmed:
+            return (f"segment {unconfirmed[0]!r} has no class in the segment table: pick one of the model's classes "
+                    f"({class_names}) or leave it out")
+        missing = [name for name, index in assignment.items() if index != IGNORE and name not in names]
+        if missing:
+            return f"the anatomy has no segment {missing[0]!r} (any more): list its segments again"
     used = [index for index in assignment.values() if index != IGNORE]
     if not used:
-        names = ", ".join(name for _, name in classes) or "none"
         return ("no segment is assigned to a class of the model; name the segments after the model's classes "
-                f"({names}) or pick a class for each in the table")
-    unknown = sorted({index for index in used if index not in known})
+                f"({class_names}) or pick a class for each in the table")
+    unknown = [(name, index) for name, index in assignment.items() if index != IGNORE and index not in known]
     if unknown:
-        return f"label {unknown[0]} is not a class of the model"
+        name, index = unknown[0]
+        return (f"segment {name!r} is assigned label {index}, which is not a class of the model ({class_names}): "
+                "pick one of its classes or leave the segment out")
     return None
 
 
-__all__ = ["IGNORE", "mapping_problem", "match_class", "match_segments", "normalize_name", "paint_order"]
+__all__ = ["IGNORE", "default_assignment", "mapping_problem", "match_class", "match_segments", "normalize_name",
+           "paint_order"]

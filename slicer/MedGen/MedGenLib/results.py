@@ -3,17 +3,21 @@
 `sampling_arguments` turns a front end's options into the command line's; `MedGenJob` keeps what a
 finished run still needs (its folder, the scan, the options); `describe_results` says what each result
 file becomes in the scene: a name that says it is synthetic and how it was made, and the `MedGen.*`
-attributes that mark it. Imports nothing of Slicer, Qt or numpy.
+attributes that mark it, with the provenance napari-medgen wrote beside the file (its `<name>.json`
+sidecar, which goes with the run's folder) as `MedGen.Provenance.*`. Imports nothing of Slicer, Qt or numpy.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
 ATTRIBUTE_PREFIX = "MedGen."
+PROVENANCE_PREFIX = ATTRIBUTE_PREFIX + "Provenance."
+RESULT_EXTENSIONS = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")
 
 
 @dataclass(eq=False)  # a job is itself: compared and hashed by identity
@@ -52,6 +56,28 @@ def result_seed(path: str, first_seed: Any, k: int) -> int:
     return int(found.group(1)) if found else int(first_seed or 0) + k
 
 
+def read_provenance(path: str) -> dict[str, Any]:
+    """The provenance in a result's sidecar (`result.nrrd` -> `result.json`); empty where there is none."""
+    stem = path
+    for extension in RESULT_EXTENSIONS:
+        if path.lower().endswith(extension):
+            stem = path[: -len(extension)]
+            break
+    try:
+        with open(stem + ".json", encoding="utf-8") as file:
+            sidecar = json.load(file)
+    except (OSError, ValueError):
+        return {}
+    provenance = sidecar.get("provenance") if isinstance(sidecar, dict) else None
+    return provenance if isinstance(provenance, dict) else {}
+
+
+def provenance_attributes(provenance: dict[str, Any]) -> dict[str, str]:
+    """One `MedGen.Provenance.<key>` attribute per provenance entry: text as it is, anything else as JSON."""
+    return {PROVENANCE_PREFIX + str(key): value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            for key, value in provenance.items()}
+
+
 def describe_results(command: str, options: dict[str, Any], paths: list[str], scan_name: str,
                      source_id: str) -> list[ResultInfo]:
     """Name and attributes of each result of a run, e.g. `T1 inpainted lesion (synthetic, seed 3)` with
@@ -64,9 +90,12 @@ def describe_results(command: str, options: dict[str, Any], paths: list[str], sc
         attributes = {"Synthetic": "true", "Command": command, "Model": model.name if model else "",
                       "Seed": str(seed), "Steps": str(options.get("steps")),
                       "Guidance": str(options.get("guidance")), "Source": source_id}
+        attributes = {ATTRIBUTE_PREFIX + key: value for key, value in attributes.items()}
+        attributes.update(provenance_attributes(read_provenance(path)))
         results.append(ResultInfo(path=path, seed=seed, name=f"{scan_name} {what} (synthetic, seed {seed})",
-                                  attributes={ATTRIBUTE_PREFIX + key: value for key, value in attributes.items()}))
+                                  attributes=attributes))
     return results
 
 
-__all__ = ["ATTRIBUTE_PREFIX", "MedGenJob", "ResultInfo", "describe_results", "result_seed", "sampling_arguments"]
+__all__ = ["ATTRIBUTE_PREFIX", "PROVENANCE_PREFIX", "MedGenJob", "ResultInfo", "describe_results", "provenance_attributes",
+           "read_provenance", "result_seed", "sampling_arguments"]

@@ -20,7 +20,7 @@ class SegmentTable:
 
     def fill(self, names: list[str], classes: list[tuple[int, str]]) -> None:
         """One row per segment: its name and a class of the model, preset by name."""
-        matched, _ = label_names.match_segments(names, classes)
+        preset = label_names.default_assignment(names, classes)
         self.table.setRowCount(len(names))
         for row, name in enumerate(names):
             item = qt.QTableWidgetItem(name)
@@ -30,8 +30,8 @@ class SegmentTable:
             combo.addItem(IGNORE_TEXT)
             for index, className in classes:
                 combo.addItem(f"{index}: {className}")
-            if name in matched:
-                combo.currentIndex = 1 + [index for index, _ in classes].index(matched[name])
+            if preset[name] != label_names.IGNORE:
+                combo.currentIndex = 1 + [index for index, _ in classes].index(preset[name])
             self.table.setCellWidget(row, 1, combo)
 
     def assignment(self, classes: list[tuple[int, str]]) -> dict[str, int]:
