@@ -9,6 +9,10 @@ k-means of each result against the painted labels (benchmarks/quality.py's measu
 spheres (5-30 mm, inside the brain) against the real T1. Also the CPU's model and flags, the one-time
 micro-benchmark `auto` relies on, and what `auto` chose here.
 
+Per network call (the demo teacher's UNet, 8 slices of 96 x 112): eager fp32 and bf16, and with
+`torch.compile` (inductor) at both, with its one-time compile cost: whether compiling pays on this CPU.
+`--no-compile` leaves that out (it takes minutes); --smoke always does.
+
 Writes benchmarks/results/precision.json and the performance table's precision row.
 """
 
@@ -73,6 +77,46 @@ def measure(model, t1, labels, spheres: list[np.ndarray], seed: int, slices: int
             "ran": {key: ran.get(key) for key in ("sampler", "steps", "network_calls", "precision", "precision_why")}}
 
 
+def per_call(folder_or_name: str, compile_too: bool) -> dict:
+    """Seconds per network call (best of 4) eager and, with compile_too, compiled; the compile's own cost."""
+    import torch
+
+    from napari_medgen.engine.diffusion.denoiser import prepare_for_inference
+    from napari_medgen.engine.model.loading import load_model, release_model
+
+    figures = {}
+    for name in ("fp32", "bf16"):
+        model = load_model(folder_or_name, device="cpu", precision=name)
+        prepare_for_inference(model)
+        network = model.networks["network"]
+        channels = next(m.in_channels for m in network.modules() if isinstance(m, torch.nn.Conv2d))
+        x = torch.randn(8, channels, 96, 112, dtype=model.dtype).to(memory_format=torch.channels_last)
+        t = torch.full((8,), 500, dtype=torch.long)
+
+        def best(function, repeats: int = 4) -> float:
+            times = []
+            with torch.inference_mode():
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    function(x, t)
+                    times.append(time.perf_counter() - started)
+            return round(min(times), 4)
+
+        figures[f"eager_{name}_s"] = best(network)
+        if compile_too:
+            started = time.perf_counter()
+            try:
+                compiled = torch.compile(network)
+                with torch.inference_mode():
+                    compiled(x, t)
+                figures[f"compile_{name}_s"] = round(time.perf_counter() - started, 1)
+                figures[f"compiled_{name}_s"] = best(compiled)
+            except Exception as error:  # noqa: BLE001 - no compiler, an unsupported op: say so, go on
+                figures[f"compile_{name}_failed"] = f"{type(error).__name__}: {str(error)[:200]}"
+        release_model(model)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = common.argument_parser(__doc__)
     parser.add_argument("--model", default="brain-t1-demo-fast")
@@ -80,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slices", type=int, default=0, help="middle slices to generate (0: the whole volume)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the card's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile measurement (minutes)")
     args = common.parse(parser, SMOKE, argv)
     from napari_medgen.engine.model.device import choose_precision
     from napari_medgen.engine.model.loading import load_model, release_model
@@ -104,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     difference = np.abs(bf16 - fp32) / brain_range
     dice_change = max(abs(runs["bf16"]["dice"][k] - runs["fp32"]["dice"][k]) for k in runs["fp32"]["dice"])
     psnr_change = max((abs(a - b) for a, b in zip(runs["bf16"]["psnr"], runs["fp32"]["psnr"], strict=True)), default=0.0)
+    teacher = common.random_weights_folder(common.tiny_demo_card()) if args.smoke else common.DEMO
+    network_call = per_call(str(teacher), compile_too=not (args.smoke or args.no_compile))
     info = cpu_info()
     micro = measure_bf16()
     auto, why = choose_precision("auto", torch.device("cpu"))
@@ -116,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         "auto_chooses": auto,
         "auto_why": why,
         "runs": runs,
+        "per_network_call": network_call,
         "speedup": round(runs["fp32"]["seconds"] / runs["bf16"]["seconds"], 2),
         "mean_difference_of_brain_range": round(float(difference.mean()), 5),
         "p99_difference_of_brain_range": round(float(np.percentile(difference, 99)), 5),
@@ -131,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"whole volume fp32 {runs['fp32']['seconds']} s, bf16 {runs['bf16']['seconds']} s ({result['speedup']}x); "
           f"difference mean {result['mean_difference_of_brain_range']:.2%} p99 {result['p99_difference_of_brain_range']:.2%} "
           f"of the brain range; Dice change {dice_change:.4f}; PSNR change {psnr_change:.2f} dB")
+    print("per network call: " + ", ".join(f"{k} {v}" for k, v in network_call.items()))
 
 
 def table_row(r: dict) -> tuple[str, str, str, str]:
