@@ -29,6 +29,7 @@ python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 # The test extras, and Slicer's core libraries (the slicer-core wheel) for tests/test_slicer_scene.py; where
 # no slicer-core wheel exists for this platform those tests skip, and the rest installs without it.
 pip install -q ".[test,slicer]" || {
-  echo "install_test_deps: no slicer-core for this platform; tests/test_slicer_scene.py will be skipped" >&2
+  echo "install_test_deps: the slicer extra did not install (no slicer-core wheel here?);" \
+    "installing without it: tests/test_slicer_scene.py will be skipped" >&2
   pip install -q ".[test]"
 }

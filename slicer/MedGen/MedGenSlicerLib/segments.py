@@ -14,7 +14,11 @@ from MedGenLib import label_names
 
 from .nodes import addHiddenNode, gridShape, nodesRemovedAfter, removeNode, writeArray
 
-SEGMENTATIONS = slicer.vtkSlicerSegmentationsModuleLogic  # static functions only: no logic object needed
+
+def segmentationsLogic():
+    """The segmentations logic's class, whose static functions these use (no logic object is needed); looked
+    up when called, as Slicer adds its Python classes once the Segmentations module has loaded."""
+    return slicer.vtkSlicerSegmentationsModuleLogic
 
 
 def segmentNames(segmentation) -> list:
@@ -43,7 +47,7 @@ def addSegmentFromArray(scene, segmentation, name: str, mask: np.ndarray, scanNo
     labelMap = slicer.vtkMRMLLabelMapVolumeNode()  # outside the scene: an import needs none
     labelMap.CopyOrientation(scanNode)
     slicer.util.updateVolumeFromArray(labelMap, (np.asarray(mask) > 0).astype(np.uint8))
-    if not SEGMENTATIONS.ImportLabelmapToSegmentationNode(labelMap, segmentation, idList(segmentId)):
+    if not segmentationsLogic().ImportLabelmapToSegmentationNode(labelMap, segmentation, idList(segmentId)):
         segmentation.GetSegmentation().RemoveSegment(segmentId)
         raise ValueError(f"the segment {name!r} could not be made from an array")
     return segmentId
@@ -53,7 +57,7 @@ def segmentMask(scene, segmentation, segmentId: str, scanNode) -> np.ndarray:
     """A segment's voxels on the scan's grid (k, j, i) as a boolean array; all False for an empty segment."""
     with nodesRemovedAfter(scene):  # the export's label map, with the display and colour nodes it gets
         labelMap = addHiddenNode(scene, "vtkMRMLLabelMapVolumeNode", "MedGen segment")
-        exported = SEGMENTATIONS.ExportSegmentsToLabelmapNode(
+        exported = segmentationsLogic().ExportSegmentsToLabelmapNode(
             segmentation, idList(segmentId), labelMap, scanNode, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
         if not exported or labelMap.GetImageData() is None:  # some Slicer versions refuse an empty segment
             return np.zeros(gridShape(scanNode), bool)
@@ -110,7 +114,7 @@ def importLabelMap(scene, labelMapNode):
     named after the label map's colour names; raises ValueError when Slicer cannot read it as segments."""
     segmentation = addHiddenNode(scene, "vtkMRMLSegmentationNode", f"{labelMapNode.GetName()} (MedGen)")
     segmentation.SetSaveWithScene(False)
-    if not SEGMENTATIONS.ImportLabelmapToSegmentationNode(labelMapNode, segmentation):
+    if not segmentationsLogic().ImportLabelmapToSegmentationNode(labelMapNode, segmentation):
         removeNode(scene, segmentation)
         raise ValueError(f"the label map {labelMapNode.GetName()} could not be read as segments")
     if segmentation.GetDisplayNode() is not None:
