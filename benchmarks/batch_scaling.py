@@ -119,7 +119,8 @@ def readme_table(result: dict) -> str:
                 + (f". Distributed overhead (1 worker over the loop, same cores): {100 * result['distributed_overhead_1_worker']:.0f} %"
                    if result.get("distributed_overhead_1_worker") is not None else "")
                 + (f"; 2 workers vs 1: {result['speedup_2_vs_1_worker']:.2f}x" if result.get("speedup_2_vs_1_worker") else "")
-                + f". Machine: {common.machine_line(result['machine'])}; {result['machine']['note']}.")
+                + f". Machine: {common.machine_line(result['machine'])}; "
+                f"{common.machine_record.disturbance(result['machine']) or result['machine']['note']}.")
     return "\n".join(rows)
 
 

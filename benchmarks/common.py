@@ -243,7 +243,8 @@ def ran_words(record: dict[str, Any] | None, asked: str = "") -> str:
     if record.get("inpaint_estimate") == "mean":
         return f"posterior-mean fill{calls}"
     guidance = f", guidance {record['guidance']:g}" if record.get("guidance", 1.0) != 1.0 else ""
-    return f"{record['sampler']} {record['steps']} steps{calls}{guidance}"
+    precision = f", {record['precision']}" if record.get("precision", "float32") != "float32" else ""
+    return f"{record['sampler']} {record['steps']} steps{calls}{guidance}{precision}"
 
 
 # -- timing ----------------------------------------------------------------------------------------

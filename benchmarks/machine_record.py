@@ -177,15 +177,15 @@ def record(smoke: bool = False) -> dict[str, Any]:
 def disturbance(machine: dict[str, Any] | str | None) -> str | None:
     """The words beside a figure measured on a busy machine ('disturbed: ...'), None for a quiet run. Results
     from before the watch (their `note` says 'timings disturbed' and names each busy process's share of one core,
-    looked at as the run started and ended) are read as such."""
+    looked at as the run started and as it ended, the looks apart by ' / ') are read as such: the busier look's sum."""
     if not isinstance(machine, dict):
         return None
     if machine.get("busy"):
         return f"disturbed: other processes used {machine['other_cpu_percent']:.0f} % of the CPU"
     note = str(machine.get("note", ""))
     if "busy" not in machine and "timings disturbed" in note:
-        shares = [int(v) for v in re.findall(r"\((\d+)% CPU\)", note)]
-        return f"disturbed: other processes used up to {max(shares, default=0)} % of a core"
+        looks = [sum(int(v) for v in re.findall(r"\((\d+)% CPU\)", look)) for look in note.split(" / ")]
+        return f"disturbed: other processes used up to {max(looks, default=0)} % of one core"
     return None
 
 

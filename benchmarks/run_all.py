@@ -70,6 +70,8 @@ BENCHMARKS = [
     "maisi_cpu",
     "synthetic_training",
     "unseen_inpainting",
+    "last_call",
+    "partial_volume",
 ]
 # The full tier's runs of a script where its defaults alone do not make every figure the docs show: one list of
 # arguments per run ("{cases}": a folder of synthetic cases that both segmenter runs share, made once).

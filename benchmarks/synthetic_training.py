@@ -342,7 +342,8 @@ def readme_table(result: dict) -> str:
     rows.append(f"{s['cases']} synthetic cases of brain-t1-demo ({s['augment']}, {how}, {made}); "
                 f"{t['slices']['real']} real and {t['slices']['synthetic']} synthetic training slices; {t['steps']} steps of "
                 f"batch {t['batch_size']}, {t['seeds']} training seed(s) (± is their standard deviation). "
-                f"Machine: {common.machine_line(result['machine'])}.")
+                f"Machine: {common.machine_line(result['machine'])}"
+                + "".join(f" ({words})" for words in [common.machine_record.disturbance(result["machine"])] if words) + ".")
     return "\n".join(rows)
 
 
