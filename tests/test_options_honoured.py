@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from reliability_helpers import drive  # noqa: E402
 from tiny_models import make_tiny_model  # noqa: E402
 
 from napari_medgen.cli import main, run_command  # noqa: E402
@@ -33,15 +34,6 @@ def _label_map() -> Volume:
                   direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), metadata={"label_map": True})
 
 
-def _drive(run):
-    events = []
-    while True:
-        try:
-            events.append(next(run))
-        except StopIteration as stop:
-            return stop.value, events
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
@@ -56,13 +48,13 @@ def test_guidance_the_model_cannot_apply_is_refused_and_left_out_records_one(fol
     with pytest.raises(OptionNotSupportedError, match="cannot apply classifier-free guidance 3.*give 1"):
         generate(model, _label_map(), steps=2, guidance=3.0)
     for asked in (None, 1.0):
-        results, _ = _drive(generate(model, _label_map(), steps=2, guidance=asked))
+        results, _ = drive(generate(model, _label_map(), steps=2, guidance=asked))
         assert results[0].metadata["provenance"]["guidance"] == 1.0
 
 
 def test_provenance_records_what_ran(folders):
     model = load_model(folders["guided"], device="cpu")
-    results, events = _drive(generate(model, _label_map(), steps=3, sampler="ddim", guidance=3.0, variants=2))
+    results, events = drive(generate(model, _label_map(), steps=3, sampler="ddim", guidance=3.0, variants=2))
     for record in (result.metadata["provenance"] for result in results):
         assert record["guidance"] == 3.0 and record["sampler"] == "ddim" and record["steps"] == 3
         assert record["network_calls"] * 2 == len(events)  # every call is one progress event
@@ -72,7 +64,7 @@ def test_provenance_records_what_ran(folders):
                    origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
     region = np.zeros((2, 16, 16), np.uint8)
     region[:, 6:9, 6:9] = 1
-    results, events = _drive(inpaint(model, image, image.with_array(region), None, steps=3))
+    results, events = drive(inpaint(model, image, image.with_array(region), None, steps=3))
     record = results[0].metadata["provenance"]
     assert record["inpaint_estimate"] in ("mean", "sample") and record["network_calls"] == len(events)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from engine_fixtures import one_thread  # noqa: F401 - autouse where imported: torch on one thread
 from tiny_models import make_tiny_model
 
 from napari_medgen.engine.model.loading import load_model, release_model
@@ -51,17 +52,6 @@ def tiny_model(scan, tmp_path, monkeypatch):
 def wait_for_run(qtbot, widget, timeout: int = 60000) -> None:
     """Until the widget's current run has ended (done, cancelled or failed)."""
     qtbot.waitUntil(lambda: widget.current_run is not None and not widget.current_run.running, timeout=timeout)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """torch on one thread for a module that imports this fixture (runs in the worker thread stay short and even)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
