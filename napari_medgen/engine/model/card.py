@@ -98,6 +98,8 @@ class ModelCard(StrictModel):
             raise ValueError("label_map 'controlnet' needs a controlnet network")
         if self.latent is not None:
             return self._consistent_latent()
+        if self.conditioning.context:
+            raise ValueError("context attributes are supported for latent models only")
         kwargs = self.network.kwargs
         if self.network.class_name in MAISI_NETWORKS or (
             self.controlnet is not None and self.controlnet.class_name in MAISI_NETWORKS
@@ -145,8 +147,9 @@ class ModelCard(StrictModel):
         """The checks of a latent model: channels against the latent, the ControlNet's label channels."""
         assert self.latent is not None and self.autoencoder is not None
         latent, n, cond = self.latent, self.spatial_dims, self.conditioning
-        if n != 3:
-            raise ValueError("latent models are 3-D (spatial_dims 3)")
+        if n == 2 and (cond.label_map != "none" or self.tasks != ["generate"] or latent.array_layout == "zyx"):
+            raise ValueError("a 2-D latent model generates slices from noise only (label_map 'none', tasks ['generate'], "
+                             "an x-y array_layout)")
         if cond.label_map not in ("none", "controlnet") or cond.known_image or cond.slice_position:
             raise ValueError(
                 "a latent model takes the label map through a ControlNet (label_map 'controlnet' or 'none'); "
@@ -156,8 +159,16 @@ class ModelCard(StrictModel):
             raise ValueError("classifier-free guidance is not supported for latent models (condition_dropout 0)")
         kwargs = self.network.kwargs
         c = latent.latent_channels
-        if kwargs.get("in_channels") != c or kwargs.get("out_channels", c) != c:
-            raise ValueError(f"a latent UNet's in_channels and out_channels must equal latent_channels ({c})")
+        extra = len(cond.context) if cond.context_channels else 0
+        if kwargs.get("in_channels") != c + extra or kwargs.get("out_channels", c) != c:
+            raise ValueError(
+                f"a latent UNet's in_channels must be latent_channels ({c}) + context channels ({extra}) and its "
+                f"out_channels latent_channels"
+            )
+        if cond.context and (not kwargs.get("with_conditioning") or kwargs.get("cross_attention_dim") != len(cond.context)):
+            raise ValueError(f"context attributes need a UNet with_conditioning and cross_attention_dim {len(cond.context)}")
+        if not cond.context and (kwargs.get("with_conditioning") or cond.context_channels):
+            raise ValueError("a UNet with_conditioning needs the card's conditioning.context attributes")
         if self.autoencoder.kwargs.get("latent_channels", c) != c:
             raise ValueError(f"autoencoder latent_channels {self.autoencoder.kwargs.get('latent_channels')} differs from {c}")
         if self.controlnet is not None:
@@ -221,6 +232,8 @@ class ModelCard(StrictModel):
 
     @property
     def supports_guidance(self) -> bool:
+        if self.latent is not None:
+            return self.latent.modality_guidance
         return self.conditioning.condition_dropout > 0 and self.conditioning.label_map != "none"
 
     def conditioning_summary(self) -> str:
@@ -234,7 +247,16 @@ class ModelCard(StrictModel):
             parts.append("slice position")
         if cond.class_index:
             parts.append(f"class index ({cond.class_index})")
+        if cond.context:
+            parts.append("context " + ", ".join(a.name for a in cond.context))
+        if self.latent is not None and self.latent.modality_code is not None:
+            parts.append(f"modality {self.latent.modality_code}" + (" (guided)" if self.latent.modality_guidance else ""))
         return ", ".join(parts) or "none"
+
+    @property
+    def takes_label_map(self) -> bool:
+        """Whether the model is conditioned on a label map (else it generates on a grid alone)."""
+        return self.conditioning.label_map != "none"
 
 
 def load_card(folder: str | Path) -> ModelCard:

@@ -83,6 +83,24 @@ class IntensityNormalization(StrictModel):
         return self
 
 
+class ContextAttribute(StrictModel):
+    """One entry of the context vector a network is conditioned on (the zoo's brain LDM: sex, age, ventricular and
+    brain volume), in the vector's order: the value the user gives, its range and its default (the publisher's)."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+    label: str = ""
+    minimum: float = 0.0
+    maximum: float = 1.0
+    default: float
+    unit: str = ""
+
+    @model_validator(mode="after")
+    def _in_range(self) -> ContextAttribute:
+        if not self.minimum < self.maximum or not self.minimum <= self.default <= self.maximum:
+            raise ValueError(f"context attribute {self.name!r} needs minimum < maximum and its default between them")
+        return self
+
+
 class Conditioning(StrictModel):
     """What the network is conditioned on, and how (which extra input channels, in this order).
 
@@ -118,6 +136,11 @@ class Conditioning(StrictModel):
         description="2-D models: the slice-noise correlation of the voxels of these label indices, when none is "
         "asked for; other voxels use default_slice_noise_correlation",
     )
+
+    # A context vector (cross-attention context; with `context_channels` also broadcast as extra input channels
+    # after the latent, as the brain LDM's sampler feeds it). Latent models only.
+    context: list[ContextAttribute] = Field(default_factory=list)
+    context_channels: bool = False
 
     @field_validator("slice_noise_correlation_by_label")
     @classmethod
@@ -197,20 +220,27 @@ class LatentSpec(StrictModel):
     Images enter the autoencoder in ``image_range`` (the card's normalization maps intensities to [-1, 1],
     then linearly to this range; MAISI's CT autoencoder takes [0, 1] for -1000..1000 HU). Latents are the
     encoder's mean times ``scale_factor``. ``array_layout`` is the array order the networks were trained
-    in: ``zyx`` (this project's canonical LPS order) or ``ras_xyz`` (MAISI: (x, y, z) arrays oriented RAS).
+    in: ``zyx`` (this project's canonical LPS order), ``ras_xyz`` (MAISI, MONAI's Orientationd("RAS"): (x, y, z)
+    arrays, x towards the right) or ``las_xyz`` (the brain LDM's saved affine: x towards the left). A 2-D latent
+    model works slice by slice along z in the same in-plane order.
     """
 
     scale_factor: float = Field(gt=0)
     latent_channels: int = Field(ge=1, le=64)
     compression: int = Field(4, ge=1, le=16, description="down-sampling of the autoencoder per axis")
     image_range: tuple[float, float] = (-1.0, 1.0)
-    array_layout: Literal["zyx", "ras_xyz"] = "zyx"
+    array_layout: Literal["zyx", "ras_xyz", "las_xyz"] = "zyx"
     # Conditioning beside the label map: the voxel spacing (mm x spacing_scale, in the layout's axis order;
     # the label map is then used at its own spacing, not resampled), a modality code (class_labels), and
     # body-region one-hot indices (top and bottom region, each region a list of label indices; x 100).
     spacing_input: bool = False
     spacing_scale: float = Field(100.0, gt=0)
     modality_code: int | None = Field(None, ge=0)
+    # The modality codes a user may choose by name (MAISI's modality_mapping.json, those of the model's kind), and
+    # whether the model is sampled with classifier-free guidance on the modality (class label 0 = unconditional,
+    # as MAISI's diff_model_infer does it).
+    modalities: dict[str, int] = Field(default_factory=dict)
+    modality_guidance: bool = False
     body_regions: list[list[int]] | None = None
     body_region_scale: float = Field(100.0, gt=0)
     # How the label map reaches the ControlNet: one-hot (one channel per schema index) or its bit-planes
@@ -227,6 +257,8 @@ class LatentSpec(StrictModel):
     def _consistent(self) -> LatentSpec:
         if self.image_range[1] <= self.image_range[0]:
             raise ValueError("latent image_range must be (low, high) with low < high")
-        if len(self.decode_tile) != 3 or min(self.decode_tile) < 1:
-            raise ValueError("latent decode_tile needs 3 positive sizes")
+        if len(self.decode_tile) not in (2, 3) or min(self.decode_tile) < 1:
+            raise ValueError("latent decode_tile needs a positive size per axis")
+        if self.modality_guidance and self.modality_code is None:
+            raise ValueError("modality_guidance needs a modality_code")
         return self

@@ -17,6 +17,7 @@ _WHERE = {
     "ProgressEvent": "options",
     "SamplingOptions": "options",
     "auto_slice_batch": "run",
+    "generation_grid": "own_grid",
 }
 __all__ = sorted(_WHERE)
 

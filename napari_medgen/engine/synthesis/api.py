@@ -29,13 +29,14 @@ from ..volume import Volume
 from .inputs import check_fractions, check_label_map, inpaint_inputs
 from .model_grid import as_2d, as_3d, axial_slab, inpaint_crop, problem_on_model_grid, slice_positions
 from .options import ProgressEvent, SamplingOptions, resolve_options
+from .own_grid import generation_grid
 from .run import run_task
 from .tasks import GenerateTask, InpaintTask
 
 
 def generate(
     model: LoadedModel | str | None,
-    label_map: Volume,
+    label_map: Volume | None,
     options: SamplingOptions | None = None,
     slice_range: tuple[int, int] | None = None,
     tissue_fractions: list[Volume] | None = None,
@@ -47,10 +48,13 @@ def generate(
     and the results then cover just those slices. `tissue_fractions`, for a model trained on them
     (``conditioning.tissue_fractions``), are each class's share of every voxel (classes 1, 2, ... in the
     schema's order, on the label map's grid: a segmentation's probability maps): the network is then told
-    how much of a voxel at a boundary is each tissue, which the hard labels cannot say.
+    how much of a voxel at a boundary is each tissue, which the hard labels cannot say. A model that takes no
+    label map generates on `label_map`'s grid, or with None on its own (`own_grid.generation_grid` gives others).
     """
     loaded, options = _model_for("generate", model, options, option_overrides)
     card = loaded.card
+    if label_map is None:
+        label_map = generation_grid(card)
     if card.latent is not None:  # latent models (MAISI, MONAI bundles): their own path
         if tissue_fractions is not None:
             raise TaskNotSupportedError(f"model {card.name} takes hard labels only, not tissue fractions")

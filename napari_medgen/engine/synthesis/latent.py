@@ -33,7 +33,7 @@ from ..volume import Volume
 from .body_envelope import add_body_envelope
 from .inputs import check_label_map, inpaint_inputs
 from .latent_networks import LatentDenoiser, decode, encode, from_layout, preview_image, to_layout
-from .model_grid import ModelGridProblem, axial_slab, inpaint_crop, problem_on_model_grid
+from .model_grid import ModelGridProblem, as_3d, axial_slab, inpaint_crop, problem_on_model_grid
 from .options import ProgressEvent, SamplingOptions
 from .provenance import provenance
 from .tasks import GenerateTask, InpaintTask, SynthesisTask
@@ -55,7 +55,7 @@ def generate_latent(
         label_map, notice = add_body_envelope(label_map, card.latent.body_label)
         if notice:
             notices.append(notice)
-    canonical, offset = axial_slab(to_canonical(label_map), slice_range)
+    canonical, offset = axial_slab(to_canonical(as_3d(label_map)), slice_range)
     problem = latent_problem(card, canonical, canonical, None, None, None)
     problem.slice_offset = offset
     task = GenerateTask.for_label_map(card, problem, canonical, label_map, inputs, whole_volume=slice_range is None)
@@ -103,6 +103,7 @@ def _run(
     assert latent is not None
     problem = task.problem
     layout = latent.array_layout
+    slices = card.spatial_dims == 2  # a 2-D model: the axial slices in one batch
     rflow = card.scheduler.rectified_flow
     if rflow:
         # A rectified-flow model has one sampler: MONAI's RFlowScheduler Euler steps (recorded as such).
@@ -110,7 +111,8 @@ def _run(
         schedule: RectifiedFlowSchedule | NoiseSchedule = RectifiedFlowSchedule(card.scheduler)
     else:
         schedule = _LatentNoiseSchedule(card.scheduler)
-    image_shape = to_layout(np.zeros(problem.grid.shape, np.uint8), layout).shape
+    image_shape = to_layout(np.zeros(problem.grid.shape, np.uint8), layout, slices).shape
+    batch, image_shape = (image_shape[0], image_shape[1:]) if slices else (1, image_shape)
     latent_shape = tuple(s // latent.compression for s in image_shape)
     numel = int(np.prod(latent_shape))
     inpainting = problem.region is not None
@@ -126,7 +128,7 @@ def _run(
     done = 0
     pending_notice = "; ".join(notices)
     model = loaded  # a CPU copy after running out of accelerator memory
-    denoise, known_latent, keep = _prepare(model, problem)
+    denoise, known_latent, keep = _prepare(model, problem, options)
     note = ""  # what changed after running out of memory, told in every later event's message
     variant = 0
     while variant < options.variants:
@@ -135,7 +137,7 @@ def _run(
         message = f"variant {variant + 1}/{options.variants}" + (f"; {note}" if note else "")
         try:
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
-            noise = torch.randn((1, latent.latent_channels) + latent_shape, generator=generator).to(model.device)
+            noise = torch.randn((batch, latent.latent_channels) + latent_shape, generator=generator).to(model.device)
 
             def noise_like(x: torch.Tensor, _generator: torch.Generator = generator) -> torch.Tensor:
                 return torch.randn(tuple(x.shape), generator=_generator).to(x.device)
@@ -157,7 +159,7 @@ def _run(
                         break
                 done += 1
                 preview = None
-                if options.preview_every > 0 and step % options.preview_every == 0 and step < calls:
+                if options.preview_every > 0 and step % options.preview_every == 0 and step < calls and not slices:
                     with torch.inference_mode():
                         rough = preview_image(model, x0)
                     preview = _output(task, problem, rough, layout, low, high)
@@ -169,7 +171,8 @@ def _run(
             if inpainting:
                 final = keep * known_latent + (1 - keep) * final
             with torch.inference_mode():
-                image = decode(model, final)[0, 0].numpy()
+                decoded = decode(model, final)
+                image = (decoded[:, 0] if slices else decoded[0, 0]).numpy()
         except Exception as error:  # only running out of accelerator memory is handled; the rest is raised again
             if not is_out_of_memory(error) or model.device.type == "cpu":
                 raise
@@ -180,13 +183,13 @@ def _run(
             if lost.type == "cuda":
                 torch.cuda.empty_cache()
             model = cpu_copy(model)
-            denoise, known_latent, keep = _prepare(model, problem)
+            denoise, known_latent, keep = _prepare(model, problem, options)
             done = start
             note = f"ran out of {lost.type.upper()} memory: fell back to the CPU (slower)"
             yield ProgressEvent(done, total, variant, f"variant {variant + 1}/{options.variants}; {note}", notice=note)
             continue
         done += 1
-        results.append(_output(task, problem, image, layout, low, high))
+        results.append(_output(task, problem, image, layout, low, high, slices))
         yield ProgressEvent(done, total, variant, f"{message}: decoded")
         variant += 1
     for variant, volume in enumerate(results):
@@ -201,11 +204,13 @@ def _run(
     return results
 
 
-def _prepare(model: LoadedModel, problem: ModelGridProblem) -> tuple[LatentDenoiser, torch.Tensor | None, torch.Tensor | None]:
+def _prepare(
+    model: LoadedModel, problem: ModelGridProblem, options: SamplingOptions
+) -> tuple[LatentDenoiser, torch.Tensor | None, torch.Tensor | None]:
     """The run's denoiser on `model`'s device and, for inpainting, the known latent and where it is kept."""
     latent = model.card.latent
     assert latent is not None
-    denoise = LatentDenoiser(model, problem)
+    denoise = LatentDenoiser(model, problem, options)
     if problem.region is None:
         return denoise, None, None
     low, high = latent.image_range
@@ -222,10 +227,11 @@ def _to_range(normalised: np.ndarray, low: float, high: float) -> np.ndarray:
     return (low + (np.asarray(normalised, np.float32) + 1.0) * 0.5 * (high - low)).astype(np.float32)
 
 
-def _output(task: SynthesisTask, problem: ModelGridProblem, image: np.ndarray, layout: str, low: float, high: float) -> Volume:
+def _output(task: SynthesisTask, problem: ModelGridProblem, image: np.ndarray, layout: str, low: float, high: float,
+            slices: bool = False) -> Volume:
     """A decoded image (layout order, the autoencoder's range) -> the task's output volume."""
     clipped = np.clip(image, low, high)  # MAISI clips its decoder's output to the trained range
-    estimate = from_layout(((clipped - low) / (high - low) * 2.0 - 1.0).astype(np.float32), layout)
+    estimate = from_layout(((clipped - low) / (high - low) * 2.0 - 1.0).astype(np.float32), layout, slices)
     if problem.region is not None:
         estimate = np.where(problem.region, estimate, problem.known)
     return task.output_from_crop(problem.to_intensities(estimate, task.input_crop))

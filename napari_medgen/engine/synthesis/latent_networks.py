@@ -13,7 +13,9 @@ from ..diffusion.denoiser import one_hot, prepare_for_inference
 from ..model.card import ModelCard
 from ..model.loading import LoadedModel
 from ..model.networks import monai_module
+from .conditions import modality_code, resolved_attributes
 from .model_grid import ModelGridProblem
+from .options import SamplingOptions
 
 # Latent voxels (per axis, at most) of the tile decoded for a preview; the rest of the preview is a linear map
 # of the latent fitted on that tile, so a preview costs a small decode, not a whole one.
@@ -21,19 +23,39 @@ PREVIEW_TILE = 8
 
 
 # -- layouts ----------------------------------------------------------------------------------------------
-def to_layout(array: np.ndarray, layout: str) -> np.ndarray:
-    """A canonical (z, y, x) LPS array -> the networks' layout (`ras_xyz`: (x, y, z), x left->right, y
-    posterior->anterior, z inferior->superior, as MAISI's RAS-oriented training arrays)."""
-    if layout == "ras_xyz":
-        return np.ascontiguousarray(np.transpose(array, (2, 1, 0))[::-1, ::-1, :])
-    return np.ascontiguousarray(array)
+# Which of (x, y) run against the canonical LPS order in a layout: `ras_xyz` (MAISI, MONAI's Orientationd("RAS"))
+# x towards the right and y towards the front; `las_xyz` (the brain LDM) y only. z runs inferior -> superior in all.
+_FLIPS = {"ras_xyz": (True, True), "las_xyz": (False, True)}
 
 
-def from_layout(array: np.ndarray, layout: str) -> np.ndarray:
+def _layout_index(layout: str, slices: bool) -> tuple[tuple[int, ...], tuple[slice, ...]]:
+    flip_x, flip_y = _FLIPS[layout]
+    axes = (0, 2, 1) if slices else (2, 1, 0)  # (z, x, y) per slice, or (x, y, z)
+    x_axis, y_axis = (1, 2) if slices else (0, 1)
+    index = [slice(None)] * 3
+    if flip_x:
+        index[x_axis] = slice(None, None, -1)
+    if flip_y:
+        index[y_axis] = slice(None, None, -1)
+    return axes, tuple(index)
+
+
+def to_layout(array: np.ndarray, layout: str, slices: bool = False) -> np.ndarray:
+    """A canonical (z, y, x) LPS array -> the networks' layout: (x, y, z) arrays (``ras_xyz``: x left->right,
+    y posterior->anterior, z inferior->superior, as MAISI's RAS-oriented training arrays; ``las_xyz``: x
+    right->left), or with `slices` (a 2-D model) (z, x, y): each axial slice in that in-plane order."""
+    if layout == "zyx":
+        return np.ascontiguousarray(array)
+    axes, index = _layout_index(layout, slices)
+    return np.ascontiguousarray(np.transpose(array, axes)[index])
+
+
+def from_layout(array: np.ndarray, layout: str, slices: bool = False) -> np.ndarray:
     """The inverse of `to_layout`."""
-    if layout == "ras_xyz":
-        return np.ascontiguousarray(np.transpose(array[::-1, ::-1, :], (2, 1, 0)))
-    return np.ascontiguousarray(array)
+    if layout == "zyx":
+        return np.ascontiguousarray(array)
+    axes, index = _layout_index(layout, slices)
+    return np.ascontiguousarray(np.transpose(array[index], axes))
 
 
 def spacing_in_layout(spacing_xyz: tuple[float, ...], layout: str) -> list[float]:
@@ -65,7 +87,7 @@ def body_region_vectors(card: ModelCard, labels: np.ndarray) -> tuple[np.ndarray
 class LatentDenoiser:
     """The UNet (with its ControlNet) on a latent, with the run's fixed conditioning."""
 
-    def __init__(self, loaded: LoadedModel, problem: ModelGridProblem) -> None:
+    def __init__(self, loaded: LoadedModel, problem: ModelGridProblem, options: SamplingOptions | None = None) -> None:
         prepare_for_inference(loaded)
         match_precision(loaded)
         card = loaded.card
@@ -75,16 +97,29 @@ class LatentDenoiser:
         self.controlnet = loaded.networks.get("controlnet")
         self.dtype, self.device = loaded.dtype, loaded.device
         layout = latent.array_layout
+        options = options or SamplingOptions()
         self.kwargs: dict[str, torch.Tensor] = {}
         self.control_kwargs: dict[str, torch.Tensor] = {}
-        if latent.modality_code is not None:
-            code = torch.tensor([latent.modality_code], dtype=torch.long, device=self.device)
+        code_value = modality_code(card, options.modality)
+        # Classifier-free guidance on the modality (MAISI's diff_model_infer): class label 0 is the unconditional.
+        self.guidance = float(options.guidance or 1.0) if latent.modality_guidance else 1.0
+        self.unconditional = None
+        if code_value is not None:
+            code = torch.tensor([code_value], dtype=torch.long, device=self.device)
             self.kwargs["class_labels"] = code
             self.control_kwargs["class_labels"] = code
+            if self.guidance != 1.0:
+                self.unconditional = torch.zeros_like(code)
+        self.context = None
+        self.context_channels = card.conditioning.context_channels
+        if card.conditioning.context:
+            values = resolved_attributes(card, options.attributes)
+            vector = [values[a.name] for a in card.conditioning.context]
+            self.context = torch.tensor([[vector]], dtype=self.dtype, device=self.device)  # (1, 1, attributes)
         if latent.spacing_input:
             spacing = spacing_in_layout(problem.grid.spacing, layout)
             self.kwargs["spacing_tensor"] = torch.tensor([spacing], dtype=self.dtype, device=self.device) * latent.spacing_scale
-        labels = to_layout(problem.labels, layout) if problem.labels is not None else None
+        labels = to_layout(problem.labels, layout) if problem.labels is not None and card.spatial_dims == 3 else None
         if latent.body_regions is not None:
             top, bottom = body_region_vectors(card, labels if labels is not None else np.zeros(1, np.int64))
             self.kwargs["top_region_index_tensor"] = torch.from_numpy(top[None] * latent.body_region_scale).to(self.device, self.dtype)
@@ -99,15 +134,28 @@ class LatentDenoiser:
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         self.calls += 1
         x = x_t.to(self.dtype)
+        batch = x.shape[0]  # a 2-D model's slices go through as one batch
         if isinstance(t, torch.Tensor):  # rectified flow: MAISI's torch.Tensor((t,)), a float timestep
-            timesteps = torch.Tensor((t,)).to(self.device)
+            timesteps = torch.Tensor((t,)).to(self.device).expand(batch)
         else:
-            timesteps = torch.full((1,), int(t), dtype=torch.long, device=self.device)
+            timesteps = torch.full((batch,), int(t), dtype=torch.long, device=self.device)
         extra = {}
         if self.controlnet is not None:
             down, mid = self.controlnet(x=x, timesteps=timesteps, controlnet_cond=self.condition, **self.control_kwargs)
             extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        return self.network(x, timesteps, **self.kwargs, **extra).float()
+        kwargs = dict(self.kwargs)
+        if self.context is not None:
+            kwargs["context"] = self.context.expand(batch, -1, -1)
+            if self.context_channels:  # the brain LDM's sampler: the vector broadcast as channels after the latent
+                planes = self.context[:, 0].reshape((1, -1) + (1,) * (x.ndim - 2)).expand((batch, -1) + tuple(x.shape[2:]))
+                x = torch.cat([x, planes], dim=1)
+        output = self.network(x, timesteps, **kwargs, **extra).float()
+        if self.unconditional is None:
+            return output
+        self.calls += 1
+        kwargs["class_labels"] = self.unconditional
+        unconditional = self.network(x, timesteps, **kwargs, **extra).float()
+        return unconditional + self.guidance * (output - unconditional)
 
 
 def match_precision(loaded: LoadedModel) -> None:

@@ -50,6 +50,10 @@ class SamplingOptions:
     batch_size: int | None = None
     preview_every: int = 5
     class_index: int | None = None
+    # Context attributes by name (the card's defaults for the rest) and the modality by name (the card's own if
+    # None), for models that take them (`conditions`); resolved against the card, so the provenance has them all.
+    attributes: dict[str, float] | None = None
+    modality: str | None = None
     # 2-D models: how alike the noise of different slices is. 0: each slice's own noise (keyed by seed and
     # slice), so each slice gets its own texture, which shows as stripes across slices in sagittal and
     # coronal views; 1: every slice the same noise (keyed by seed), so neighbouring slices with nearly the
@@ -126,7 +130,11 @@ def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], 
             raise TypeError(f"unknown sampling option {key!r}")
         setattr(options, key, value)
     if card is not None:
+        from .conditions import resolved_attributes, resolved_modality
+
         check_guidance(card, options.guidance)
+        options.attributes = resolved_attributes(card, options.attributes) or None
+        options.modality = resolved_modality(card, options.modality)
     if options.guidance is None and card is not None:
         options.guidance = card.conditioning.default_guidance if card.supports_guidance else 1.0
     if options.slice_noise_correlation is None and card is not None:
@@ -149,7 +157,7 @@ def check_guidance(card: Any, guidance: float | None) -> None:
     it, and the result and its provenance would claim what did not happen."""
     if guidance is None or guidance == 1.0 or card.supports_guidance:
         return
-    why = ("a latent model takes no classifier-free guidance" if card.is_latent
+    why = ("a latent model is guided on its modality only, and this one was not trained for it" if card.is_latent
            else "it was trained without dropping its conditions (condition_dropout 0)"
            if card.conditioning.label_map != "none" else "it has no condition to guide by")
     raise OptionNotSupportedError(

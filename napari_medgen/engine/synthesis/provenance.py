@@ -33,6 +33,8 @@ def provenance(
             "slice_noise_correlation": options.slice_noise_correlation,
             **({"slice_noise_correlation_by_label": {str(k): v for k, v in options.slice_noise_correlation_by_label.items()}}
                if options.slice_noise_correlation_by_label else {}),
+            **({"attributes": dict(options.attributes)} if options.attributes else {}),
+            **({"modality": options.modality} if options.modality is not None else {}),
             "seed": options.seed + variant,
             "variant": variant,
             **({"inpaint_estimate": options.inpaint_estimate} if task == "inpaint" else {}),

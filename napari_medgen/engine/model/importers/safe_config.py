@@ -1,10 +1,12 @@
-"""Reading MONAI bundle / MAISI JSON configs as data, never as code.
+"""Reading MONAI bundle / MAISI configs (JSON, or YAML as mednist_ddpm keeps them) as data, never as code.
 
 MONAI's ConfigParser `eval`s every string that starts with ``$`` and instantiates any ``_target_``. Here a
 config is plain JSON: only the sections a model needs are read, ``@name`` references are replaced by the
 literal they name (``@a::b`` / ``@a#b`` reach inside), a ``_target_`` must be on the allow-list below, and a
 ``$`` expression (or a ``%`` macro naming another file) inside a needed section is refused with the place it
-sits. Sections that are code (``imports``, ``device``, ``run``, loaders...) are simply never read.
+sits. Sections that are code (``imports``, ``device``, ``run``, loaders...) are simply never read. YAML is
+parsed with ``yaml.safe_load`` (plain data: no tags that build objects); several files given together are one
+config, later keys over earlier ones, as MONAI merges ``--config_file "['common.yaml', 'infer.yaml']"``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ for _module, _names in {
 }.items():
     for _name in _names:
         ALLOWED_TARGETS[f"{_module}.{_name}"] = _name
+# Classes a bundle keeps in its own scripts/ that stand for MONAI's class of that name (their arguments checked
+# against MONAI's: `scheduler_spec.check_local_scheduler`); nothing of the bundle's code is imported.
+LOCAL_TARGETS = {"scripts.rectified_flow.RFlowScheduler": "RFlowScheduler"}
 # Keys of a `_target_` section that describe the section rather than the constructor's arguments.
 _IGNORED_KEYS = {"_requires_", "_desc_"}
 _MAX_DEPTH = 64
@@ -43,16 +48,12 @@ _MAX_DEPTH = 64
 class SafeConfig:
     """A JSON config file read as data; `section(key)` gives a needed section with references resolved."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelCardError(f"{self.path}: config file not found; check the folder layout")
-        try:
-            self.data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-            raise ModelCardError(f"{self.path}: not a readable JSON config ({str(error)[:200]})") from None
-        if not isinstance(self.data, dict):
-            raise ModelCardError(f"{self.path}: a config must be a JSON object")
+    def __init__(self, path: str | Path | list[Path]) -> None:
+        paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+        self.path = paths[-1] if len(paths) == 1 else Path(" + ".join(str(p) for p in paths))
+        self.data: dict[str, Any] = {}
+        for one in paths:
+            self.data.update(_read(one))
 
     def has(self, key: str) -> bool:
         return key in self.data
@@ -108,7 +109,7 @@ class SafeConfig:
         if isinstance(value, dict):
             if "_target_" in value:
                 target = value["_target_"]
-                if not isinstance(target, str) or target not in ALLOWED_TARGETS:
+                if not isinstance(target, str) or (target not in ALLOWED_TARGETS and target not in LOCAL_TARGETS):
                     raise ModelCardError(
                         f"{self.path}: '{where}' names _target_ {target!r}, which is not on napari-medgen's allow-list "
                         f"of MONAI classes ({', '.join(sorted(set(ALLOWED_TARGETS.values())))}); nothing else is built"
@@ -128,9 +129,36 @@ class SafeConfig:
         raise ModelCardError(f"{self.path}: '{where}' holds an unsupported value")
 
 
+def _read(path: Path) -> dict[str, Any]:
+    """One config file's data: JSON, or YAML by its suffix (safe_load: data only)."""
+    if not path.is_file():
+        raise ModelCardError(f"{path}: config file not found; check the folder layout")
+    yaml_file = path.suffix.lower() in (".yaml", ".yml")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if yaml_file:
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as error:  # noqa: BLE001 - a bad file is the user's file's fault; one line says so
+        kind = "YAML" if yaml_file else "JSON"
+        raise ModelCardError(f"{path}: not a readable {kind} config ({' '.join(str(error).split())[:200]})") from None
+    if not isinstance(data, dict):
+        raise ModelCardError(f"{path}: a config must be a mapping of keys to values")
+    return data
+
+
 def target_of(section: Any, where: str) -> tuple[str, dict[str, Any]]:
     """(card class name, constructor keyword arguments) of a resolved `_target_` section."""
+    from .scheduler_spec import check_local_scheduler
+
     if not isinstance(section, dict) or "_target_" not in section:
         raise ModelCardError(f"'{where}' is not a network or scheduler definition (no _target_)")
     kwargs = {k: v for k, v in section.items() if k != "_target_"}
-    return ALLOWED_TARGETS[section["_target_"]], kwargs
+    target = section["_target_"]
+    if target in LOCAL_TARGETS:
+        check_local_scheduler(target, LOCAL_TARGETS[target], kwargs, where)
+        return LOCAL_TARGETS[target], kwargs
+    return ALLOWED_TARGETS[target], kwargs
