@@ -351,14 +351,15 @@ def test_bundle_dollar_in_needed_section_refused(tmp_path):
         import_bundle(folder, tmp_path / "model")
 
 
-def test_bundle_with_context_conditioning_refused(tmp_path):
+def test_bundle_with_undescribed_context_refused(tmp_path):
+    """A context vector the bundle does not describe (no 'conditioning' @ names, no metadata channel_def) is refused."""
     from napari_medgen.engine.model.importers import import_bundle
 
     folder, _ = make_bundle(tmp_path / "b")
     config = json.loads((folder / "configs/inference.json").read_text())
     config["diffusion_def"].update({"with_conditioning": True, "cross_attention_dim": 4})
     (folder / "configs/inference.json").write_text(json.dumps(config))
-    with pytest.raises(ModelCardError, match="cross-attention"):
+    with pytest.raises(ModelCardError, match="context of 4 values .* cannot be offered"):
         import_bundle(folder, tmp_path / "model")
 
 

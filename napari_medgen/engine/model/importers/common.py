@@ -31,6 +31,22 @@ def cpu_safe(kwargs: dict[str, Any], role: str, changes: list[str]) -> dict[str,
     return out
 
 
+# MONAI GenerativeModels' argument names (older bundles: the brain LDM, mednist_ddpm) -> MONAI's own.
+_RENAMED_ARGUMENTS = {"num_channels": "channels"}
+
+
+def monai_arguments(class_name: str, kwargs: dict[str, Any], role: str, changes: list[str]) -> dict[str, Any]:
+    """`kwargs` with GenerativeModels' former argument names renamed to MONAI's (MAISI's classes keep theirs)."""
+    if class_name.endswith("Maisi"):
+        return kwargs
+    out = dict(kwargs)
+    for old, new in _RENAMED_ARGUMENTS.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+            changes.append(f"{role}.{old} -> {new} (MONAI's name for GenerativeModels' argument)")
+    return out
+
+
 def label_color(index: int) -> str:
     """A deterministic, well-spread colour per label index (golden-ratio hues; background black)."""
     if index == 0:
