@@ -193,7 +193,8 @@ def _run(
         yield ProgressEvent(done, total, variant, f"{message}: decoded")
         variant += 1
     for variant, volume in enumerate(results):
-        volume.metadata = provenance(model, options, task.name, variant, task.inputs_sha256, calls)
+        per_step = 2 if denoise.unconditional is not None else 1  # guided: the network with and without the modality
+        volume.metadata = provenance(model, options, task.name, variant, task.inputs_sha256, calls * per_step)
         record = volume.metadata["provenance"]
         record["latent"] = {"scale_factor": latent.scale_factor, "latent_shape": list(latent_shape), "decode_tile": latent.decode_tile}
         if notices:

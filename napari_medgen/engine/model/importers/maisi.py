@@ -132,7 +132,7 @@ def import_maisi(
             "window_min": lo,
             "window_max": hi,
             "background": lo,
-            "background_label": 0,
+            "background_label": 0 if cn_kwargs is not None else None,  # image-only: no label says where the body is
         },
         "label_schema": schema.model_dump(),
         "conditioning": {"label_map": "controlnet" if cn_kwargs is not None else "none",
