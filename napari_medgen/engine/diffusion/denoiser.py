@@ -161,7 +161,9 @@ class Denoiser:
         # The network's input, built once: [x_t | conditioning] and, for guidance, the same with the
         # label channels zeroed (the unconditional pass) below it. Each call writes x_t into channel 0.
         n = conditioning.shape[0]
-        stack = torch.cat([torch.zeros_like(conditioning[:, :1]), conditioning], 1).to(model.dtype)
+        # (x_t's channel made from the shape: a model conditioned on nothing has no conditioning channel to copy)
+        x_channel = conditioning.new_zeros((n, 1) + tuple(conditioning.shape[2:]))
+        stack = torch.cat([x_channel, conditioning], 1).to(model.dtype)
         if self.guided:
             unconditional = stack.clone()
             unconditional[:, 1 : 1 + self.label_channels] = 0
