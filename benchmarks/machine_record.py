@@ -20,7 +20,6 @@ import platform
 import re
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 BUSY_PERCENT = 10.0  # others' share of all cores' time above which a run's timings count as disturbed
@@ -29,13 +28,17 @@ PEAK_WINDOW_S = 10.0
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The processor's model name (the engine's reading of it, which `--precision auto` also uses)."""
+    from napari_medgen.engine.model.precision import cpu_info
+
+    return cpu_info().model
+
+
+def cpu_flags() -> list[str]:
+    """The processor's flags that decide how fast it runs the networks (AMX, AVX512-BF16, AVX-512, AVX2)."""
+    from napari_medgen.engine.model.precision import cpu_info
+
+    return list(cpu_info().flags)
 
 
 def _machine_busy_s(psutil) -> float:
@@ -162,7 +165,8 @@ def record(smoke: bool = False) -> dict[str, Any]:
     """The machine and settings a figure came from, and what else used the CPU since `watch()`."""
     import torch
 
-    info: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info: dict[str, Any] = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads(),
                             "torch": torch.__version__, "device": "cpu", "python": platform.python_version()}
     if not _WATCH:
         info.update(busy=None, note="the machine was not watched (psutil missing, or no watch started)")
@@ -190,4 +194,6 @@ def disturbance(machine: dict[str, Any] | str | None) -> str | None:
 
 
 def machine_line(info: dict[str, Any]) -> str:
-    return f"{info['cpu']}, {info['cores']} cores, torch {info['torch']} on {info['device']} with {info['torch_threads']} threads"
+    flags = info.get("cpu_flags")
+    cpu = f"{info['cpu']} ({', '.join(flags) if flags else 'no AVX2 / AVX-512 / AMX'})" if flags is not None else info["cpu"]
+    return f"{cpu}, {info['cores']} cores, torch {info['torch']} on {info['device']} with {info['torch_threads']} threads"
