@@ -82,11 +82,18 @@ def request_argv(command: str, args: dict[str, Any]) -> list[str]:
             raise UsageError(f"argument {key!r} is not accepted in a request (progress is always jsonl)")
         if value is None:
             continue  # the option's default, as when it is left out
-        if isinstance(value, list) and value and all(isinstance(v, str) and not v.startswith("-") for v in value):
-            argv += [f"--{name}", *value]  # an option of several files (generate's fractions)
+        if name == "attribute" and isinstance(value, dict) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
+            argv += [f"--{name}", *(f"{k}={v}" for k, v in value.items())]  # generate's attributes: {"age": 0.5}
+            continue
+        if isinstance(value, list) and value and (
+            all(isinstance(v, str) and not v.startswith("-") for v in value)
+            or name in ("size", "spacing") and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value)
+        ):
+            argv += [f"--{name}", *(str(v) for v in value)]  # several files (fractions) or numbers (size, spacing)
             continue
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise UsageError(f"argument {key!r} must be a string, a number or a list of file names, not {json.dumps(value)[:60]}")
+            raise UsageError(f"argument {key!r} must be a string, a number, a list of file names or numbers, or (attribute) an "
+                             f"object of numbers, not {json.dumps(value)[:60]}")
         argv.append(f"--{name}={value}")
     return [*argv, "--progress", "jsonl"]
 
