@@ -22,8 +22,8 @@ error's last line, leaves docs/benchmarks.md as it was (the table would mix fres
 failed ones with --only, then --table-only) and exits with status 1.
 
 `--smoke` (`--quick` is the same): every benchmark once with `--smoke`, its tiny sizes and a tiny random-weight
-model, results in a temporary folder (or $MEDGEN_BENCHMARK_RESULTS): a check that the scripts run, in a
-minute or two; its figures are not for quoting, and benchmarks/results/ and docs/ are left alone.
+model, results in a temporary folder (or $MEDGEN_BENCHMARK_RESULTS): a check that the scripts run, in a few
+minutes; its figures are not for quoting, and benchmarks/results/ and docs/ are left alone.
 
 A benchmark is a script benchmarks/<name>.py whose `main(argv=None)` parses its command line with
 `common.parse` (so it takes `--smoke` and `--threads N`), gets its model from `common.benchmark_model()`
