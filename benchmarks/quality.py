@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.update_card and args.checkpoint is None:
         card = model.card.model_copy(deep=True)
         card.provenance["quality"] = {
-            "mask_fidelity_mean_dice_dpm++2m_20": round(fid["mean_dice"], 3),
+            f"mask_fidelity_mean_dice_{fid['ran']['sampler']}_{fid['ran']['steps']}": round(fid["mean_dice"], 3),
             "mask_fidelity_ceiling_real_t1": round(fid["ceiling_real_t1"]["mean"], 3),
             "inpainting_psnr_db": round(m["psnr"], 2),
             "inpainting_ssim": round(m["ssim"], 3),

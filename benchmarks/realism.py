@@ -274,7 +274,7 @@ def table(report: dict) -> str:
     for row in report["guidance_table"]:
         correlation = row.get("slice_noise_correlation")
         lines.append(
-            f"| {row.get('sampler', 'ddim')}, {row.get('steps', report['steps'])} | {row['guidance']:g}"
+            f"| {row['sampler']}, {row['steps']} | {row['guidance']:g}"
             + (f" ({row['guidance_rescale']:g})" if row["guidance_rescale"] else "")
             + f" | {'card' if correlation is None else f'{correlation:g}'} | {row['mean_dice']:.3f} | {_cells(row)} | "
             f"{row['seconds']:.0f} |"
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         maps["sample map, tissue fractions"] = (labels, fractions)
         maps.update({f"warped map (seed {s}), tissue fractions": (
             warped(labels, s), [warped(f, s, interpolator=sitk.sitkLinear) for f in fractions]) for s in range(1, args.warps + 1)})
-    report: dict = {"model": model.card.name, "weights": weights, "steps": args.steps, "maps": {}, "seconds": {}}
+    report: dict = {"model": model.card.name, "weights": weights, "steps_asked": args.steps, "maps": {}, "seconds": {}}
     real = figures(t1.array[region], labels.array[region], spacing, None)
     pictures, ran = [], {}
     for name, (label_map, fractions) in maps.items():

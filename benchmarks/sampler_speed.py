@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-from napari_medgen.engine.diffusion.methods import DEFAULT_SAMPLER, SAMPLERS  # noqa: E402
+from napari_medgen.engine.diffusion.methods import SAMPLERS  # noqa: E402
 
 SMOKE = {"steps": 2, "repeats": 1, "sizes": [32]}
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER)
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the card's")
     args = common.parse(parser, SMOKE, argv)
     model, kind = common.benchmark_model()
     rows, ran = {}, None
