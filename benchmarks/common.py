@@ -63,15 +63,16 @@ def parse(parser: argparse.ArgumentParser, smoke: dict[str, Any], argv: list[str
     """Parse a benchmark's command line with the options every benchmark has, and set up the run (the machine is
     watched from here on).
 
-    `--threads N`: torch's intra-op threads (default: one per core). `--allow-disturbed`: see `refused_as_headline`. `--smoke`: `smoke`'s values become
-    the defaults (options given on the command line still win), one thread unless told, the model is a
-    tiny random-weight one, and results go to a temporary folder unless $MEDGEN_BENCHMARK_RESULTS names
-    one: a check that the script runs, in seconds, on a busy machine too; its figures mean nothing.
+    `--threads N`: torch's intra-op threads (default: one per core). `--allow-disturbed`: see `refused_as_headline`.
+    `--smoke`: `smoke`'s values become the defaults (options given on the command line still win), one thread
+    unless told, the model is a tiny random-weight one, and results go to a temporary folder unless
+    $MEDGEN_BENCHMARK_RESULTS names one: a check that the script runs, in seconds, on a busy machine too; its
+    figures mean nothing.
     """
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and model, results to a temporary folder")
     parser.add_argument("--allow-disturbed", action="store_true",
-                        help="let a run on a busy machine replace the headline figures (they then say it was disturbed)")
+                        help="let a run on a busy machine replace the headline figures (they say it was disturbed)")
     args = parser.parse_args(argv)
     if args.smoke:
         parser.set_defaults(**{"threads": 1, **smoke})
@@ -229,7 +230,8 @@ RAN_KEYS = ("sampler", "steps", "network_calls", "guidance", "inpaint_estimate",
 def ran(volume) -> dict[str, Any]:
     """What a synthesis run did, read from its result's provenance (never from what the benchmark asked for): the
     sampler and steps as applied, its network calls (all slice batches of the variant), guidance, slice-noise
-    correlation, an inpainting's fill as settled (`mean`: the posterior mean, one call per draw; `sample`: the whole walk), device, precision."""
+    correlation, an inpainting's fill as settled (`mean`: the posterior mean, one call per draw; `sample`: the whole
+    walk), device, precision."""
     provenance = volume.metadata["provenance"]
     return {key: provenance[key] for key in RAN_KEYS if key in provenance}
 

@@ -1,14 +1,14 @@
 """The few-step model's last network call: what dropping it would save and what it would cost.
 
-    python benchmarks/last_call.py [--model brain-t1-demo-fast] [--slices 30] [--steps S] [--precision fp32] [--repeats 3]
-                                   [--threads N] [--smoke]
+    python benchmarks/last_call.py [--model brain-t1-demo-fast] [--slices 30] [--steps S] [--precision fp32]
+                                   [--repeats 3] [--threads N] [--smoke]
 
 The distilled model's DDIM steps end on a call at t = 0 that removes the last of the noise. Dropping it means taking
 the image estimate of the call before it as the image. Both come from `generate` on a block of the sample map's
 axial slices (the middle `--slices`, as realism.py's table block; one slice batch; the card's sampler and steps
 unless `--steps`): the result, and the preview the engine makes from the estimate of the call before the last (the
-same mapping to intensities as the result). Time: the whole run against the run up to that preview (then closed), medians of
-`--repeats`, alternated. Cost: the mean absolute change inside the brain as a share of the real T1's range, and the
+same mapping to intensities as the result). Time: the whole run against the run up to that preview (then closed),
+medians of `--repeats`, alternated. Cost: the mean absolute change inside the brain as a share of the real T1's range, and the
 realism ratios of each image to the real T1 (realism.py: histogram distance, inside-tissue texture). The sampler,
 steps and network calls are the result's provenance. Writes benchmarks/results/last_call.json (docs/models.md).
 """
@@ -27,8 +27,8 @@ import realism  # noqa: E402
 
 SMOKE = {"slices": 2, "repeats": 1, "steps": 2}
 NEEDS_TRAINED_MODEL = True
-KEPT = ("histogram_w1", "inside_in_plane_GM", "inside_in_plane_WM", "inside_through_plane_GM", "inside_through_plane_WM",
-        "spread_CSF", "spread_GM", "spread_WM")
+KEPT = ("histogram_w1", "inside_in_plane_GM", "inside_in_plane_WM", "inside_through_plane_GM",
+        "inside_through_plane_WM", "spread_CSF", "spread_GM", "spread_WM")
 
 
 def run(model, labels, block: slice, steps: int, stop_before_last: bool):
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--slices", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="default: the card's (the distilled model's 4)")
-    parser.add_argument("--precision", default="fp32", help="as the other benchmarks (auto: what this machine would pick)")
+    parser.add_argument("--precision", default="fp32", help="as the other benchmarks (auto: this machine's pick)")
     args = common.parse(parser, SMOKE, argv)
     if common.smoke():
         model = common.benchmark_model(precision=args.precision)[0]
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     middle = labels.shape[0] // 2 + 4
     block = slice(middle - args.slices // 2, middle + (args.slices + 1) // 2)
     steps = args.steps or model.card.sampling.steps
-    run(model, labels, slice(middle, middle + 1), 2, False)  # warm-up: the first call at a shape builds oneDNN's kernels
+    run(model, labels, slice(middle, middle + 1), 2, False)  # warm-up: the first call builds oneDNN's kernels
     times: dict[str, list[float]] = {"all calls": [], "last call dropped": []}
     for _ in range(args.repeats):
         seconds, full, ran = run(model, labels, block, steps, False)
@@ -79,9 +79,10 @@ def main(argv: list[str] | None = None) -> dict:
     norm = model.card.normalization
     background = float(norm.background) if norm.background_label is not None else None
     real = realism.figures(t1.array[block], labels.array[block], spacing, None)
-    figures = {name: {k: v for k, v in realism.relative(realism.figures(image, labels.array[block], spacing, background),
-                                                          real).items() if k in KEPT}
-               for name, image in (("all calls", full), ("last call dropped", dropped))}
+    figures = {}
+    for name, image in (("all calls", full), ("last call dropped", dropped)):
+        ratios = realism.relative(realism.figures(image, labels.array[block], spacing, background), real)
+        figures[name] = {k: v for k, v in ratios.items() if k in KEPT}
     brain = labels.array[block] > 0
     real_range = float(np.percentile(t1.array[block][brain], 99) - np.percentile(t1.array[block][brain], 1))
     change = float(np.abs(full.astype(np.float64) - dropped)[brain].mean() / real_range)
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     path = common.write_result("last_call", result)
     print(f"{common.ran_words(ran)}: {result['seconds_median']}; mean change {100 * change:.1f} % of the range; "
-          f"histogram W1 {figures['all calls']['histogram_w1']} -> {figures['last call dropped']['histogram_w1']}; wrote {path}")
+          f"histogram W1 {figures['all calls']['histogram_w1']} -> {figures['last call dropped']['histogram_w1']}; "
+          f"wrote {path}")
     return result
 
 
