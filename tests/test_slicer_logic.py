@@ -119,8 +119,10 @@ def test_generate_and_inpaint_command_lines_have_the_right_arguments(tmp_path, m
     with_labels = cli_runner.inpaint_arguments("s.nrrd", "r.nrrd", "o.nrrd", labels="l.nrrd")
     assert list(with_labels) == ["image", "region", "labels", "out"]
 
-    with pytest.raises(cli_runner.MedGenRunError, match="needs labels"):
-        cli_runner.run_arguments("generate", out="o.nrrd")
+    with pytest.raises(cli_runner.MedGenRunError, match="needs out"):
+        cli_runner.run_arguments("generate", labels="l.nrrd")
+    with pytest.raises(cli_runner.MedGenRunError, match="needs region"):
+        cli_runner.run_arguments("inpaint", image="s.nrrd", out="o.nrrd")
     with pytest.raises(cli_runner.MedGenRunError, match="set by the runner"):
         cli_runner.generate_arguments("l.nrrd", "o.nrrd", progress="bar")
     with pytest.raises(cli_runner.MedGenRunError, match="unknown command"):

@@ -14,6 +14,8 @@ import ast
 import sys
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pytest
 
@@ -22,6 +24,7 @@ pytest.importorskip(
     "the slicer-core wheel; it has no wheel for some platforms)")
 
 import slicer_fixtures
+from test_importers_zoo import brain_ldm  # noqa: F401 - the tiny brain LDM bundle, a fixture by name
 from tiny_models import make_tiny_model
 
 import slicer  # the wheel's package, once the skip above has passed
@@ -30,7 +33,7 @@ MODULE_DIR = Path(__file__).resolve().parents[1] / "slicer" / "MedGen"
 sys.path.insert(0, str(MODULE_DIR))  # as Slicer finds the module's packages: beside MedGen.py
 
 from MedGenLib import cli_runner, label_names, models
-from MedGenSlicerLib import nodes, scenario, segments
+from MedGenSlicerLib import jobs, nodes, scenario, segments
 
 executable = slicer_fixtures.executable  # the fixture, by name
 
@@ -146,6 +149,27 @@ def test_a_label_map_volume_is_imported_once_as_segments_named_by_its_colours(co
     imported.removeAll()
     for node in (label_map, colors):
         nodes.removeNode(core.scene, node)
+    assert core.nodeIds() == before
+
+
+def test_a_model_without_a_label_map_generates_on_the_scans_grid_with_its_attributes(core, check, brain_ldm, tmp_path):
+    """The brain LDM (context attributes, no label map): no segmentation, the scan's grid via --like, an attribute
+    set, the rest the card's; the result lies on the oblique scan's grid, marked synthetic, the attributes in its
+    provenance."""
+    from napari_medgen.engine.model.importers import import_bundle
+
+    folder = import_bundle(brain_ldm[0], tmp_path / "ldm", scale_factor=1.0)
+    model = models.add_card_details(models.ModelInfo(name="ldm", folder=str(folder)))
+    assert not model.takes_label_map and [a.name for a in model.attributes] == ["gender", "age", "ventricular_vol", "brain_vol"]
+    before = core.nodeIds()
+    options = dict(check.options, model=model, attributes={"age": 0.7})
+    job = jobs.startJob(core.scene, "generate", check.scan, None, {}, options, check.startRun, check.temporaryPath)
+    assert "labels" not in job.run.args and job.run.args["attribute"] == {"age": 0.7}
+    [result] = check.finish(job)
+    check.resultMatchesScanGrid(result)
+    attributes = json.loads(result.GetAttribute("MedGen.Provenance.attributes"))
+    assert attributes == {"gender": 0.0, "age": 0.7, "ventricular_vol": 0.2, "brain_vol": 0.4}
+    nodes.removeNode(core.scene, result)
     assert core.nodeIds() == before
 
 

@@ -21,6 +21,7 @@ from MedGenLib.command_lines import DEVICES
 from MedGenLib.results import MedGenJob
 from MedGenLib.serve_client import ServeWorker
 from MedGenSlicerLib import jobs, segments
+from MedGenSlicerLib.conditions_section import ConditionsSection
 from MedGenSlicerLib.inputs_section import InputsSection
 from MedGenSlicerLib.panel import waitCursor
 from MedGenSlicerLib.run_controls import RunControls
@@ -92,6 +93,7 @@ class MedGenWidget(ScriptedLoadableModuleWidget):
         self.inputs = InputsSection(self.layout, self.logic, onModelPicked=self.onModelPicked,
                                     onSegments=lambda names: self.controls.setRegions(names),
                                     onChanged=self.updateButtons)
+        self.conditions = ConditionsSection(self.layout)
         self.controls = RunControls(self.layout, self.onRunButton)
         self.layout.addStretch(1)
         slicer.app.connect("aboutToQuit()", self.cleanup)
@@ -113,9 +115,10 @@ class MedGenWidget(ScriptedLoadableModuleWidget):
             self.logic.removeTemporaryNodes()
 
     def onModelPicked(self, model: models.ModelInfo | None) -> None:
-        """A model was picked: start from its default guidance."""
+        """A model was picked: start from its default guidance; its attributes and modality, if it has any."""
         if model is not None and model.default_guidance is not None:
             self.controls.guidanceSpin.value = model.default_guidance
+        self.conditions.showModel(model)
 
     def updateButtons(self, *args) -> None:
         """Enable what can be pressed now (called after any change of the inputs and when a run starts or ends)."""
@@ -133,7 +136,8 @@ class MedGenWidget(ScriptedLoadableModuleWidget):
             with waitCursor():
                 self.job = self.logic.start(
                     command, inputs.scanSelector.currentNode(), inputs.anatomySelector.currentNode(),
-                    inputs.assignment(), self.controls.options(inputs.currentModel(), self.settings.device),
+                    inputs.assignment(),
+                    dict(self.controls.options(inputs.currentModel(), self.settings.device), **self.conditions.values()),
                     regionSegment=self.controls.regionCombo.currentText,
                     followLabels=self.controls.followLabelsCheck.checked)
         except (cli_runner.MedGenRunError, ValueError) as error:

@@ -15,8 +15,8 @@ from typing import Any
 
 RUN_COMMANDS = ("generate", "inpaint")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # the values of napari-medgen's --device
-REQUIRED_ARGS = {"generate": ("labels", "out"), "inpaint": ("image", "region", "out")}
-PATH_ARGS = ("labels", "image", "region", "out", "model")
+REQUIRED_ARGS = {"generate": ("out",), "inpaint": ("image", "region", "out")}  # generate: labels unless label-free
+PATH_ARGS = ("labels", "like", "image", "region", "out", "model")
 IS_WINDOWS = os.name == "nt"
 
 
@@ -34,6 +34,15 @@ def _option_value(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float, os.PathLike)):
         raise MedGenRunError(f"option value {value!r} must be a string, a number or a path")
     return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+
+
+def _attribute_values(value: Any) -> list[str]:
+    """`--attribute`'s NAME=VALUE items from {name: number} (a serve request takes the dict itself)."""
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and k and "=" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)
+            for k, v in value.items()):
+        raise MedGenRunError(f"attributes {value!r} must be a mapping of names to numbers")
+    return [f"{name}={number}" for name, number in value.items()]
 
 
 def _looks_like_path(model: str) -> bool:
@@ -55,6 +64,11 @@ def run_arguments(command: str, **options: Any) -> dict[str, Any]:
             raise MedGenRunError(f"option {name!r} is set by the runner, not by the caller")
         if name in PATH_ARGS and not (name == "model" and not _looks_like_path(str(value))):
             value = os.path.abspath(os.fspath(value))
+        if name == "attribute":
+            if not value:
+                continue  # none asked for: the card's defaults
+            _attribute_values(value)
+            value = dict(value)
         args[name] = value
     missing = [name for name in REQUIRED_ARGS[command] if name not in args]
     if missing:
@@ -62,14 +76,20 @@ def run_arguments(command: str, **options: Any) -> dict[str, Any]:
     return args
 
 
-def generate_arguments(labels: str, out: str, model: str | None = None, steps: int | None = None,
+def generate_arguments(labels: str | None, out: str, model: str | None = None, steps: int | None = None,
                        seed: int | None = None, guidance: float | None = None,
                        variants: int | None = None, device: str | None = None,
-                       **more: Any) -> dict[str, Any]:
-    """Options of `napari-medgen generate`: the label map file, the output file, and sampling options
-    (None: the command line's default; guidance None: the model card's)."""
-    return run_arguments("generate", labels=labels, out=out, model=model, steps=steps, seed=seed,
-                         guidance=guidance, variants=variants, device=device, **more)
+                       like: str | None = None, attribute: dict[str, float] | None = None,
+                       modality: str | None = None, **more: Any) -> dict[str, Any]:
+    """Options of `napari-medgen generate`: the label map file (None for a model that takes none: then the grid
+    of the image `like`, else the model's own), the output file, the model's context attributes ({name: value};
+    the card's defaults for the rest) and modality by name, and sampling options (None: the command line's
+    default; guidance None: the model card's)."""
+    if labels is not None and like is not None:
+        raise MedGenRunError("give a label map, or for a model that takes none the image whose grid to use, not both")
+    return run_arguments("generate", labels=labels, like=like, out=out, model=model, steps=steps, seed=seed,
+                         guidance=guidance, variants=variants, device=device, attribute=attribute,
+                         modality=modality, **more)
 
 
 def inpaint_arguments(image: str, region: str, out: str, labels: str | None = None,
@@ -83,10 +103,12 @@ def inpaint_arguments(image: str, region: str, out: str, labels: str | None = No
 
 
 def command_line(executable: str, command: str, args: dict[str, Any]) -> list[str]:
-    """`napari-medgen COMMAND --name value ... --progress jsonl` for options from `run_arguments`."""
+    """`napari-medgen COMMAND --name value ... --progress jsonl` for options from `run_arguments` (attributes as
+    `--attribute NAME=VALUE ...`)."""
     argv = [os.fspath(executable), command]
     for name, value in args.items():
-        argv += ["--" + name.replace("_", "-"), _option_value(value)]
+        values = _attribute_values(value) if name == "attribute" else [_option_value(value)]
+        argv += ["--" + name.replace("_", "-"), *values]
     return argv + ["--progress", "jsonl"]
 
 

@@ -2,8 +2,9 @@
 
 `napari-medgen models` prints a table (NAME VERSION DIMS TASKS CONDITIONING SOURCE FOLDER, columns
 padded with spaces; it has no machine-readable form yet), so the table is cut at its header's column
-starts, which keeps folder names with spaces whole. The label classes (index, name) and the default
-guidance come from the model card, `model.json` in the model's folder, read as plain JSON.
+starts, which keeps folder names with spaces whole. The label classes (index, name), the default
+guidance, whether the model takes a label map at all, its context attributes (name, range, default, unit)
+and its modalities by name come from the model card, `model.json` in the model's folder, read as plain JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +22,23 @@ CARD_FILE = "model.json"
 
 
 @dataclass
+class AttributeInfo:
+    """One context attribute of a model (the brain LDM's age, ...): what a front end shows a control for."""
+
+    name: str
+    label: str
+    minimum: float
+    maximum: float
+    default: float
+    unit: str = ""
+
+    @property
+    def text(self) -> str:
+        """How the control is labelled: the card's label (else the name) and unit."""
+        return (self.label or self.name) + (f" ({self.unit})" if self.unit else "")
+
+
+@dataclass
 class ModelInfo:
     """One row of `napari-medgen models`, plus what its card says about labels and guidance."""
 
@@ -34,6 +52,10 @@ class ModelInfo:
     classes: list[tuple[int, str]] = field(default_factory=list)  # (label index, class name), from the card
     default_guidance: float | None = None
     modality: str = ""
+    takes_label_map: bool = True  # False: generates on a grid alone (the scan's, via --like)
+    attributes: list[AttributeInfo] = field(default_factory=list)  # context attributes, in the card's order
+    modalities: list[str] = field(default_factory=list)  # modality names the model offers (--modality)
+    default_modality: str | None = None  # the card's own, where it has a name
 
     @property
     def label(self) -> str:
@@ -102,16 +124,45 @@ def card_classes(card: dict[str, Any]) -> list[tuple[int, str]]:
     return sorted(classes)
 
 
+def _number(value: Any, fallback: float) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else fallback
+
+
+def card_attributes(card: dict[str, Any]) -> list[AttributeInfo]:
+    """The context attributes in a card's conditioning, in the vector's order (entries without a name skipped)."""
+    attributes = []
+    for entry in (card.get("conditioning") or {}).get("context") or []:
+        if isinstance(entry, dict) and entry.get("name"):
+            low, high = _number(entry.get("minimum"), 0.0), _number(entry.get("maximum"), 1.0)
+            attributes.append(AttributeInfo(str(entry["name"]), str(entry.get("label") or ""), low, high,
+                                            _number(entry.get("default"), low), str(entry.get("unit") or "")))
+    return attributes
+
+
+def card_modalities(card: dict[str, Any]) -> tuple[list[str], str | None]:
+    """The modality names a card offers and the name of its own code (None where it has none or no name)."""
+    latent = card.get("latent") or {}
+    mapping = latent.get("modalities") or {}
+    names = [str(name) for name in mapping] if isinstance(mapping, dict) else []
+    own = next((str(name) for name, code in mapping.items() if code == latent.get("modality_code")), None) if names else None
+    return names, own
+
+
 def add_card_details(model: ModelInfo) -> ModelInfo:
-    """Fill `classes`, `default_guidance` and `modality` from the model's card (left empty if unreadable)."""
+    """Fill `classes`, `default_guidance`, `modality`, `takes_label_map`, `attributes` and the modalities from
+    the model's card (left as they are if unreadable)."""
     try:
         card = read_card(model.folder)
     except MedGenRunError:
         return model
     model.classes = card_classes(card)
-    guidance = (card.get("conditioning") or {}).get("default_guidance")
+    conditioning = card.get("conditioning") or {}
+    guidance = conditioning.get("default_guidance")
     model.default_guidance = float(guidance) if isinstance(guidance, (int, float)) else None
     model.modality = str(card.get("modality") or "")
+    model.takes_label_map = conditioning.get("label_map", "channels") != "none"
+    model.attributes = card_attributes(card)
+    model.modalities, model.default_modality = card_modalities(card)
     return model
 
 
@@ -137,5 +188,5 @@ def list_models(executable: str, env: dict[str, str] | None = None, timeout: flo
     return [add_card_details(model) for model in parse_models_table(done.stdout)]
 
 
-__all__ = ["ModelInfo", "add_card_details", "card_classes", "list_models", "model_classes", "parse_models_table",
+__all__ = ["AttributeInfo", "ModelInfo", "add_card_details", "card_attributes", "card_classes", "card_modalities", "list_models", "model_classes", "parse_models_table",
            "read_card"]

@@ -43,10 +43,15 @@ class ResultInfo:
 
 def sampling_arguments(options: dict[str, Any]) -> dict[str, Any]:
     """The sampling options of a run for `generate_arguments` / `inpaint_arguments`, from a front end's
-    options (steps, seed, guidance, variants, device; the model, a ModelInfo, given by its folder)."""
+    options (steps, seed, guidance, variants, device; the model, a ModelInfo, given by its folder; for a model
+    that takes them, `attributes` {name: value} as `attribute` and `modality` by name)."""
     model = options.get("model")
     sampling = {key: options.get(key) for key in ("steps", "seed", "guidance", "variants", "device")}
     sampling["model"] = model.folder if model is not None else None
+    if options.get("attributes"):
+        sampling["attribute"] = dict(options["attributes"])
+    if options.get("modality"):
+        sampling["modality"] = options["modality"]
     return sampling
 
 

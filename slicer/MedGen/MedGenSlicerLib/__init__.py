@@ -6,6 +6,7 @@ The panel needs the Slicer application (qt, ctk, slicer.app):
 - settings_section: the Settings box (executable, model list check, worker, device).
 - inputs_section: the Inputs box (scan, anatomy, model, following the anatomy's segments).
 - segment_table: the segment-to-class table.
+- conditions_section: the Conditions box (a model's context attributes and modality, where it has them).
 - run_controls: the Sampling and Run boxes (options, Generate / Inpaint / Cancel, progress, status).
 
 The data work needs only Slicer's core libraries (MRML, the segmentations logic's static functions,

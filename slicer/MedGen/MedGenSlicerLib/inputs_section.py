@@ -61,9 +61,10 @@ class InputsSection(VTKObservationMixin):
 
     # -- what a run needs --
     def ready(self) -> bool:
-        """Scan, anatomy and model are all picked."""
-        return (self.scanSelector.currentNode() is not None and self.anatomySelector.currentNode() is not None
-                and self.currentModel() is not None)
+        """Scan, model and (for a model that takes a label map) anatomy are picked."""
+        model = self.currentModel()
+        return (self.scanSelector.currentNode() is not None and model is not None
+                and (self.anatomySelector.currentNode() is not None or not model.takes_label_map))
 
     def assignment(self) -> dict[str, int]:
         """{segment name: class index or IGNORE} as set in the table for the picked model."""

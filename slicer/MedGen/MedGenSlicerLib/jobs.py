@@ -21,19 +21,27 @@ from .segments import writeLabelMap, writeRegion
 def writeInputs(scene, command: str, scanNode, segmentation, assignment: dict, options: dict, folder,
                 regionSegment: str | None = None, followLabels: bool = True) -> dict:
     """Write what a generate / inpaint run reads into its RunFolder; returns the run's arguments. Raises
-    ValueError with what to do (no scan, no anatomy, a segment the mapping does not confirm, no region)."""
+    ValueError with what to do (no scan, no anatomy, a segment the mapping does not confirm, no region).
+    A model that takes no label map generates on the scan's grid (`--like`) with no anatomy."""
     if scanNode is None or scanNode.GetImageData() is None:
         raise ValueError("pick a scan (a scalar volume with voxels)")
-    if segmentation is None:
-        raise ValueError("pick the anatomy: a segmentation or a label map")
     cli_runner.check_command(command)
+    model = options.get("model")
     sampling = sampling_arguments(options)
     out = folder.file("result.nrrd")
+    if command == "generate" and model is not None and not model.takes_label_map:
+        likePath = folder.file("like.nrrd")
+        writeNode(scene, scanNode, likePath)
+        return cli_runner.generate_arguments(None, out, like=likePath, **sampling)
+    sampling.pop("attribute", None)  # the conditions of label-free models: generate only
+    sampling.pop("modality", None)
+    if segmentation is None:
+        raise ValueError("pick the anatomy: a segmentation or a label map")
     if command == "inpaint" and all(index == label_names.IGNORE for index in assignment.values()):
         followLabels = False  # no segment has a class: nothing to follow inside the region
     labelsPath = None
     if command == "generate" or followLabels:
-        labelsPath = writeLabelMap(scene, segmentation, assignment, model_classes(options.get("model")), scanNode,
+        labelsPath = writeLabelMap(scene, segmentation, assignment, model_classes(model), scanNode,
                                    folder.file("labels.nrrd"))
     if command == "generate":
         return cli_runner.generate_arguments(labelsPath, out, **sampling)
