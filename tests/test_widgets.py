@@ -235,8 +235,8 @@ def test_event_loop_stays_responsive_during_a_run(scan, tiny_model, qtbot):
     assert len(ticks) > 10, "the timer hardly ticked during the run: the event loop was frozen"
     gaps = np.diff(ticks)
     run_s = ticks[-1] - ticks[0]
-    # A frozen window shows as one gap as long as the run. docs/design.md states these bounds (measured here:
-    # longest 43-68 ms, 95th percentile 14-16 ms); they leave room for a loaded 2-core CI machine.
+    # A frozen window shows as one gap as long as the run. docs/design.md states these bounds; they leave room
+    # for a loaded 2-core CI machine (on this project's 2-core machine the longest stall was tens of ms).
     assert gaps.max() < 0.5 * run_s, f"the event loop stalled for {gaps.max():.2f} s of a {run_s:.2f} s run"
     assert gaps.max() < 0.25, f"the event loop stalled for {gaps.max() * 1000:.0f} ms"
     assert np.percentile(gaps, 95) < 0.1, f"5% of timer ticks came more than {np.percentile(gaps, 95) * 1000:.0f} ms apart"
