@@ -21,6 +21,7 @@ from .errors import AnatomyError, NoAtlasError
 
 SAMPLE_PREFIX = "sample:"
 
+
 @dataclass(frozen=True)
 class Atlas:
     """An atlas image and its label map (same grid), as files."""

@@ -20,7 +20,6 @@ from .progress_thread import run_observed, run_registration
 
 PLACEMENT_ITERATIONS = 30
 BRAIN_MARGIN_MM = 8.0  # the deformable stage looks at the brain plus this much around it
-DEMONS_SMOOTHING = 1.5  # Gaussian smoothing of the demons displacement field, in voxels of each level
 
 
 def _method(options: AnatomyOptions, shrink: list[int], sigmas_mm: list[float], fixed_mask: Any = None) -> Any:
@@ -87,15 +86,26 @@ def place(
 
 
 def similarity_then_affine(
-    fixed: Any, atlas: Any, start: Any, options: AnatomyOptions, step: int, steps: int, total: int
+    fixed: Any,
+    atlas: Any,
+    start: Any,
+    options: AnatomyOptions,
+    step: int,
+    steps: int,
+    total: int,
+    fixed_mask: Any = None,
 ) -> Generator[ProgressEvent, None, Any]:
-    """Similarity (rotation, translation, one scale) at 8 and 4 mm, then affine at 4 and 2 mm (working spacing x2, x1)."""
+    """Similarity (rotation, translation, one scale) at 8 and 4 mm, then affine at 4 and 2 mm (working spacing x2, x1).
+
+    `fixed_mask` limits the metric to the scan's voxels in it (the placed brain and a margin: a long neck or
+    shoulders then cannot pull the brain-only atlas down; on issue 35's head case, a 120 mm neck, the
+    brain Dice went from 0.69 to 0.99)."""
     import SimpleITK as sitk
 
     similarity = sitk.Similarity3DTransform(start)
     half = steps // 2
     if options.similarity_iterations:
-        method = _method(options, [4, 2], [4.0, 2.0])
+        method = _method(options, [4, 2], [4.0, 2.0], fixed_mask)
         _gradient_descent(method, options.similarity_iterations, 2.0)
         method.SetInitialTransform(similarity, inPlace=True)
         yield ProgressEvent(step, total, message="similarity registration")
@@ -107,7 +117,7 @@ def similarity_then_affine(
     affine.SetTranslation(similarity.GetTranslation())
     affine.SetCenter(similarity.GetCenter())
     if options.affine_iterations:
-        method = _method(options, [2, 1], [2.0, 1.0])
+        method = _method(options, [2, 1], [2.0, 1.0], fixed_mask)
         _gradient_descent(method, options.affine_iterations, 1.0)
         method.SetInitialTransform(affine, inPlace=True)
         yield ProgressEvent(step + half, total, message="affine registration")
@@ -170,9 +180,9 @@ def demons(
 ) -> Generator[ProgressEvent, None, Any]:
     """Symmetric-forces demons on top of `affine`, at twice then once the spacing of `fixed`; the composite.
 
-    Demons compares intensities directly, so `fixed` must look like `atlas`: the caller passes a pseudo-atlas
-    image of the scan (its tissue posteriors painted with the atlas's tissue intensities, background 0) and
-    the atlas image with its own background at 0. The field is smoothed by `DEMONS_SMOOTHING` voxels.
+    Demons compares intensities directly, so `fixed` must look like `atlas`: the caller passes the scan made
+    atlas-like (`target.atlas_like`: its brain, bias-corrected, on the atlas's intensity scale, background 0) and
+    the atlas image with its own background at 0. The field is smoothed by `options.demons_smoothing_voxels`.
     """
     import SimpleITK as sitk
 
@@ -188,7 +198,7 @@ def demons(
         filter_ = sitk.FastSymmetricForcesDemonsRegistrationFilter()
         iterations = options.demons_iterations * (2 if shrink > 1 else 1)
         filter_.SetNumberOfIterations(max(1, iterations))
-        filter_.SetStandardDeviations(DEMONS_SMOOTHING)
+        filter_.SetStandardDeviations(options.demons_smoothing_voxels)
         filter_.SetSmoothDisplacementField(True)
 
         def execute(f=filter_, a=fixed_level, b=moving_level, start=field) -> Any:

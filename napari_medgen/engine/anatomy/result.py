@@ -44,6 +44,21 @@ def largest_brain(labels: np.ndarray) -> np.ndarray:
     return np.where(parts == np.argmax(sizes), labels, 0)
 
 
+def class_shares(labels: np.ndarray, posteriors: np.ndarray | None, classes: list[int]) -> np.ndarray:
+    """Per voxel its share of background and of each class in `classes` (1 + len(classes), ...; float32, sums to 1),
+    consistent with `labels`: the posteriors where their most probable class is the label, the label's one-hot
+    elsewhere (outside the fitted region, islands removed, no mixture model)."""
+    lookup = np.zeros(max([0, *classes]) + 1, np.int64)
+    lookup[classes] = np.arange(1, len(classes) + 1)
+    index = lookup[labels]
+    one_hot = (index[None] == np.arange(len(classes) + 1).reshape(-1, *([1] * labels.ndim))).astype(np.float32)
+    if posteriors is None:
+        return one_hot
+    shares = posteriors / np.maximum(posteriors.sum(axis=0, keepdims=True), 1e-12)
+    agrees = (posteriors.sum(axis=0) > 0) & (np.argmax(posteriors, axis=0) == index)
+    return np.where(agrees[None], shares, one_hot).astype(np.float32)
+
+
 def metadata_of(
     scan: Volume,
     card: ModelCard,
@@ -60,7 +75,7 @@ def metadata_of(
         "label_names": {str(c.index): c.name for c in card.label_schema.classes},
         "anatomy": {
             "method": "atlas registration (Mattes MI: similarity, affine; "
-            + {"demons": "demons on a pseudo-atlas image", "bspline": "B-spline", "none": "no deformable"}[
+            + {"demons": "demons on the scan made atlas-like", "bspline": "B-spline", "none": "no deformable"}[
                 options.deformable
             ]
             + ")"
