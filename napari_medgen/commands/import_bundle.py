@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .importing import add_checkpoint_arguments, checkpoint_overrides, run_import
 from .reporting import Reporter, add_progress_argument
 
 
@@ -32,21 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="array orientation the bundle was trained in (default: its training configs' Orientationd)")
     parser.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
                         help="voxel spacing it was trained at, x y [z] mm (default: its training configs' or metadata's)")
-    parser.add_argument("--autoencoder-weights", default=None, help="autoencoder checkpoint (default: from the config)")
-    parser.add_argument("--unet-weights", default=None, help="diffusion UNet checkpoint (default: from the config)")
-    parser.add_argument("--controlnet-weights", default=None, help="ControlNet checkpoint (default: from the config)")
+    add_checkpoint_arguments(parser, "from the config")
     add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     from ..engine.model.importers.bundle import import_bundle
 
-    weights = {"autoencoder": args.autoencoder_weights, "network": args.unet_weights, "controlnet": args.controlnet_weights}
-    reporter.progress(0, 1, "reading configs and checkpoints")
-    folder = import_bundle(
+    return run_import(reporter, lambda: import_bundle(
         args.folder, args.out, name=args.name, config=args.config, scale_factor=args.scale_factor,
         label_dict=args.label_dict, ct_window=tuple(args.ct_window) if args.ct_window else None,
-        weights={k: v for k, v in weights.items() if v}, layout=args.layout, spacing=args.spacing,
-    )
-    reporter.progress(1, 1, "written")
-    return [str(folder)]
+        weights=checkpoint_overrides(args), layout=args.layout, spacing=args.spacing,
+    ))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .importing import add_checkpoint_arguments, checkpoint_overrides, run_import
 from .reporting import Reporter, add_progress_argument
 
 
@@ -37,20 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--environment", default=None,
                         help="checkpoint paths, relative to the folder (default: the variant's environment config)")
     parser.add_argument("--modality-code", type=int, default=None, help="MAISI modality code, where no name fits")
-    parser.add_argument("--autoencoder-weights", default=None, help="autoencoder checkpoint (default: the environment's)")
-    parser.add_argument("--unet-weights", default=None, help="diffusion UNet checkpoint (default: the environment's)")
-    parser.add_argument("--controlnet-weights", default=None, help="ControlNet checkpoint (default: the environment's)")
+    add_checkpoint_arguments(parser, "the environment's")
     add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     from ..engine.model.importers.maisi import import_maisi
 
-    weights = {"autoencoder": args.autoencoder_weights, "network": args.unet_weights, "controlnet": args.controlnet_weights}
-    reporter.progress(0, 1, "reading configs and checkpoints")
-    folder = import_maisi(
+    return run_import(reporter, lambda: import_maisi(
         args.folder, args.out, name=args.name, network_config=args.network_config, environment=args.environment,
-        modality_code=args.modality_code, variant=args.variant, modality=args.modality, weights=weights,
-    )
-    reporter.progress(1, 1, "written")
-    return [str(folder)]
+        modality_code=args.modality_code, variant=args.variant, modality=args.modality,
+        weights=checkpoint_overrides(args),
+    ))
