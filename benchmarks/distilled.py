@@ -50,17 +50,18 @@ TARGET_VOLUME_S, TARGET_SLICE_S, TARGET_DICE_GAP = 30.0, 0.3, 0.02
 
 def _models(args) -> tuple[LoadedModel, LoadedModel]:
     if not args.smoke:
-        return load_model(args.teacher, device="cpu"), load_model(args.student, device="cpu")
+        # fp32, as the documented figures were measured (benchmarks/precision.py measures what bf16 changes)
+        return load_model(args.teacher, device="cpu", precision="fp32"), load_model(args.student, device="cpu", precision="fp32")
     from napari_medgen.engine.model.card import SamplingDefaults, save_card
 
-    teacher = load_model(common.random_weights_folder(common.tiny_demo_card()), device="cpu")
+    teacher = load_model(common.random_weights_folder(common.tiny_demo_card()), device="cpu", precision="fp32")
     card = teacher.card.model_copy(deep=True, update={"name": "brain-t1-demo-tiny-fast"})
     card.sampling = SamplingDefaults(steps=2, sampler="ddim")
     folder = teacher.folder.parent / card.name
     folder.mkdir(exist_ok=True)
     (folder / card.weights).write_bytes((teacher.folder / card.weights).read_bytes())
     save_card(card, folder)
-    return teacher, load_model(folder, device="cpu")
+    return teacher, load_model(folder, device="cpu", precision="fp32")
 
 
 def _defaults(model: LoadedModel) -> tuple[int, str]:

@@ -59,7 +59,7 @@ def cold(args) -> dict:
     release_model()
     del model
     start = time.perf_counter()
-    model = load_model(folder, device="cpu")
+    model = load_model(folder, device="cpu", precision="auto")  # the panels' default, as a user gets it
     loaded = time.perf_counter() - start
     result = one_run(model, label_map, args.steps, args.preview_every)
     ran = result.pop("ran")
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cold:
         print(json.dumps(cold(args)))
         return
-    model, kind = common.benchmark_model()
+    model, kind = common.benchmark_model(precision="auto")  # the Model panel's default precision
     label_map = common.brain_label_slices(1, args.size)
     one_run(model, label_map, 2, 1)  # warm-up: the first call builds oneDNN's kernels
     runs = [one_run(model, label_map, args.steps, args.preview_every) for _ in range(args.repeats)]

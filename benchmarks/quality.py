@@ -223,7 +223,9 @@ def fill_words(ran: list[dict]) -> str:
 
 
 def load_for_benchmark(model_name: str, checkpoint: Path | None) -> LoadedModel:
-    model = load_model(model_name, device="auto")
+    # fp32, as every quality figure in the docs was measured (precision auto would make them depend on the CPU;
+    # benchmarks/precision.py measures what bf16 changes).
+    model = load_model(model_name, device="auto", precision="fp32")
     if checkpoint is not None:  # evaluate the EMA weights of a training checkpoint
         from safetensors.torch import load_file
 
