@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_models import make_tiny_model, randomize_zero_layers, tiny_card
+from tiny_models import make_tiny_model, randomize_zero_layers, tiny_controlnet_card_dict
 
 from napari_medgen.engine.diffusion.schedule import NoiseSchedule
 from napari_medgen.engine.model.card import parse_card
@@ -64,18 +64,7 @@ def model_folders(tmp_path_factory) -> dict[str, Path]:
         "2d-1mm": make_tiny_model(root / "tiny-2d-1mm", name="tiny-2d-1mm", spacing_mm=1.0),
         "3d-1mm": make_tiny_model(root / "tiny-3d-1mm", name="tiny-3d-1mm", spatial_dims=3, spacing_mm=1.0),
     }
-    raw = tiny_card(name="tiny-controlnet").model_dump(mode="json")
-    raw["conditioning"]["label_map"] = "controlnet"
-    raw["network"]["kwargs"]["in_channels"] = 1 + 2 + 8
-    raw["controlnet"] = {
-        "class_name": "ControlNet",
-        "kwargs": {
-            **{k: v for k, v in raw["network"]["kwargs"].items() if k != "out_channels"},
-            "conditioning_embedding_in_channels": 4,
-            "conditioning_embedding_num_channels": [8],
-        },
-    }
-    card = parse_card(raw)
+    card = parse_card(tiny_controlnet_card_dict())
     torch.manual_seed(0)
     networks = build_networks(card)
     for network in networks.values():

@@ -11,7 +11,7 @@ import json
 
 import pytest
 from engine_fixtures import clean_model_cache  # noqa: F401 (fixture)
-from tiny_models import make_tiny_model, tiny_card
+from tiny_models import make_tiny_model, tiny_card, tiny_controlnet_card_dict
 
 from napari_medgen.engine.errors import ModelCardError
 from napari_medgen.engine.model.card import CARD_FILE, load_card, parse_card
@@ -117,23 +117,8 @@ def test_tile_must_fit_the_unet_downsampling():
         parse_card(raw)
 
 
-def _controlnet_card_dict() -> dict:
-    raw = _card_dict(name="tiny-controlnet")
-    raw["conditioning"]["label_map"] = "controlnet"
-    raw["network"]["kwargs"]["in_channels"] = 1 + 2 + 8
-    raw["controlnet"] = {
-        "class_name": "ControlNet",
-        "kwargs": {
-            **{k: v for k, v in raw["network"]["kwargs"].items() if k != "out_channels"},
-            "conditioning_embedding_in_channels": 4,
-            "conditioning_embedding_num_channels": [8],
-        },
-    }
-    return raw
-
-
 def test_controlnet_card_checks_its_inputs():
-    raw = _controlnet_card_dict()
+    raw = tiny_controlnet_card_dict()
     assert parse_card(raw).conditioning.label_map == "controlnet"
     bad = copy.deepcopy(raw)
     bad["controlnet"]["kwargs"]["conditioning_embedding_in_channels"] = 3

@@ -61,6 +61,22 @@ def tiny_card(
     )
 
 
+def tiny_controlnet_card_dict(name: str = "tiny-controlnet") -> dict:
+    """A tiny card (as JSON data) of a ControlNet model: the label map reaches the UNet through a MONAI ControlNet."""
+    raw = tiny_card(name=name).model_dump(mode="json")
+    raw["conditioning"]["label_map"] = "controlnet"
+    raw["network"]["kwargs"]["in_channels"] = 1 + 2 + 8
+    raw["controlnet"] = {
+        "class_name": "ControlNet",
+        "kwargs": {
+            **{k: v for k, v in raw["network"]["kwargs"].items() if k != "out_channels"},
+            "conditioning_embedding_in_channels": 4,
+            "conditioning_embedding_num_channels": [8],
+        },
+    }
+    return raw
+
+
 def randomize_zero_layers(module: torch.nn.Module) -> None:
     """Give MONAI's zero-initialised layers (output conv, residual and attention projections) random
     weights: a freshly built diffusion UNet predicts exactly zero noise, which would make every test
