@@ -54,8 +54,25 @@ DESCRIPTION = (
 )
 
 
-def prepare(folder: Path) -> Path:
-    """Write the eight shifted 2 mm pairs and their prepared slices into `folder`; returns ``slices.npz``."""
+def demo_card(planes: str):
+    """The preset's card; with ``planes == "tri"`` the 3.0.0 teacher: one network for axial, coronal and sagittal
+    slices, the plane given as its class embedding (added at zero to a 2.x network, so it starts as that model)."""
+    card = preset_card("brain-t1-demo")
+    if planes == "tri":
+        card.version = "3.0.0"
+        card.description = (
+            "T1 brain MRI generator and inpainter conditioned on CSF / grey / white matter labels, slice plane and "
+            "position: one 2-D network for axial, coronal and sagittal slices, sampled tri-planar; trained on the "
+            "ICBM152 2009 template at 2 mm."
+        )
+        card.conditioning.orientations = ["axial", "coronal", "sagittal"]
+        card.network.kwargs["num_class_embeds"] = 3
+    return card
+
+
+def prepare(folder: Path, card) -> Path:
+    """Write the eight shifted 2 mm pairs and their prepared slices (cut in the card's planes) into `folder`;
+    returns ``slices.npz``."""
     sys.path.insert(0, str(REPO / "scripts"))
     from make_sample_brain import template_pair
 
@@ -68,7 +85,7 @@ def prepare(folder: Path) -> Path:
         image, label_map, shares = template_pair(2.0, shift)
         pairs.append((write_volume(image, folder / f"{name}_image.nii.gz"), write_volume(label_map, folder / f"{name}_label.nii.gz")))
         fractions.append(shares)
-    slices = load_training_slices(preset_card("brain-t1-demo"), pairs, fractions)
+    slices = load_training_slices(card, pairs, fractions)
     return save_slices(slices, folder / "slices.npz")
 
 
@@ -109,7 +126,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=1500, help="student optimiser updates (0: no student)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=0, help="processes making batches")
-    parser.add_argument("--mixed-precision", action="store_true", help="bfloat16 autocast on a GPU")
+    parser.add_argument("--mixed-precision", action="store_true", help="bfloat16 autocast (a GPU, or a CPU with native bf16)")
     parser.add_argument("--initial", type=Path, default=None,
                         help="a model folder whose weights the teacher starts from (a further training stage)")
     parser.add_argument("--warmup-steps", type=int, default=200)
@@ -121,6 +138,12 @@ def main() -> None:
     parser.add_argument("--fraction-share", type=float, default=0.0,
                         help="share of samples conditioned on the template's tissue fractions instead of hard labels")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--planes", default="axial", choices=("axial", "tri"),
+                        help="tri: train on axial, coronal and sagittal slices with the plane as an input (card 3.0.0)")
+    parser.add_argument("--resume", action="store_true", help="continue the teacher run from its checkpoint")
+    parser.add_argument("--checkpoint-every", type=int, default=1000)
+    parser.add_argument("--time-limit-minutes", type=float, default=None,
+                        help="stop the teacher after this time (the model folder is written from its EMA weights)")
     parser.add_argument("--budget-minutes", type=float, default=None, help="fit the teacher's steps to this time")
     parser.add_argument("--student-budget-minutes", type=float, default=None, help="stop the student after this time")
     args = parser.parse_args()
@@ -130,16 +153,18 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True  # whole slices: one input shape throughout
-    slices_path = args.slices or prepare(args.data)
+    card = demo_card(args.planes)
+    slices_path = args.slices or prepare(args.data, card)
     slices = load_slices(slices_path)
     print(f"{len(slices.images)} training slices of {slices.images.shape[1:]} from {slices_path}", flush=True)
-    card = preset_card("brain-t1-demo")
     config = TrainingConfig(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
-        ema_decay=args.ema_decay, crop_size=None, checkpoint_every=1000, device=args.device, workers=args.workers,
+        ema_decay=args.ema_decay, crop_size=None, checkpoint_every=args.checkpoint_every, device=args.device, workers=args.workers,
         mixed_precision=args.mixed_precision, field_of_view_fraction=args.field_of_view_fraction, threads=args.threads,
         warp_interpolation=args.warp_interpolation, warp_fraction=args.warp_fraction, fraction_share=args.fraction_share,
     )
+    if args.time_limit_minutes:
+        config.time_limit_s = args.time_limit_minutes * 60
     updates = args.updates
     if args.budget_minutes:
         per_step = seconds_per_step(card, slices, config)
@@ -148,10 +173,11 @@ def main() -> None:
         print(f"{per_step * 1000:.1f} ms per step: {config.steps} steps fit {args.budget_minutes} minutes", flush=True)
         if args.student_budget_minutes:  # an update costs about 3 training steps (7 teacher passes on average, no gradients)
             updates = min(updates, max(50, int(args.student_budget_minutes * 60 / (3.2 * per_step))))
-    shutil.rmtree(args.checkpoints / "teacher", ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(args.checkpoints / "teacher", ignore_errors=True)
     teacher_folder = _drive(
         train(card, slices, args.out, config, data_description=DESCRIPTION, checkpoint_dir=args.checkpoints / "teacher",
-              initial=args.initial),
+              initial=args.initial, resume=args.resume),
         "teacher",
     )
     print(f"teacher written to {teacher_folder}", flush=True)

@@ -99,7 +99,7 @@ def test_batches_give_fractions_to_their_share_and_are_unchanged_without(slab_ca
         a, b = TrainingBatches(card, with_fractions, config, 0).batch(step), TrainingBatches(card, hard_only, config, 0).batch(step)
         assert all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(a, b, strict=True))
     soft = TrainingConfig(batch_size=4, crop_size=16, condition_dropout=0.0, fraction_share=1.0)
-    images, conditioning = TrainingBatches(card, with_fractions, soft, 0).batch(0)
+    images, conditioning, _ = TrainingBatches(card, with_fractions, soft, 0).batch(0)
     label_channels = conditioning[:, :4].numpy()
     assert np.allclose(label_channels.sum(axis=1), 1.0, atol=1e-4)  # warped, padded, pasted: still fractions
     partial = (label_channels > 0.01) & (label_channels < 0.99)
@@ -212,8 +212,8 @@ def test_one_hot_fractions_reach_the_network_exactly_as_the_labels_do(slab_case)
     with_one_hot.fractions = one_hot(hard_only.labels, 4)
     unwarped = dict(batch_size=4, crop_size=16, condition_dropout=0.0, warp_fraction=0.0)
     for step in range(3):
-        _, hard = TrainingBatches(card, hard_only, TrainingConfig(**unwarped), 0).batch(step)
-        _, soft = TrainingBatches(card, with_one_hot, TrainingConfig(**unwarped, fraction_share=1.0), 0).batch(step)
+        _, hard, _ = TrainingBatches(card, hard_only, TrainingConfig(**unwarped), 0).batch(step)
+        _, soft, _ = TrainingBatches(card, with_one_hot, TrainingConfig(**unwarped, fraction_share=1.0), 0).batch(step)
         np.testing.assert_allclose(soft[:, :4].numpy(), hard[:, :4].numpy(), atol=1e-6)
 
 

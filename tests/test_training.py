@@ -315,8 +315,8 @@ def test_batches_are_the_same_made_in_worker_processes(flat_dataset):
     batches = TrainingBatches(card, data, config, seed=4)
     here = list(batch_stream(batches, 0, 4, workers=0))
     in_workers = list(batch_stream(batches, 0, 4, workers=2))
-    for (image_a, stack_a), (image_b, stack_b) in zip(here, in_workers, strict=True):
-        assert torch.equal(image_a, image_b) and torch.equal(stack_a, stack_b)
+    for (image_a, stack_a, planes_a), (image_b, stack_b, planes_b) in zip(here, in_workers, strict=True):
+        assert torch.equal(image_a, image_b) and torch.equal(stack_a, stack_b) and torch.equal(planes_a, planes_b)
     again = batches.batch(2)
     assert torch.equal(again[0], here[2][0]) and not torch.equal(here[1][0], here[2][0])
 

@@ -21,7 +21,9 @@ def tiny_card(
     condition_dropout: float = 0.1,
     tasks: tuple[str, ...] = ("generate", "inpaint"),
     spacing_mm: float = 4.0,
+    orientations: bool = False,
 ) -> ModelCard:
+    """`orientations`: one network for axial, coronal and sagittal slices (the plane as its class embedding)."""
     n_labels = TISSUE_SCHEMA.max_index + 1
     in_channels = 1 + (n_labels if label_map == "channels" else 0) + (2 if known_image else 0) + (8 if slice_position and spatial_dims == 2 else 0)
     kwargs = {
@@ -33,6 +35,7 @@ def tiny_card(
         "num_res_blocks": 1,
         "norm_num_groups": 8,
         "num_head_channels": 8,
+        **({"num_class_embeds": 3} if orientations else {}),
     }
     network = {"class_name": "DiffusionModelUNet", "kwargs": kwargs}
     if label_map == "spade":
@@ -54,6 +57,7 @@ def tiny_card(
                 "known_image": known_image,
                 "slice_position": slice_position and spatial_dims == 2,
                 "condition_dropout": condition_dropout,
+                "orientations": ["axial", "coronal", "sagittal"] if orientations else [],
             },
             "scheduler": {"num_train_timesteps": 100},
             "tasks": list(tasks),

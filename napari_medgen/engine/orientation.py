@@ -14,6 +14,10 @@ import numpy as np
 
 from .volume import Volume
 
+# The canonical array axis each plane's slices are cut across (z, y, x: inferior-superior, anterior-posterior,
+# right-left); a slice keeps the other two axes in array order (axial: y, x; coronal: z, x; sagittal: z, y).
+PLANE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+
 
 def canonical_axes(direction: np.ndarray) -> tuple[list[int], list[bool]]:
     """For each canonical axis (array order), the source array axis it takes and whether it is flipped.

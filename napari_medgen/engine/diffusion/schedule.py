@@ -61,6 +61,17 @@ class NoiseSchedule:
         eps = (x_t - sa * x0) / sb
         return x0, eps
 
+    def output_for(self, x0: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """The network output at t that `split` turns into the clean estimate `x0` (in [-1, 1]) for `x_t`."""
+        a = self.alpha_bar(t)
+        sa, sb = a**0.5, (1 - a) ** 0.5
+        if self.prediction_type == "sample":
+            return x0.clone()
+        eps = (x_t - sa * x0) / sb
+        if self.prediction_type == "epsilon":
+            return eps
+        return sa * eps - sb * x0  # v
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
         a = self.alpha_bar(t)
         return a**0.5 * x0 + (1 - a) ** 0.5 * noise

@@ -141,6 +141,13 @@ class ModelCard(StrictModel):
             raise ValueError(f"SPADE label_nc must equal the number of schema classes ({self.num_label_channels})")
         if cond.class_index is not None and kwargs.get("num_class_embeds") != cond.class_index:
             raise ValueError("class_index conditioning needs num_class_embeds equal to class_index")
+        if cond.orientations:
+            if self.spatial_dims != 2 or cond.class_index is not None:
+                raise ValueError("orientations are for 2-D models without class_index (both use the class embedding)")
+            if kwargs.get("num_class_embeds") != len(cond.orientations) or len(set(cond.orientations)) != len(cond.orientations):
+                raise ValueError("orientations need distinct planes and num_class_embeds equal to their number")
+        if self.sampling is not None and self.sampling.planes == "tri" and len(cond.orientations) < 3:
+            raise ValueError("tri-planar sampling (sampling.planes 'tri') needs a network trained on all three orientations")
         return self  # inpainting needs no known-image channels: RePaint's walk works with any model
 
     def _consistent_latent(self) -> ModelCard:
@@ -247,6 +254,8 @@ class ModelCard(StrictModel):
             parts.append("slice position")
         if cond.class_index:
             parts.append(f"class index ({cond.class_index})")
+        if cond.orientations:
+            parts.append("slice plane (" + ", ".join(cond.orientations) + ")")
         if cond.context:
             parts.append("context " + ", ".join(a.name for a in cond.context))
         if self.latent is not None and self.latent.modality_code is not None:

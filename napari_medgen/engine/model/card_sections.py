@@ -137,6 +137,13 @@ class Conditioning(StrictModel):
         "asked for; other voxels use default_slice_noise_correlation",
     )
 
+    # The slice plane each 2-D sample was cut in, given to the network as its class embedding (index in this
+    # list): one network for axial, coronal and sagittal slices, which tri-planar sampling needs. Empty: axial only.
+    orientations: list[Literal["axial", "coronal", "sagittal"]] = Field(
+        default_factory=list,
+        description="2-D models: the slice planes the network was trained on, embedded as class labels (index here)",
+    )
+
     # A context vector (cross-attention context; with `context_channels` also broadcast as extra input channels
     # after the latent, as the brain LDM's sampler feeds it). Latent models only.
     context: list[ContextAttribute] = Field(default_factory=list)
@@ -175,6 +182,8 @@ class SamplingDefaults(StrictModel):
 
     steps: int = Field(ge=1, le=10000)
     sampler: str = Field(min_length=1)
+    # "tri": each step runs the network on the slices of one plane, the planes in turn (needs orientations).
+    planes: Literal["axial", "tri"] = "axial"
     reason: str = ""
 
     @field_validator("sampler")

@@ -85,8 +85,14 @@ def check_weights_fit(card: ModelCard, folder: Path) -> None:
     _check_shapes(shapes, expected, str(path))
 
 
-def load_weights(card: ModelCard, folder: Path, networks: dict[str, torch.nn.Module]) -> None:
-    """Load a model folder's safetensors weights into `networks` (role -> module); ModelWeightsError if they do not fit."""
+def load_weights(
+    card: ModelCard, folder: Path, networks: dict[str, torch.nn.Module], new_at_zero: tuple[str, ...] = ()
+) -> None:
+    """Load a model folder's safetensors weights into `networks` (role -> module); ModelWeightsError if they do not fit.
+
+    `new_at_zero`: keys ("role.name") the networks have and the file may lack (a fine-tune's added embedding);
+    they are set to zero.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -95,6 +101,10 @@ def load_weights(card: ModelCard, folder: Path, networks: dict[str, torch.nn.Mod
         state = load_file(str(path))  # safetensors: a header and raw tensors, no code can run
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise _not_safetensors(path, error) from None
+    expected = state_dict_of(networks)
+    for key in new_at_zero:
+        if key not in state and key in expected:
+            state[key] = torch.zeros_like(expected[key])
     _check_fit(state, networks, str(path))
     _assign(state, networks)
 

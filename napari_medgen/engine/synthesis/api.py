@@ -30,6 +30,7 @@ from .inputs import check_fractions, check_label_map, inpaint_inputs
 from .model_grid import as_2d, as_3d, axial_slab, inpaint_crop, problem_on_model_grid, slice_positions
 from .options import ProgressEvent, SamplingOptions, resolve_options
 from .own_grid import generation_grid
+from .planes import settle_planes, tri_planar_positions
 from .run import run_task
 from .tasks import GenerateTask, InpaintTask
 
@@ -70,11 +71,14 @@ def generate(
     fractions = None
     if tissue_fractions is not None:
         fractions = [axial_slab(to_canonical(as_3d(f)), slice_range)[0] for f in tissue_fractions]
+    planes, why = settle_planes(card, options.planes, canonical)
     problem = problem_on_model_grid(card, canonical, labels=canonical, known=None, region=None, intensity=None,
-                                    fractions=fractions)
+                                    fractions=fractions, isotropic=planes == "tri")
     if card.spatial_dims == 2:
         problem.positions = slice_positions(canonical.shape[0], offset, whole.shape[0])
     problem.slice_offset = offset
+    _set_planes(card, problem, planes, why, canonical, (offset, 0, 0), whole.shape)
+    options = _with_planes(options, planes)
     inputs = {"label_map": label_map.content_hash()}
     if tissue_fractions is not None:
         inputs.update({f"tissue_fractions_{k}": f.content_hash() for k, f in enumerate(tissue_fractions, start=1)})
@@ -103,18 +107,41 @@ def inpaint(
 
         return inpaint_latent(loaded, image, region, label_map, options)
     region, inputs = inpaint_inputs(card, image, region, label_map)
-    crop = inpaint_crop(card, image, region, label_map, options.context_mm)
+    # tri-planar where the whole image allows it: the box then takes context along z too
+    planes, why = settle_planes(card, options.planes, to_canonical(as_3d(image)))
+    crop = inpaint_crop(card, image, region, label_map, options.context_mm, all_axes=planes == "tri")
     intensity = intensity_map_for(card.normalization, np.asarray(image.array, dtype=np.float32))
     if crop.labels is not None:  # another scanner's contrast: tissue medians of the known voxels -> learned levels
         intensity = harmonised_map(card.normalization, intensity, np.asarray(crop.image.array, np.float32),
                                    crop.labels.array, crop.region.array == 0)
-    problem = problem_on_model_grid(card, crop.image, crop.labels, crop.image, crop.region, intensity)
+    if planes == "tri":
+        planes, why = settle_planes(card, planes, crop.image)
+    problem = problem_on_model_grid(card, crop.image, crop.labels, crop.image, crop.region, intensity,
+                                    isotropic=planes == "tri")
     if card.spatial_dims == 2:
         problem.positions = slice_positions(crop.image.shape[0], crop.box[0].start, crop.canonical_image.shape[0])
         problem.slice_offset = crop.box[0].start
-    options = _estimate_options(card, options, crop.region, problem.by_repaint)
+    _set_planes(card, problem, planes, why, crop.image, tuple(b.start for b in crop.box), crop.canonical_image.shape)
+    options = _estimate_options(card, _with_planes(options, planes), crop.region, problem.by_repaint)
     task = InpaintTask.on_crop(card, problem, image, region, crop, inputs, options)
     return run_task(loaded, task, options)
+
+
+def _set_planes(card: ModelCard, problem, planes: str, why: str, crop: Volume, offsets: tuple[int, ...],
+                whole_shape: tuple[int, ...]) -> None:
+    """Record on the problem how its slices are cut (and, tri-planar, each slice's position per plane)."""
+    problem.planes, problem.planes_why = planes, why
+    if planes == "tri":
+        problem.plane_positions = tri_planar_positions(problem.grid.shape, card.spacing_mm[0], crop, offsets, whole_shape)
+
+
+def _with_planes(options: SamplingOptions, planes: str) -> SamplingOptions:
+    """The options as the run goes: the planes it samples (axial where a thin volume could not go tri-planar)."""
+    if options.planes == planes:
+        return options
+    settled = copy.copy(options)
+    settled.planes = planes
+    return settled
 
 
 def output_template(source: Volume, slice_range: tuple[int, int] | None = None) -> Volume:

@@ -40,6 +40,11 @@ class ModelGridProblem:
     by_repaint: bool = False
     # (classes, z, y, x) tissue fractions, given in place of the labels' one-hot to a model trained on them.
     fractions: np.ndarray | None = None
+    # 2-D models: "axial" (slice by slice) or "tri" (the whole volume on an isotropic grid, the planes in turn,
+    # each slice's position along the axis it cuts in `plane_positions`); why a tri-planar run went axial.
+    planes: str = "axial"
+    planes_why: str = ""
+    plane_positions: dict[str, np.ndarray] | None = None
 
     @property
     def unpadded_shape(self) -> tuple[int, ...]:
@@ -60,10 +65,14 @@ def problem_on_model_grid(
     region: Volume | None,
     intensity: IntensityMap | None,
     fractions: list[Volume] | None = None,
+    isotropic: bool = False,
 ) -> ModelGridProblem:
     """Resample the crop's label map (and tissue fraction maps), known image and region onto the model grid,
-    padded for the UNet."""
-    if card.spatial_dims == 2:
+    padded for the UNet. `isotropic` (tri-planar sampling): a 2-D model's spacing along all three axes, and
+    every axis padded, since each is cut into slices."""
+    if card.spatial_dims == 2 and isotropic:
+        spacing = (card.spacing_mm[0],) * 3
+    elif card.spatial_dims == 2:
         spacing = (card.spacing_mm[0], card.spacing_mm[1], input_crop.spacing[2])
     else:
         spacing = tuple(card.spacing_mm)
@@ -84,7 +93,7 @@ def problem_on_model_grid(
         region_m = voxels_touched(region, grid)
     divisor = card.downsampling_factor
     pad = [(0, 0)] * 3
-    for axis in (1, 2) if card.spatial_dims == 2 else (0, 1, 2):
+    for axis in (1, 2) if card.spatial_dims == 2 and not isotropic else (0, 1, 2):
         size = grid.shape[axis]
         pad[axis] = (0, int(np.ceil(max(size, 8) / divisor) * divisor) - size)
     padded_shape = tuple(s + p[1] for s, p in zip(grid.shape, pad, strict=True))
@@ -127,10 +136,10 @@ def slice_positions(count: int, offset: int, total: int) -> np.ndarray:
     return (np.arange(count) + offset) / max(total - 1, 1)
 
 
-def region_box(region: Volume, context_mm: float, card: ModelCard) -> tuple[slice, ...]:
+def region_box(region: Volume, context_mm: float, card: ModelCard, all_axes: bool = False) -> tuple[slice, ...]:
     """The region's bounding box, widened by `context_mm` and to at least one training tile of the model.
 
-    In-plane only for 2-D models. The tile floor matters: a network with group normalisation and
+    In-plane only for 2-D models, unless `all_axes` (tri-planar sampling cuts every axis into slices). The tile floor matters: a network with group normalisation and
     attention judges a crop by its statistics, and one much smaller than the crops it was trained on
     gets them wrong (brain-t1-demo, a 10 mm region: PSNR 11.5 dB in a 16 mm-context box, 16.5 dB in a
     training-tile-sized one).
@@ -143,7 +152,9 @@ def region_box(region: Volume, context_mm: float, card: ModelCard) -> tuple[slic
     tile_vox = np.ceil(tile_mm / spacing[-len(tile_mm):]).astype(int)
     floor = np.zeros(3, int)
     floor[-len(tile_vox):] = tile_vox
-    if card.spatial_dims == 2:
+    if card.spatial_dims == 2 and all_axes:  # a coronal or sagittal slice's height is along z
+        floor[0] = tile_vox[0]
+    elif card.spatial_dims == 2:
         margin[0] = 0
     low, high = low - margin, high + margin
     short = np.maximum(floor - (high - low), 0)  # grow evenly to the tile's extent, then shift inside the image
@@ -168,11 +179,13 @@ class InpaintCrop:
     labels: Volume | None
 
 
-def inpaint_crop(card: ModelCard, image: Volume, region: Volume, label_map: Volume | None, context_mm: float) -> InpaintCrop:
+def inpaint_crop(
+    card: ModelCard, image: Volume, region: Volume, label_map: Volume | None, context_mm: float, all_axes: bool = False
+) -> InpaintCrop:
     """The crop of an inpainting: `region` and `label_map` on `image`'s grid, brought to canonical orientation
-    (2-D volumes as one slice) and cut to the box `region_box` gives."""
+    (2-D volumes as one slice) and cut to the box `region_box` gives (context along every axis if `all_axes`)."""
     image3, region3 = to_canonical(as_3d(image)), to_canonical(as_3d(region))
-    box = region_box(region3, context_mm, card)
+    box = region_box(region3, context_mm, card, all_axes)
     labels = crop(to_canonical(as_3d(label_map)), box) if label_map is not None else None
     return InpaintCrop(image3, box, crop(image3, box), crop(region3, box), labels)
 

@@ -63,6 +63,10 @@ class SamplingOptions:
     # white matter 0.9, grey matter 0.5, the rest 0.7). None: the card's, when the correlation is the card's
     # too; a correlation asked for applies to every voxel unless this is given as well.
     slice_noise_correlation_by_label: dict[int, float] | None = None
+    # 2-D models: "axial" samples slice by slice along the axial axis; "tri" keeps the whole volume and gives the
+    # network the slices of each plane in turn (`planes`; needs a network trained on all three orientations).
+    # None: the card's `sampling.planes`. Tri-planar sampling draws every voxel its own noise.
+    planes: str | None = None
     # Inpainting: the context processed around the region, and the width of the seam blend inside it.
     context_mm: float = 16.0
     feather_mm: float = 2.0
@@ -105,6 +109,8 @@ class SamplingOptions:
         for label, value in (self.slice_noise_correlation_by_label or {}).items():
             if not 0.0 <= value <= 1.0:
                 raise MedgenError(f"slice_noise_correlation_by_label must be between 0 and 1, got {value} for label {label}")
+        if self.planes not in (None, "axial", "tri"):
+            raise MedgenError(f"planes is 'axial' (slice by slice) or 'tri' (the three planes in turn), got {self.planes!r}")
         if self.inpaint_estimate not in INPAINT_ESTIMATES:
             raise MedgenError(
                 f"unknown inpainting estimate {self.inpaint_estimate!r}; choose one of {', '.join(INPAINT_ESTIMATES)}"
@@ -137,6 +143,8 @@ def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], 
         options.modality = resolved_modality(card, options.modality)
     if options.guidance is None and card is not None:
         options.guidance = card.conditioning.default_guidance if card.supports_guidance else 1.0
+    if card is not None:
+        resolve_planes(card, options)
     if options.slice_noise_correlation is None and card is not None:
         options.slice_noise_correlation = card.conditioning.default_slice_noise_correlation
         if options.slice_noise_correlation_by_label is None:
@@ -150,6 +158,29 @@ def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], 
             options.steps = defaults.steps if defaults is not None else DEFAULT_STEPS
     options.check()
     return options
+
+
+def resolve_planes(card: Any, options: SamplingOptions) -> None:
+    """Settle `options.planes` against the card: its `sampling.planes` where none was asked for; "tri" refused
+    for a network not trained on all three planes, and with a slice-noise correlation (slices of every plane
+    share the volume's voxels, so each voxel draws its own noise)."""
+    trained = list(getattr(card.conditioning, "orientations", []))
+    if options.planes is None:
+        defaults = getattr(card, "sampling", None)
+        options.planes = defaults.planes if defaults is not None else "axial"
+    if options.planes != "tri":
+        return
+    if card.spatial_dims != 2 or len(trained) < 3:
+        raise OptionNotSupportedError(
+            f"model {card.name} cannot sample tri-planar: its network was trained on "
+            f"{', '.join(trained) or 'axial'} slices only; leave planes out or give 'axial'"
+        )
+    if options.slice_noise_correlation not in (None, 0.0) or options.slice_noise_correlation_by_label:
+        raise OptionNotSupportedError(
+            "tri-planar sampling draws each voxel its own noise: a slice-noise correlation is for axial sampling; "
+            "leave it out, or give planes 'axial'"
+        )
+    options.slice_noise_correlation, options.slice_noise_correlation_by_label = 0.0, None
 
 
 def check_guidance(card: Any, guidance: float | None) -> None:

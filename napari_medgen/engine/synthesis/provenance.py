@@ -11,11 +11,13 @@ from .options import SamplingOptions
 
 
 def provenance(
-    loaded: LoadedModel, options: SamplingOptions, task: str, variant: int, inputs: dict[str, str], network_calls: int
+    loaded: LoadedModel, options: SamplingOptions, task: str, variant: int, inputs: dict[str, str], network_calls: int,
+    planes_why: str = "",
 ) -> dict[str, Any]:
     """The metadata of one variant: `synthetic: true` and the record of what ran: model, weights, seed, the
     sampler, steps and guidance as applied (the options once resolved against the card), the network calls
-    this variant took, the fill of an inpainting, the device and precision it ran on, and the inputs."""
+    this variant took (a tri-planar call: one pass over the volume), the planes sampled (and why, where a thin
+    volume went axial), the fill of an inpainting, the device and precision it ran on, and the inputs."""
     return {
         "synthetic": True,
         "provenance": {
@@ -30,6 +32,8 @@ def provenance(
             "eta": options.eta,
             "guidance": options.guidance,
             "guidance_rescale": options.guidance_rescale,
+            **({"planes": options.planes} if loaded.card.spatial_dims == 2 and options.planes else {}),
+            **({"planes_why": planes_why} if planes_why else {}),
             "slice_noise_correlation": options.slice_noise_correlation,
             **({"slice_noise_correlation_by_label": {str(k): v for k, v in options.slice_noise_correlation_by_label.items()}}
                if options.slice_noise_correlation_by_label else {}),

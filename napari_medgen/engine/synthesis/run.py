@@ -17,6 +17,7 @@ from ..model.loading import LoadedModel, cpu_copy
 from ..volume import Volume
 from .model_grid import ModelGridProblem
 from .options import ProgressEvent, SamplingOptions
+from .planes import TriPlanarDenoiser
 from .provenance import provenance
 from .tasks import SynthesisTask
 
@@ -94,7 +95,8 @@ def run_task(
                     done = start
                     if model.device.type == "cuda":
                         torch.cuda.empty_cache()
-                    slices = _unit_slices(unit) if card.spatial_dims == 2 else 1
+                    # (a tri-planar unit is the whole volume: it goes to the CPU as a 3-D model's does)
+                    slices = _unit_slices(unit) if card.spatial_dims == 2 and problem.planes == "axial" else 1
                     if slices > 1:
                         cap = slices // 2
                         pending = _split_units([unit] + pending, cap)
@@ -121,7 +123,8 @@ def run_task(
         if first_device.type == "cuda":
             torch.cuda.empty_cache()
     for variant, volume in enumerate(results):  # `model`: a CPU copy if the run fell back to the CPU
-        volume.metadata = provenance(model, options, task.name, variant, task.inputs_sha256, done // options.variants)
+        volume.metadata = provenance(
+            model, options, task.name, variant, task.inputs_sha256, done // options.variants, problem.planes_why)
     return results
 
 
@@ -175,9 +178,9 @@ def _calls_per_unit(options: SamplingOptions, schedule: NoiseSchedule, problem: 
 
 
 def _units(loaded: LoadedModel, problem: ModelGridProblem, options: SamplingOptions) -> list[Unit]:
-    """Batches of slices (2-D model) or the whole model grid (3-D model)."""
+    """Batches of slices (2-D model, axial), or the whole model grid (3-D model, or tri-planar sampling)."""
     shape = problem.grid.shape
-    if loaded.card.spatial_dims == 3:
+    if loaded.card.spatial_dims == 3 or problem.planes == "tri":
         return [(slice(None), slice(None), slice(None))]
     slices = range(shape[0])
     if problem.region is not None:  # only slices that hold some of the region
@@ -250,6 +253,8 @@ def _prepare_unit(loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, op
         region = problem.region[None].astype(np.float32) if problem.region is not None else None
         positions = None
         keys = [seed]
+    if problem.planes == "tri":
+        return _prepare_tri_planar(loaded, problem, options, keys)
     inpaint_channels = card.conditioning.known_image
     n_samples = len(keys) if card.spatial_dims == 2 else 1
     spatial = problem.grid.shape[1:] if card.spatial_dims == 2 else problem.grid.shape
@@ -269,12 +274,35 @@ def _prepare_unit(loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, op
         return noise.draw(tuple(x.shape[1:])).to(device)
 
     x_t = noise.draw((1,) + tuple(stack.shape[2:])).to(device)
-    denoise = Denoiser(loaded, conditioning, options.guidance, options.class_index, guidance_rescale=options.guidance_rescale)
-    known_t = keep_t = None
-    if problem.by_repaint:
-        known_t = torch.from_numpy(known[:, None].copy()).to(device)
-        keep_t = torch.from_numpy(1.0 - region[:, None]).to(device)
-    return denoise, x_t, noise_like, known_t, keep_t
+    # A network trained on several planes is told that these slices are axial.
+    class_index = card.conditioning.orientations.index("axial") if card.conditioning.orientations else options.class_index
+    denoise = Denoiser(loaded, conditioning, options.guidance, class_index, guidance_rescale=options.guidance_rescale)
+    return (denoise, x_t, noise_like) + _repaint_tensors(problem, known, region, device)
+
+
+def _repaint_tensors(problem: ModelGridProblem, known, region, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """RePaint's known image and keep-mask, (N, 1, ...), for a model without known-image inputs."""
+    if not problem.by_repaint:
+        return None, None
+    return torch.from_numpy(known[:, None].copy()).to(device), torch.from_numpy(1.0 - region[:, None]).to(device)
+
+
+def _prepare_tri_planar(loaded: LoadedModel, problem: ModelGridProblem, options: SamplingOptions, keys: list[int]):
+    """The whole volume as (Z, 1, Y, X), its noise drawn per axial slice as slice-wise sampling draws it (each
+    voxel its own: no slice correlation), and the denoiser that takes the planes in turn."""
+    region = problem.region.astype(np.float32) if problem.region is not None else None
+    denoise = TriPlanarDenoiser(
+        loaded, problem.labels, problem.fractions, problem.known, problem.region, problem.plane_positions or {},
+        options.guidance, options.guidance_rescale,
+        batch_size=lambda height, width: options.batch_size or auto_slice_batch(loaded, height, width),
+    )
+    noise = _SliceNoise(keys, options.seed, 0.0)
+
+    def noise_like(x: torch.Tensor) -> torch.Tensor:
+        return noise.draw(tuple(x.shape[1:])).to(loaded.device)
+
+    x_t = noise.draw((1,) + tuple(problem.grid.shape[1:])).to(loaded.device)
+    return (denoise, x_t, noise_like) + _repaint_tensors(problem, problem.known, region, loaded.device)
 
 
 def _slice_correlation(options: SamplingOptions, labels: np.ndarray | None) -> float | np.ndarray:

@@ -36,8 +36,9 @@ class TrainingBatches:
         self.padded = (int(math.ceil(height / divisor) * divisor), int(math.ceil(width / divisor) * divisor))
         self.crop = config.crop_size
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch `step`: (clean images (B, 1, H, W), conditioning (B, C, H, W))."""
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batch `step`: (clean images (B, 1, H, W), conditioning (B, C, H, W), each slice's plane (B,), the
+        index in the card's `orientations`, 0 where it has none)."""
         cfg = self.config
         rng = np.random.default_rng([self.seed, int(step)])
         # Which samples get fractions is drawn apart, so the slices, warps, crops and regions of a batch are the
@@ -52,7 +53,7 @@ class TrainingBatches:
             divisor = self.card.downsampling_factor
             sizes = np.arange(cfg.field_of_view_px[0] // divisor, cfg.field_of_view_px[1] // divisor + 1) * divisor
             crop = int(rng.choice(sizes))
-        images, labels, regions, positions = [], [], [], []
+        images, labels, regions, positions, planes = [], [], [], [], []
         for _ in range(cfg.batch_size):
             i = int(rng.integers(len(self.data.images)))
             sample = {"image": (self.data.images[i][None] + 1.0) / 2.0, "label": self.data.labels[i][None].astype(np.float32)}
@@ -90,6 +91,7 @@ class TrainingBatches:
             labels.append(condition)
             regions.append(region)
             positions.append(self.data.positions[i])
+            planes.append(0 if self.data.orientations is None else int(self.data.orientations[i]))
         stacks = []
         for image, label, region, position in zip(images, labels, regions, positions, strict=True):
             stack = conditioning_stack(
@@ -100,7 +102,11 @@ class TrainingBatches:
                 np.array([position], np.float32),
             )
             stacks.append(stack)
-        return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.concatenate(stacks))
+        return (
+            torch.from_numpy(np.stack(images)[:, None]),
+            torch.from_numpy(np.concatenate(stacks)),
+            torch.tensor(planes, dtype=torch.long),
+        )
 
     def _pad_and_crop(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop: int | None,
@@ -136,7 +142,7 @@ class _Batches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.batches.batch(self.start + index)
 
 
@@ -144,7 +150,9 @@ def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)  # each worker is one process of many: no oversubscription
 
 
-def batch_stream(batches: TrainingBatches, start: int, stop: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batch_stream(
+    batches: TrainingBatches, start: int, stop: int, workers: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Batches `start` .. `stop` - 1 in order; made by `workers` processes ahead of use when > 0 (a GPU
     outruns one core's augmentation), in this process otherwise. The same batches either way."""
     if workers <= 0:

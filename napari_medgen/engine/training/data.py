@@ -21,7 +21,7 @@ from ..intensity import intensity_map_for
 from ..io import read_volume, volume_extension
 from ..label_tools import check_fraction_values, fractions_on_grid
 from ..model.card import ModelCard
-from ..orientation import to_canonical
+from ..orientation import PLANE_AXES, to_canonical
 from ..resample import grid_at_spacing, resample
 from ..volume import Volume
 
@@ -36,6 +36,9 @@ class TrainingSlices:
     positions: np.ndarray  # (N,)
     description: dict[str, Any] = field(default_factory=dict)
     fractions: np.ndarray | None = None  # (N, classes, H, W) float32, summing to 1 over classes
+    # (N,) the plane each slice was cut in, as its index in the card's `orientations`; None: all axial.
+    orientations: np.ndarray | None = None
+
 
 
 def demo_training_pairs() -> list[tuple[Path, Path]]:
@@ -120,34 +123,44 @@ def load_training_slices(
 ) -> TrainingSlices:
     """Read each pair, bring it to canonical orientation and the model's in-plane spacing, normalise.
 
+    A card with `orientations` gets slices cut in each of those planes, from the pair resampled to the model's
+    spacing along all three axes, each with its plane's index and its position along the axis it cuts.
+
     `fractions`, per pair, the fraction of each voxel that is each class from 1 on (probability maps on the
     pair's grid, as files or volumes; read one case at a time); the background takes the rest. They are
     resampled linearly beside the labels.
     """
     if fractions is not None and len(fractions) != len(pairs):
         raise MedgenError(f"tissue fractions for {len(fractions)} cases, but {len(pairs)} image / label pairs")
-    images, labels, positions, shares = [], [], [], []
+    images, labels, positions, shares, planes = [], [], [], [], []
     shapes = []
+    orientations = list(card.conditioning.orientations)
     for case, (image_path, label_path) in enumerate(pairs):
         image, label_map = read_volume(image_path), read_volume(label_path)
         image.require_same_grid(label_map, what=f"label map {label_path.name}", ref=f"image {image_path.name}")
         card.label_schema.validate_label_map(label_map.array, what=f"label map {label_path.name}")
         image, label_map = to_canonical(image), to_canonical(label_map)
-        grid = grid_at_spacing(image, (card.spacing_mm[0], card.spacing_mm[1], image.spacing[2]))
+        # (x, y, z) spacing: the slice axis keeps the scan's own unless slices are cut in more than one plane
+        through = card.spacing_mm[0] if orientations else image.spacing[2]
+        grid = grid_at_spacing(image, (card.spacing_mm[0], card.spacing_mm[1], through))
         image_w = resample(image, grid, "linear").array
         labels_w = resample(label_map, grid, "nearest").array.astype(np.int64)
         normalised = intensity_map_for(card.normalization, image.array.astype(np.float32)).forward(image_w)
         shares_w = None
         if fractions is not None:
             shares_w = _fractions_on(fractions[case], label_map, grid, card.num_label_channels, label_path.name)
-        count = labels_w.shape[0]
-        for z in range(count):
-            if labels_w[z].any():
-                images.append(normalised[z])
-                labels.append(labels_w[z])
-                positions.append(z / max(count - 1, 1))
-                if shares_w is not None:
-                    shares.append(shares_w[:, z])
+        for plane_index, plane in enumerate(orientations or ["axial"]):
+            axis = PLANE_AXES[plane]
+            count = labels_w.shape[axis]
+            for k in range(count):
+                cut = (slice(None),) * axis + (k,)
+                if labels_w[cut].any():
+                    images.append(normalised[cut])
+                    labels.append(labels_w[cut])
+                    positions.append(k / max(count - 1, 1))
+                    planes.append(plane_index)
+                    if shares_w is not None:
+                        shares.append(shares_w[(slice(None),) + cut])
         shapes.append(labels_w.shape)
     height = max(a.shape[0] for a in images)
     width = max(a.shape[1] for a in images)
@@ -168,7 +181,9 @@ def load_training_slices(
             "slices": len(images),
             "grid_shapes": [list(s) for s in shapes],
             "spacing_mm": card.spacing_mm,
+            **({"orientations": orientations} if orientations else {}),
         },
+        orientations=np.asarray(planes, np.int64) if orientations else None,
     )
 
 
@@ -189,6 +204,8 @@ def save_slices(data: TrainingSlices, path: str | Path) -> Path:
     and normalised once, trained on many times (and carried to a GPU machine without the image readers)."""
     path = Path(path)
     extra = {} if data.fractions is None else {"fractions": data.fractions.astype(np.float16)}
+    if data.orientations is not None:
+        extra["orientations"] = data.orientations.astype(np.int8)
     np.savez_compressed(
         path, images=data.images, labels=data.labels.astype(np.int32), positions=data.positions,
         description=np.array(json.dumps(data.description)), **extra,
@@ -206,6 +223,7 @@ def load_slices(path: str | Path) -> TrainingSlices:
                 positions=saved["positions"].astype(np.float32),
                 description=json.loads(str(saved["description"])),
                 fractions=saved["fractions"].astype(np.float32) if "fractions" in saved.files else None,
+                orientations=saved["orientations"].astype(np.int64) if "orientations" in saved.files else None,
             )
     except (OSError, KeyError, ValueError) as error:
         raise VolumeReadError(f"{path}: not a file of prepared training slices ({error})") from None

@@ -114,14 +114,20 @@ class _ScheduleTensors:
 
 
 def _teacher_output(teacher: torch.nn.Module, x_t: torch.Tensor, conditioning: torch.Tensor, t: torch.Tensor,
-                    guidance: float, label_channels: int) -> torch.Tensor:
+                    guidance: float, label_channels: int, planes: torch.Tensor | None = None) -> torch.Tensor:
     stack = torch.cat([x_t, conditioning], 1)
     if guidance == 1.0:
-        return teacher(stack, t).float()
+        return teacher(stack, t, **_plane_codes(planes)).float()
     plain = stack.clone()
     plain[:, 1 : 1 + label_channels] = 0  # the unconditional pass, as the denoiser does it
-    conditional, unconditional = teacher(torch.cat([stack, plain]), torch.cat([t, t])).float().chunk(2)
+    both = None if planes is None else torch.cat([planes, planes])
+    conditional, unconditional = teacher(torch.cat([stack, plain]), torch.cat([t, t]), **_plane_codes(both)).float().chunk(2)
     return unconditional + guidance * (conditional - unconditional)
+
+
+def _plane_codes(planes: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The network's keyword for each slice's plane, where the model was trained on several."""
+    return {} if planes is None else {"class_labels": planes}
 
 
 @torch.inference_mode()
@@ -134,14 +140,16 @@ def teacher_path(
     sampler: str = "ddim",
     guidance: float = 1.0,
     label_channels: int = 0,
+    planes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The teacher's deterministic steps along `path` (timesteps, descending), as the sampling loop of
-    `sampler` takes them from path[0] (first order there, as at the start of sampling): x at path[-1]."""
+    `sampler` takes them from path[0] (first order there, as at the start of sampling): x at path[-1].
+    `planes`: each slice's plane (class labels) for a network trained on several orientations."""
     method = TEACHER_PATHS[sampler]
     history = None
     for t, s in itertools.pairwise(path):
         timestep = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-        x0, eps = schedule.split(_teacher_output(teacher, x_t, conditioning, timestep, guidance, label_channels), x_t, t)
+        x0, eps = schedule.split(_teacher_output(teacher, x_t, conditioning, timestep, guidance, label_channels, planes), x_t, t)
         if method == "dpm++2m":
             x_t, history = dpmpp_2m_update(schedule, x_t, x0, t, s, history)
         else:
@@ -265,17 +273,19 @@ def distill(
 
     started = time.perf_counter() - seconds
     done = start_step
-    for step, (clean, conditioning) in enumerate(batch_stream(batches, start_step, config.steps, config.workers), start_step):
+    stream = batch_stream(batches, start_step, config.steps, config.workers)
+    for step, (clean, conditioning, planes) in enumerate(stream, start_step):
         clean, conditioning = clean.to(device, non_blocking=True), conditioning.to(device, non_blocking=True)
+        planes = planes.to(device) if card.conditioning.orientations else None
         which = int(torch.randint(0, len(paths), (1,), generator=generator))
         path = paths[which]
         t, s = (torch.full((clean.shape[0],), u, dtype=torch.long, device=device) for u in (path[0], path[-1]))
         noise = torch.randn(clean.shape, generator=generator).to(device)
         alpha_t, sigma_t = maths.coefficients(t)
         x_t = alpha_t * clean + sigma_t * noise
-        x_s = teacher_path(teacher_network, schedule, x_t, conditioning, path, teacher_sampler, guidance, label_channels)
+        x_s = teacher_path(teacher_network, schedule, x_t, conditioning, path, teacher_sampler, guidance, label_channels, planes)
         target = maths.target(x_t, x_s, t, s)
-        prediction = network(torch.cat([x_t, conditioning], 1), t).float()
+        prediction = network(torch.cat([x_t, conditioning], 1), t, **_plane_codes(planes)).float()
         per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3))
         loss = per_sample.mean()
         losses.append(update(loss, network, optimizer, lr_schedule, ema))

@@ -76,6 +76,13 @@ def save_loss_curve(losses: list[float], path: Path, target: str = "network") ->
     plt.close(fig)
 
 
+def _new_plane_embedding(card: ModelCard, earlier: ModelCard) -> tuple[str, ...]:
+    """The weights a fine-tune adds to the earlier model: the plane embedding when the earlier one had none."""
+    if card.conditioning.orientations and not earlier.conditioning.orientations:
+        return ("network.class_embedding.weight",)
+    return ()
+
+
 # -- the loop -------------------------------------------------------------------------------------
 def train(
     card: ModelCard,
@@ -148,7 +155,9 @@ def train(
 
         initial = Path(initial)
         earlier_card = load_card(initial)
-        load_weights(earlier_card, initial, {"network": network})  # raises if the networks differ
+        # raises if the networks differ, but for a plane embedding the earlier one lacks: it starts at zero,
+        # so the fine-tune begins as the earlier model on every plane
+        load_weights(earlier_card, initial, {"network": network}, new_at_zero=_new_plane_embedding(card, earlier_card))
         earlier = {
             "version": earlier_card.version,
             "weights_sha256": weights_sha256(initial / earlier_card.weights),
@@ -176,18 +185,21 @@ def train(
         else:  # a checkpoint of an earlier version: a fresh generator, seeded as it did
             generator.manual_seed(config.seed + start_step)
 
-    autocast = config.mixed_precision and device.type == "cuda"
+    # bf16 autocast: on a GPU, and on a CPU that runs bf16 natively (about 1.9x on the AVX512-BF16 EPYC)
+    autocast = config.mixed_precision and device.type in ("cuda", "cpu")
     network.train()
     started = time.perf_counter() - seconds
     done = start_step
-    for step, (clean, conditioning) in enumerate(batch_stream(batches, start_step, config.steps, config.workers), start_step):
+    stream = batch_stream(batches, start_step, config.steps, config.workers)
+    for step, (clean, conditioning, planes) in enumerate(stream, start_step):
         clean, conditioning = clean.to(device, non_blocking=True), conditioning.to(device, non_blocking=True)
+        planes = planes.to(device) if card.conditioning.orientations else None
         t = torch.randint(0, schedule.num_train_timesteps, (clean.shape[0],), generator=generator)
         noise = torch.randn(clean.shape, generator=generator).to(device)
         noisy = schedule.training_input(clean, noise, t)
         target = schedule.training_target(clean, noise, t)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            prediction = network(torch.cat([noisy, conditioning], 1), t.to(device))
+            prediction = network(torch.cat([noisy, conditioning], 1), t.to(device), class_labels=planes)
         loss = torch.nn.functional.mse_loss(prediction.float(), target)
         losses.append(update(loss, network, optimizer, lr_schedule, ema))
         done = step + 1
