@@ -48,6 +48,7 @@ GENERATED_BLOCKS: dict[str, str] = {
     "quality-table": "docs/quality.md",  # quality.py
     "unseen-inpainting-table": "docs/quality.md",  # unseen_inpainting.py
     "realism-table": "docs/quality.md",  # realism.py
+    "tri-planar-table": "docs/quality.md",  # tri_planar.py
     "synthetic-training-table": "docs/quality.md",  # synthetic_training.py
     "distilled-table": "docs/models.md",  # distilled.py
 }

@@ -48,6 +48,10 @@ TISSUES = {1: "CSF", 2: "GM", 3: "WM"}
 INSIDE_BY_TISSUE = ("inside_in_plane_GM", "inside_in_plane_WM", "inside_through_plane_GM", "inside_through_plane_WM")
 RATIOS = ("spread_CSF", "spread_GM", "spread_WM", "gradient_gm_wm_boundary", "gradient_inside_tissue", *INSIDE_BY_TISSUE,
           "through_in_plane", "slice_difference")
+# Along each array axis (z, y, x: across axial, coronal and sagittal slices): gradient energy along the axis over
+# the mean of the other two, and the neighbouring-slice difference (issue 32's targets: within 1.1x of the real T1's).
+AXIS_NAMES = ("z", "y", "x")
+PER_AXIS = tuple(f"{kind}_{axis}" for kind in ("energy_ratio", "slice_difference") for axis in AXIS_NAMES)
 # Across slices (issue 13's targets): at most this many times the real T1's.
 ACROSS_SLICES = ("through_in_plane", "slice_difference")
 # Issue 18's targets: (low, high) of each ratio to the real T1; the histogram distance's ceiling.
@@ -90,6 +94,16 @@ def figures(image: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, ...
     # Seams between slices: the mean absolute difference between neighbouring slices, inside the brain.
     both = brain[1:] & brain[:-1]
     out["slice_difference"] = float(np.abs(np.diff(scaled, axis=0))[both].mean()) if both.any() else float("nan")
+    # Along every axis (issue 32): stripes across coronal or sagittal slices show along y or x as they do along z.
+    for axis, name in enumerate(AXIS_NAMES):
+        others = [a for a in range(3) if a != axis]
+        energy = (gradient[axis][core] ** 2).mean() if core.any() and image.shape[0] > 1 else float("nan")
+        rest = 0.5 * sum((gradient[a][core] ** 2).mean() for a in others) if core.any() else 0.0
+        out[f"energy_ratio_{name}"] = float(energy / rest) if rest else float("nan")
+        pairs = np.moveaxis(brain, axis, 0)
+        pairs = pairs[1:] & pairs[:-1]
+        steps = np.abs(np.diff(np.moveaxis(scaled, axis, 0), axis=0))
+        out[f"slice_difference_{name}"] = float(steps[pairs].mean()) if pairs.any() else float("nan")
     out["histogram"] = np.quantile(scaled[brain], np.linspace(0, 1, 1001))
     for k, name in TISSUES.items():
         out[f"histogram_{name}"] = np.quantile(scaled[labels == k], np.linspace(0, 1, 1001)) if (labels == k).any() else None
@@ -101,7 +115,8 @@ def figures(image: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, ...
 
 def relative(generated: dict, real: dict) -> dict:
     """Each ratio to the real T1's, the histogram distance, the background figure."""
-    row = {key: round(generated[key] / real[key], 3) if real[key] else float("nan") for key in RATIOS}
+    row = {key: round(generated[key] / real[key], 3) if real.get(key) else float("nan")
+           for key in RATIOS + PER_AXIS if key in generated}
     row["histogram_w1"] = round(float(np.mean(np.abs(generated["histogram"] - real["histogram"]))), 4)
     for name in TISSUES.values():
         ours, theirs = generated[f"histogram_{name}"], real[f"histogram_{name}"]

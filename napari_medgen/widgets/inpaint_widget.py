@@ -31,6 +31,14 @@ from .run_buttons import RunButtons
 from .sampling_controls import SamplingControls
 from .session import ModelSession
 
+# The fill choice, explained where it is chosen (issue 33).
+FILL_TOOLTIP = (
+    "sample: one draw from the model, with the scan's own fine detail added where the scan is finer than the "
+    "model: looks like the scan (texture, grain), for inserting or removing a structure; differs from run to run.\n"
+    "mean: the average of several draws, blended with the surrounding tissue at the border: the closest to the "
+    "hidden truth on average, and smooth, for repairs.\n"
+    "auto: the card's choice by the region's thickness (see the README's inpainting table)."
+)
 LARGE_REGION_SHARE = 0.25  # of the anatomy (the anatomy layer's labels, else the scan's foreground)
 REGION_LABEL = 1
 
@@ -59,6 +67,7 @@ class InpaintWidget(RunButtons, Container):
         self.estimate = ComboBox(label="fill", value=defaults.inpaint_estimate,
                                  choices=[("auto (mean if thin)", "auto"), ("sample (texture)", "sample"),
                                           ("mean (most faithful)", "mean")])
+        self.estimate.tooltip = FILL_TOOLTIP
         self.in_place = CheckBox(text="replace the image in place (undoable)", value=False)
         self.sampling = SamplingControls(self.session, variants=False)
         self._init_run_buttons(viewer, "Inpaint")
@@ -146,6 +155,7 @@ class InpaintWidget(RunButtons, Container):
             run.close()
             return None
         in_place = self.in_place.value
+        limits = list(image_layer.contrast_limits)  # the result shown at the scan's window
 
         shape_at_start = tuple(image_layer.data.shape)
 
@@ -167,7 +177,7 @@ class InpaintWidget(RunButtons, Container):
                         f"Inpaint: {image_layer.name} was closed or changed during the run; the result is a new layer",
                     )
                 name = f"{image_layer.name} inpainted | {model.name} | seed {options.seed}"
-                add_result_layer(self._viewer, volume, name)
+                add_result_layer(self._viewer, volume, name, contrast_limits=limits)
 
         return self.launch(
             run, f"Inpaint ({model.name}, seed {options.seed})", on_result,

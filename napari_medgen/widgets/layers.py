@@ -32,7 +32,10 @@ def current_slice(viewer: Any, layer: Any) -> int:
     return int(np.clip(np.round(index[0]), 0, layer.data.shape[0] - 1))
 
 
-def add_result_layer(viewer: Any, volume: Volume, name: str) -> Image:
-    """A result volume as an Image layer in physical space, provenance in its metadata."""
+def add_result_layer(viewer: Any, volume: Volume, name: str, contrast_limits: list[float] | None = None) -> Image:
+    """A result volume as an Image layer in physical space, provenance in its metadata; `contrast_limits`: the
+    source scan's (an inpainted scan shown as the scan is, so the fill is judged at the same window)."""
     data, kwargs, _ = volume_to_layer(volume, "image", name)
+    if contrast_limits is not None:
+        kwargs["contrast_limits"] = list(contrast_limits)
     return viewer.add_image(data, **kwargs)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TaskNotSupportedError
-from ..intensity import harmonised_map, intensity_map_for
+from ..intensity import harmonised_map, intensity_map_for, tissue_classes_by_intensity
 from ..model.card import ModelCard
 from ..model.loading import LoadedModel, load_model
 from ..orientation import to_canonical
@@ -111,9 +111,12 @@ def inpaint(
     planes, why = settle_planes(card, options.planes, to_canonical(as_3d(image)))
     crop = inpaint_crop(card, image, region, label_map, options.context_mm, all_axes=planes == "tri")
     intensity = intensity_map_for(card.normalization, np.asarray(image.array, dtype=np.float32))
-    if crop.labels is not None:  # another scanner's contrast: tissue medians of the known voxels -> learned levels
-        intensity = harmonised_map(card.normalization, intensity, np.asarray(crop.image.array, np.float32),
-                                   crop.labels.array, crop.region.array == 0)
+    # Another scanner's contrast: the tissue medians of the known voxels -> the levels the network learned; the
+    # tissues from the label map, else from the known voxels' intensities.
+    crop_array, known_voxels = np.asarray(crop.image.array, np.float32), crop.region.array == 0
+    tissues = crop.labels.array if crop.labels is not None else tissue_classes_by_intensity(
+        crop_array, known_voxels, card.normalization)
+    intensity = harmonised_map(card.normalization, intensity, crop_array, tissues, known_voxels)
     if planes == "tri":
         planes, why = settle_planes(card, planes, crop.image)
     problem = problem_on_model_grid(card, crop.image, crop.labels, crop.image, crop.region, intensity,

@@ -87,9 +87,17 @@ class SamplingOptions:
     # of them, the network's anatomy wins deeper in); the two are blended with the interpolation's weight
     # falling as exp(-depth / border_interpolation_mm) from the outermost region voxels. 0: the mean alone.
     border_interpolation_mm: float = 2.0
+    # Inpainting a scan finer than the model's grid: which fills get the scan's own fine detail (`fine_detail`: a
+    # random-phase texture with the spectrum and strength of what the model's grid cannot hold), "sample" (a draw:
+    # it should look like the scan at every scale), "all", or "none".
+    fine_detail: str = "sample"
     # Inpainting with models that have no known-image inputs (RePaint).
     jump_length: int = 5
     jump_count: int = 4
+
+    def fine_detail_for(self, estimate: str) -> bool:
+        """Whether a fill made as `estimate` ("sample" or "mean") takes the scan's fine detail."""
+        return self.fine_detail == "all" or self.fine_detail == estimate
 
     def check(self) -> None:
         if self.sampler is not None and self.sampler not in SAMPLERS:
@@ -109,6 +117,8 @@ class SamplingOptions:
         for label, value in (self.slice_noise_correlation_by_label or {}).items():
             if not 0.0 <= value <= 1.0:
                 raise MedgenError(f"slice_noise_correlation_by_label must be between 0 and 1, got {value} for label {label}")
+        if self.fine_detail not in ("sample", "all", "none"):
+            raise MedgenError(f"fine_detail is 'sample', 'all' or 'none', got {self.fine_detail!r}")
         if self.planes not in (None, "axial", "tri"):
             raise MedgenError(f"planes is 'axial' (slice by slice) or 'tri' (the three planes in turn), got {self.planes!r}")
         if self.inpaint_estimate not in INPAINT_ESTIMATES:

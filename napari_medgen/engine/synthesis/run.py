@@ -118,13 +118,15 @@ def run_task(
                         done, total, variant, f"variant {variant + 1}/{options.variants}; {note}", notice=note
                     )
                 mean = estimate if mean is None else mean + estimate
-            results.append(task.output_from_crop(problem.to_intensities(mean / draws if draws > 1 else mean, task.input_crop)))
+            on_crop = problem.to_intensities(mean / draws if draws > 1 else mean, task.input_crop)
+            results.append(task.output_from_crop(on_crop, variant))
     finally:
         if first_device.type == "cuda":
             torch.cuda.empty_cache()
     for variant, volume in enumerate(results):  # `model`: a CPU copy if the run fell back to the CPU
         volume.metadata = provenance(
             model, options, task.name, variant, task.inputs_sha256, done // options.variants, problem.planes_why)
+        volume.metadata["provenance"].update(task.provenance_extra())
     return results
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..model.card import ModelCard
 from ..volume import Volume
+from .fine_detail import fine_detail
 from .model_grid import InpaintCrop, ModelGridProblem, as_2d, back_to_source, feather_weights
 from .options import SamplingOptions
 
@@ -23,8 +24,12 @@ class SynthesisTask:
     input_crop: Volume  # canonical orientation, the input's own spacing
     inputs_sha256: dict[str, str]
 
-    def output_from_crop(self, on_crop: Volume) -> Volume:
+    def output_from_crop(self, on_crop: Volume, variant: int = 0) -> Volume:
         raise NotImplementedError
+
+    def provenance_extra(self) -> dict:
+        """What the task itself settled, for the results' provenance."""
+        return {}
 
 
 @dataclass
@@ -50,7 +55,7 @@ class GenerateTask(SynthesisTask):
         return cls(name="generate", problem=problem, input_crop=input_crop, inputs_sha256=inputs, label_map=label_map,
                    whole_volume=whole_volume, background=background)
 
-    def output_from_crop(self, on_crop: Volume) -> Volume:
+    def output_from_crop(self, on_crop: Volume, variant: int = 0) -> Volume:
         if self.background is not None:
             label, value = self.background
             on_crop = on_crop.with_array(np.where(self.input_crop.array == label, np.float32(value), on_crop.array))
@@ -74,6 +79,11 @@ class InpaintTask(SynthesisTask):
     border_interpolation_mm: float = 0.0
     spacing_yx: tuple[float, float] = (1.0, 1.0)
     background: np.ndarray | None = None  # on the crop: voxels outside the anatomy (None: not known)
+    # Fine detail at the scan's resolution (`fine_detail`): the model grid's spacing (z, y, x) where the scan is
+    # finer and the fill takes it, None otherwise; seeded by the run's seed and the variant.
+    detail_spacing_zyx: tuple[float, ...] | None = None
+    seed: int = 0
+    detail_added: bool = False
 
     @classmethod
     def on_crop(
@@ -95,14 +105,23 @@ class InpaintTask(SynthesisTask):
             border_interpolation_mm=options.border_interpolation_mm if options.inpaint_estimate == "mean" else 0.0,
             spacing_yx=(float(crop.image.spacing[1]), float(crop.image.spacing[0])),
             background=outside_anatomy(card, crop.image, crop.labels),
+            detail_spacing_zyx=tuple(problem.grid.spacing[::-1]) if options.fine_detail_for(options.inpaint_estimate) else None,
+            seed=options.seed,
         )
 
-    def output_from_crop(self, on_crop: Volume) -> Volume:
+    def output_from_crop(self, on_crop: Volume, variant: int = 0) -> Volume:
         blended = self.canonical_image.array.copy()
         filled = matched_to_border(on_crop.array, blended[self.box], self.seam_weight > 0)
         if self.border_interpolation_mm > 0:
             filled = interpolated_near_border(filled, blended[self.box], self.seam_weight > 0, self.spacing_yx,
                                               self.border_interpolation_mm, self.background)
+        if self.detail_spacing_zyx is not None:
+            region = self.seam_weight > 0
+            detail = fine_detail(blended[self.box], region, filled, tuple(self.input_crop.spacing[::-1]),
+                                 self.detail_spacing_zyx, self.seed + variant, self.background)
+            if detail is not None:
+                filled = filled + detail
+                self.detail_added = True
         blended[self.box] = self.seam_weight * filled + (1.0 - self.seam_weight) * blended[self.box]
         generated = back_to_source(self.canonical_image.with_array(blended, metadata={}), self.image).array
         if not np.issubdtype(self.image.array.dtype, np.floating):
@@ -110,6 +129,9 @@ class InpaintTask(SynthesisTask):
             generated = np.clip(np.rint(generated), info.min, info.max)
         kept = np.where(self.region.array > 0, generated, self.image.array).astype(self.image.array.dtype)
         return self.image.with_array(kept, metadata={})
+
+    def provenance_extra(self) -> dict:
+        return {"fine_detail": self.detail_added}
 
 
 def outside_anatomy(card: ModelCard, image_crop: Volume, labels_crop: Volume | None) -> np.ndarray | None:
