@@ -162,3 +162,19 @@ def test_a_fine_tune_adds_the_plane_embedding_at_zero(tmp_path):
     with torch.no_grad():
         for code in range(3):
             torch.testing.assert_close(network(x, t, class_labels=torch.full((2,), code)), old(x, t))
+
+
+def test_the_last_calls_can_average_the_three_planes(planar):
+    """planes_average_last=1: the last of 3 calls runs all three planes (and is recorded); the others one each."""
+    codes = []
+    hook = planar.networks["network"].register_forward_pre_hook(
+        lambda module, args, kwargs: codes.append(int(kwargs["class_labels"][0])), with_kwargs=True)
+    try:
+        (out,), _ = drive(generate(planar, _labels(shape=(16, 16, 16)), planes="tri", steps=3, planes_average_last=1))
+    finally:
+        hook.remove()
+    order = planar.card.conditioning.orientations
+    ran = [c for k, c in enumerate(codes) if k == 0 or c != codes[k - 1]]
+    # calls 1 and 2: axial, coronal; call 3 (the last): axial, coronal and sagittal, averaged
+    assert ran == [order.index(p) for p in ("axial", "coronal", "axial", "coronal", "sagittal")]
+    assert out.metadata["provenance"]["planes_average_last"] == 1

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what fills the region: a draw from the model (sample: a scan's texture), the posterior mean "
                         "(mean: the most faithful fill, smooth), or auto: the mean where the region is at most "
                         f"{default.small_region_mm:g} mm thick")
+    parser.add_argument("--fine-detail", choices=("sample", "all", "none"), default=default.fine_detail,
+                        help="on a scan finer than the model's grid, which fills take the scan's own fine detail (a "
+                        "texture with the grain of the scan around the region): sample (default), all, or none")
     parser.add_argument("--jump-length", type=int, default=default.jump_length, help="RePaint jump length (models without inpainting inputs)")
     parser.add_argument("--jump-count", type=int, default=default.jump_count, help="RePaint resampling count")
     add_sampling_arguments(parser)
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> list[str]:
     options = sampling_options(
         args, jump_length=args.jump_length, jump_count=args.jump_count, context_mm=args.context_mm,
         feather_mm=args.feather_mm, inpaint_estimate=args.inpaint_estimate,
-        border_interpolation_mm=args.border_interpolation_mm,
+        border_interpolation_mm=args.border_interpolation_mm, fine_detail=args.fine_detail,
     )
     options.check()
     image = read_volume(args.image)

@@ -26,6 +26,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classifier-free guidance weight (1 = none; default: the model card's)")
     parser.add_argument("--variants", type=int, default=default.variants, help="number of results, with seeds seed, seed+1, ...")
     parser.add_argument("--batch-size", type=int, default=None, help="slices per network call (default: from memory)")
+    parser.add_argument("--planes", choices=("axial", "tri"), default=None,
+                        help="2-D models: axial slices one by one, or tri: the whole volume with axial, coronal and "
+                        "sagittal slices in turn (a network trained on the three planes; default: the model card's)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     parser.add_argument("--precision", choices=PRECISION_NAMES, default=PRECISION_NAMES[0],
                         help="auto (default): bf16 where the processor runs it natively (AMX, AVX512-BF16; a GPU's "
@@ -45,6 +48,7 @@ def sampling_options(args: argparse.Namespace, **task_options: Any) -> Any:
         eta=args.eta,
         variants=args.variants,
         batch_size=args.batch_size,
+        planes=getattr(args, "planes", None),
         preview_every=0,  # nobody looks at previews on the command line
         **task_options,
     )

@@ -184,6 +184,9 @@ class SamplingDefaults(StrictModel):
     sampler: str = Field(min_length=1)
     # "tri": each step runs the network on the slices of one plane, the planes in turn (needs orientations).
     planes: Literal["axial", "tri"] = "axial"
+    # Tri-planar: on this many last network calls, all three planes are run and their estimates averaged (MADM /
+    # TOSM's ending); each such call costs three.
+    planes_average_last: int = Field(0, ge=0, le=10000)
     reason: str = ""
 
     @field_validator("sampler")

@@ -67,6 +67,8 @@ class SamplingOptions:
     # network the slices of each plane in turn (`planes`; needs a network trained on all three orientations).
     # None: the card's `sampling.planes`. Tri-planar sampling draws every voxel its own noise.
     planes: str | None = None
+    # Tri-planar: the last network calls on which all three planes are run and averaged; None: the card's.
+    planes_average_last: int | None = None
     # Inpainting: the context processed around the region, and the width of the seam blend inside it.
     context_mm: float = 16.0
     feather_mm: float = 2.0
@@ -119,6 +121,8 @@ class SamplingOptions:
                 raise MedgenError(f"slice_noise_correlation_by_label must be between 0 and 1, got {value} for label {label}")
         if self.fine_detail not in ("sample", "all", "none"):
             raise MedgenError(f"fine_detail is 'sample', 'all' or 'none', got {self.fine_detail!r}")
+        if self.planes_average_last is not None and self.planes_average_last < 0:
+            raise MedgenError(f"planes_average_last is a number of network calls, 0 or more; got {self.planes_average_last}")
         if self.planes not in (None, "axial", "tri"):
             raise MedgenError(f"planes is 'axial' (slice by slice) or 'tri' (the three planes in turn), got {self.planes!r}")
         if self.inpaint_estimate not in INPAINT_ESTIMATES:
@@ -191,6 +195,9 @@ def resolve_planes(card: Any, options: SamplingOptions) -> None:
             "leave it out, or give planes 'axial'"
         )
     options.slice_noise_correlation, options.slice_noise_correlation_by_label = 0.0, None
+    if options.planes_average_last is None:
+        defaults = getattr(card, "sampling", None)
+        options.planes_average_last = defaults.planes_average_last if defaults is not None else 0
 
 
 def check_guidance(card: Any, guidance: float | None) -> None:

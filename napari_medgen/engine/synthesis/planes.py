@@ -99,6 +99,7 @@ class TriPlanarDenoiser:
         guidance: float,
         guidance_rescale: float,
         batch_size,
+        average_from: int | None = None,
     ) -> None:
         self.loaded, self.card = loaded, loaded.card
         self.labels, self.fractions, self.known, self.region = labels, fractions, known, region
@@ -107,6 +108,7 @@ class TriPlanarDenoiser:
         self.batch_size = batch_size  # (height, width) of a plane's slice -> slices per network call
         self.schedule = NoiseSchedule(self.card.scheduler)
         self.calls = 0
+        self.average_from = average_from  # from this call on: every plane, their estimates averaged
         self._batches: dict[str, list[tuple[slice, Denoiser]]] = {}
         self._known_t = None if known is None else torch.from_numpy(known).to(loaded.device)
 
@@ -114,8 +116,15 @@ class TriPlanarDenoiser:
         return PLANE_CYCLE[call % len(PLANE_CYCLE)]
 
     def __call__(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
-        plane = self.plane_at(self.calls)
+        call = self.calls
         self.calls += 1
+        if self.average_from is not None and call >= self.average_from:
+            # The network's output is linear in the clean estimate at fixed x_t and t: averaging outputs averages
+            # the planes' estimates.
+            return sum(self._plane_call(plane, x_t, t) for plane in PLANE_CYCLE) / len(PLANE_CYCLE)
+        return self._plane_call(self.plane_at(call), x_t, t)
+
+    def _plane_call(self, plane: str, x_t: torch.Tensor, t: int) -> torch.Tensor:
         axis = PLANE_AXES[plane]
         volume = x_t[:, 0]
         if self._known_t is not None:  # where no slice is run: the output whose clean estimate is the known image

@@ -33,6 +33,7 @@ def provenance(
             "guidance": options.guidance,
             "guidance_rescale": options.guidance_rescale,
             **({"planes": options.planes} if loaded.card.spatial_dims == 2 and options.planes else {}),
+            **({"planes_average_last": options.planes_average_last} if options.planes == "tri" else {}),
             **({"planes_why": planes_why} if planes_why else {}),
             "slice_noise_correlation": options.slice_noise_correlation,
             **({"slice_noise_correlation_by_label": {str(k): v for k, v in options.slice_noise_correlation_by_label.items()}}

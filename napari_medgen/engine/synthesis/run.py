@@ -289,6 +289,14 @@ def _repaint_tensors(problem: ModelGridProblem, known, region, device) -> tuple[
     return torch.from_numpy(known[:, None].copy()).to(device), torch.from_numpy(1.0 - region[:, None]).to(device)
 
 
+def _average_from(loaded: LoadedModel, problem: ModelGridProblem, options: SamplingOptions) -> int | None:
+    """The first network call on which a tri-planar run averages the three planes (None: none does)."""
+    last = options.planes_average_last or 0
+    if last <= 0:
+        return None
+    return max(0, _calls_per_unit(options, NoiseSchedule(loaded.card.scheduler), problem) - last)
+
+
 def _prepare_tri_planar(loaded: LoadedModel, problem: ModelGridProblem, options: SamplingOptions, keys: list[int]):
     """The whole volume as (Z, 1, Y, X), its noise drawn per axial slice as slice-wise sampling draws it (each
     voxel its own: no slice correlation), and the denoiser that takes the planes in turn."""
@@ -297,6 +305,7 @@ def _prepare_tri_planar(loaded: LoadedModel, problem: ModelGridProblem, options:
         loaded, problem.labels, problem.fractions, problem.known, problem.region, problem.plane_positions or {},
         options.guidance, options.guidance_rescale,
         batch_size=lambda height, width: options.batch_size or auto_slice_batch(loaded, height, width),
+        average_from=_average_from(loaded, problem, options),
     )
     noise = _SliceNoise(keys, options.seed, 0.0)
 
