@@ -100,6 +100,7 @@ class TriPlanarDenoiser:
         guidance_rescale: float,
         batch_size,
         average_from: int | None = None,
+        first_call: int = 0,
     ) -> None:
         self.loaded, self.card = loaded, loaded.card
         self.labels, self.fractions, self.known, self.region = labels, fractions, known, region
@@ -108,6 +109,7 @@ class TriPlanarDenoiser:
         self.batch_size = batch_size  # (height, width) of a plane's slice -> slices per network call
         self.schedule = NoiseSchedule(self.card.scheduler)
         self.calls = 0
+        self.first_call = first_call  # the plane cycle starts at PLANE_CYCLE[first_call % 3]
         self.average_from = average_from  # from this call on: every plane, their estimates averaged
         self._batches: dict[str, list[tuple[slice, Denoiser]]] = {}
         self._known_t = None if known is None else torch.from_numpy(known).to(loaded.device)
@@ -122,7 +124,7 @@ class TriPlanarDenoiser:
             # The network's output is linear in the clean estimate at fixed x_t and t: averaging outputs averages
             # the planes' estimates.
             return sum(self._plane_call(plane, x_t, t) for plane in PLANE_CYCLE) / len(PLANE_CYCLE)
-        return self._plane_call(self.plane_at(call), x_t, t)
+        return self._plane_call(self.plane_at(self.first_call + call), x_t, t)
 
     def _plane_call(self, plane: str, x_t: torch.Tensor, t: int) -> torch.Tensor:
         axis = PLANE_AXES[plane]

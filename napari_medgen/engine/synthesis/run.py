@@ -67,7 +67,7 @@ def run_task(
                     unit = pending.pop(0)
                     start = done
                     message = f"variant {variant + 1}/{options.variants}" + (f"; {note}" if note else "")
-                    attempt = _sample_unit(model, problem, unit, options, seed, schedule)
+                    attempt = _sample_unit(model, problem, unit, options, seed, schedule, draw)
                     out_of_memory = False
                     try:
                         while True:
@@ -131,11 +131,12 @@ def run_task(
 
 
 def _sample_unit(
-    loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, options: SamplingOptions, seed: int, schedule: NoiseSchedule
+    loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, options: SamplingOptions, seed: int, schedule: NoiseSchedule,
+    draw: int = 0,
 ):
     """One unit's sampling loop: yields (step, total, x0 estimate) per network call, returns the unit
     on the model grid. Its tensors go when it ends (or fails), so a retry starts with free memory."""
-    denoise, x_t, noise_like, known_t, keep_t = _prepare_unit(loaded, problem, unit, options, seed)
+    denoise, x_t, noise_like, known_t, keep_t = _prepare_unit(loaded, problem, unit, options, seed, draw)
     if problem.by_repaint:
         steps = sample_repaint(
             denoise, x_t, schedule, options.steps, noise_like, known_t, keep_t, options.jump_length, options.jump_count
@@ -237,7 +238,9 @@ def auto_slice_batch(loaded: LoadedModel, height: int, width: int) -> int:
     return int(max(1, min(MAX_SLICE_BATCH, batch)))
 
 
-def _prepare_unit(loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, options: SamplingOptions, seed: int):
+def _prepare_unit(
+    loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, options: SamplingOptions, seed: int, draw: int = 0
+):
     card = loaded.card
     device = loaded.device
     if card.spatial_dims == 2:
@@ -256,7 +259,7 @@ def _prepare_unit(loaded: LoadedModel, problem: ModelGridProblem, unit: Unit, op
         positions = None
         keys = [seed]
     if problem.planes == "tri":
-        return _prepare_tri_planar(loaded, problem, options, keys)
+        return _prepare_tri_planar(loaded, problem, options, keys, draw)
     inpaint_channels = card.conditioning.known_image
     n_samples = len(keys) if card.spatial_dims == 2 else 1
     spatial = problem.grid.shape[1:] if card.spatial_dims == 2 else problem.grid.shape
@@ -297,15 +300,19 @@ def _average_from(loaded: LoadedModel, problem: ModelGridProblem, options: Sampl
     return max(0, _calls_per_unit(options, NoiseSchedule(loaded.card.scheduler), problem) - last)
 
 
-def _prepare_tri_planar(loaded: LoadedModel, problem: ModelGridProblem, options: SamplingOptions, keys: list[int]):
+def _prepare_tri_planar(
+    loaded: LoadedModel, problem: ModelGridProblem, options: SamplingOptions, keys: list[int], draw: int = 0
+):
     """The whole volume as (Z, 1, Y, X), its noise drawn per axial slice as slice-wise sampling draws it (each
-    voxel its own: no slice correlation), and the denoiser that takes the planes in turn."""
+    voxel its own: no slice correlation), and the denoiser that takes the planes in turn; the posterior mean's
+    draw k starts at plane k, so that its one-call draws average the three planes' estimates."""
     region = problem.region.astype(np.float32) if problem.region is not None else None
     denoise = TriPlanarDenoiser(
         loaded, problem.labels, problem.fractions, problem.known, problem.region, problem.plane_positions or {},
         options.guidance, options.guidance_rescale,
         batch_size=lambda height, width: options.batch_size or auto_slice_batch(loaded, height, width),
         average_from=_average_from(loaded, problem, options),
+        first_call=draw,
     )
     noise = _SliceNoise(keys, options.seed, 0.0)
 
