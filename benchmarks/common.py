@@ -49,6 +49,7 @@ GENERATED_BLOCKS: dict[str, str] = {
     "unseen-inpainting-table": "docs/quality.md",  # unseen_inpainting.py
     "realism-table": "docs/quality.md",  # realism.py
     "tri-planar-table": "docs/quality.md",  # tri_planar.py
+    "inpaint-1mm-table": "docs/quality.md",  # inpaint_1mm.py
     "synthetic-training-table": "docs/quality.md",  # synthetic_training.py
     "distilled-table": "docs/models.md",  # distilled.py
 }

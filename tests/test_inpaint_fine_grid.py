@@ -105,3 +105,39 @@ def test_fine_detail_can_be_left_out_and_is_repeatable(tiny):
     assert plain.metadata["provenance"]["fine_detail"] is False
     inside = region_array > 0
     assert np.abs(np.diff(first.array, axis=2))[inside[:, :, 1:]].mean() > np.abs(np.diff(plain.array, axis=2))[inside[:, :, 1:]].mean()
+
+
+def test_without_anatomy_the_surrounding_tissue_is_continued_into_the_region():
+    from napari_medgen.engine.synthesis.continued_anatomy import continued_tissues
+
+    classes = np.full((20, 40, 40), 3, np.int64)  # white matter ...
+    classes[:, :, :8] = 1  # ... with CSF along one side
+    region = np.zeros(classes.shape, bool)
+    region[5:15, 12:28, 14:30] = True
+    hidden = classes.copy()
+    hidden[region] = 1  # whatever the region's voxels were classed as does not count
+    continued = continued_tissues(hidden, region, (1.0, 1.0, 1.0))
+    assert np.all(continued[region] == 3)
+    np.testing.assert_array_equal(continued[~region], hidden[~region])
+    mixed = region.copy()
+    mixed[5:15, 12:28, 4:12] = True  # a region reaching into the CSF: its CSF side stays CSF
+    continued = continued_tissues(classes, mixed, (1.0, 1.0, 1.0))
+    assert np.all(continued[5:15, 12:28, 4:6] == 1) and np.all(continued[5:15, 12:28, 20:30] == 3)
+
+
+def test_the_provenance_says_what_guided_the_fill(tiny):
+    import dataclasses
+
+    card = tiny.card.model_copy(deep=True)
+    card.normalization.label_levels, card.normalization.background_label = dict(LEVELS), 0
+    model = dataclasses.replace(tiny, card=card)
+    array, labels = tissue_image({1: 300.0, 2: 2100.0, 3: 2600.0}, shape=(8, 24, 24))
+    image = Volume(array, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY)
+    region_array = np.zeros(array.shape, np.uint8)
+    region_array[3:5, 8:16, 15:19] = 1
+    region = image.with_array(region_array, metadata={})
+    label_map = image.with_array(labels, metadata={"label_map": True})
+    anatomy = lambda **o: drive(inpaint(model, image, region, steps=1, **o))[0][0].metadata["provenance"]["anatomy"]  # noqa: E731
+    assert anatomy() == "continued"
+    assert anatomy(continue_anatomy=False) == "none"
+    assert anatomy(label_map=label_map) == "given"

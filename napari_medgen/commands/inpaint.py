@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fine-detail", choices=("sample", "all", "none"), default=default.fine_detail,
                         help="on a scan finer than the model's grid, which fills take the scan's own fine detail (a "
                         "texture with the grain of the scan around the region): sample (default), all, or none")
+    parser.add_argument("--continue-anatomy", action=argparse.BooleanOptionalAction, default=default.continue_anatomy,
+                        help="without --labels: the tissue around the region (by intensity) continued into it guides "
+                        "the fill (default); --no-continue-anatomy: the fill is unguided")
     parser.add_argument("--jump-length", type=int, default=default.jump_length, help="RePaint jump length (models without inpainting inputs)")
     parser.add_argument("--jump-count", type=int, default=default.jump_count, help="RePaint resampling count")
     add_sampling_arguments(parser)
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> list[str]:
         args, jump_length=args.jump_length, jump_count=args.jump_count, context_mm=args.context_mm,
         feather_mm=args.feather_mm, inpaint_estimate=args.inpaint_estimate,
         border_interpolation_mm=args.border_interpolation_mm, fine_detail=args.fine_detail,
+        continue_anatomy=args.continue_anatomy,
     )
     options.check()
     image = read_volume(args.image)

@@ -30,6 +30,7 @@ from .inputs import check_fractions, check_label_map, inpaint_inputs
 from .model_grid import as_2d, as_3d, axial_slab, inpaint_crop, problem_on_model_grid, slice_positions
 from .options import ProgressEvent, SamplingOptions, resolve_options
 from .own_grid import generation_grid
+from .continued_anatomy import continued_tissues
 from .planes import settle_planes, tri_planar_positions
 from .run import run_task
 from .tasks import GenerateTask, InpaintTask
@@ -117,6 +118,14 @@ def inpaint(
     tissues = crop.labels.array if crop.labels is not None else tissue_classes_by_intensity(
         crop_array, known_voxels, card.normalization)
     intensity = harmonised_map(card.normalization, intensity, crop_array, tissues, known_voxels)
+    anatomy = "given" if crop.labels is not None else "none"
+    if crop.labels is None and tissues is not None and card.takes_label_map and options.continue_anatomy:
+        # No anatomy given: the tissue around the region, continued into it, guides the fill
+        continued = continued_tissues(tissues, ~known_voxels, tuple(crop.image.spacing[::-1]))
+        background = card.normalization.background_label
+        continued = np.where(continued < 0, 0 if background is None else background, continued)
+        crop.labels = crop.image.with_array(continued.astype(np.uint16), metadata={"label_map": True})
+        anatomy = "continued"
     if planes == "tri":
         planes, why = settle_planes(card, planes, crop.image)
     problem = problem_on_model_grid(card, crop.image, crop.labels, crop.image, crop.region, intensity,
@@ -127,6 +136,7 @@ def inpaint(
     _set_planes(card, problem, planes, why, crop.image, tuple(b.start for b in crop.box), crop.canonical_image.shape)
     options = _estimate_options(card, _with_planes(options, planes), crop.region, problem.by_repaint)
     task = InpaintTask.on_crop(card, problem, image, region, crop, inputs, options)
+    task.anatomy = anatomy
     return run_task(loaded, task, options)
 
 

@@ -93,6 +93,9 @@ class SamplingOptions:
     # random-phase texture with the spectrum and strength of what the model's grid cannot hold), "sample" (a draw:
     # it should look like the scan at every scale), "all", or "none".
     fine_detail: str = "sample"
+    # Inpainting without a label map, with a model that takes one: the tissue around the region (classes of the known
+    # voxels' intensities) continued into it guides the fill (`continued_anatomy`); False: the fill is unguided.
+    continue_anatomy: bool = True
     # Inpainting with models that have no known-image inputs (RePaint).
     jump_length: int = 5
     jump_count: int = 4

@@ -84,6 +84,9 @@ class InpaintTask(SynthesisTask):
     detail_spacing_zyx: tuple[float, ...] | None = None
     seed: int = 0
     detail_added: bool = False
+    # What guided the fill: "given" (a label map), "continued" (the tissue around the region continued into it,
+    # `continued_anatomy`), or "none".
+    anatomy: str = "none"
 
     @classmethod
     def on_crop(
@@ -131,7 +134,7 @@ class InpaintTask(SynthesisTask):
         return self.image.with_array(kept, metadata={})
 
     def provenance_extra(self) -> dict:
-        return {"fine_detail": self.detail_added}
+        return {"fine_detail": self.detail_added, "anatomy": self.anatomy}
 
 
 def outside_anatomy(card: ModelCard, image_crop: Volume, labels_crop: Volume | None) -> np.ndarray | None:
