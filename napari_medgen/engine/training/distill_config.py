@@ -34,4 +34,5 @@ class DistillationConfig:
     device: str = "auto"
     threads: int | None = None
     workers: int = 0  # processes making batches ahead of use (0: in this process)
+    mixed_precision: bool = False  # bfloat16 autocast (a GPU, or a CPU with native bf16); weights stay float32
     time_limit_s: float | None = None  # stop early, student written, when a lease of machine time runs out
