@@ -2,9 +2,9 @@
 
 Per region, each against the real scan in the same voxels:
 - level: the fill's mean minus the scan's, as a share of the brain's 1-99 % intensity range (a darker blob: < 0);
-- texture: the RMS gradient inside the region, away from its border (eroded by 3 voxels), over the scan's there
-  (1 = as the scan; a smooth fill or an interpolation: well below 1);
-- seam: the RMS gradient on the region's border ring (a voxel either side), over the scan's there
+- texture: the gradient energy (mean squared gradient) inside the region, away from its border (eroded by 3
+  voxels), over the scan's there (1 = as the scan; a smooth fill or an interpolation: well below 1);
+- seam: the gradient energy on the region's border ring (a voxel either side), over the scan's there
   (a visible edge: above 1; a blurred border: below);
 - PSNR and SSIM inside the region (peak: the brain's 99.5th percentile).
 A volume of one slice is judged in-plane.
@@ -52,8 +52,8 @@ def judge(fill: np.ndarray, truth: np.ndarray, region: np.ndarray, brain: np.nda
                                            data_range=peak, full=True, win_size=window)[1] for z in range(len(zs))])
     return {
         "level": float((fill[region].mean() - truth[region].mean()) / span),
-        "texture": float(np.sqrt(ours[interior].mean() / max(theirs[interior].mean(), 1e-12))),
-        "seam": float(np.sqrt(ours[ring].mean() / max(theirs[ring].mean(), 1e-12))),
+        "texture": float(ours[interior].mean() / max(theirs[interior].mean(), 1e-12)),
+        "seam": float(ours[ring].mean() / max(theirs[ring].mean(), 1e-12)),
         "psnr": float(peak_signal_noise_ratio(truth[region], fill[region], data_range=peak)),
         "ssim": float(ssim[region[box]].mean()),
     }

@@ -72,10 +72,10 @@ def spheres(brain: np.ndarray, count: int, seed: int = 0) -> list[np.ndarray]:
     return balls
 
 
-def run_fill(model, image: Volume, region: np.ndarray, labels: Volume | None, estimate: str, seed: int):
+def run_fill(model, image: Volume, region: np.ndarray, labels: Volume | None, estimate: str, seed: int, **options):
     started = time.perf_counter()
     (result,) = common.drive(inpaint(model, image, image.with_array(region.astype(np.uint8), metadata={}), labels,
-                                     seed=seed, preview_every=0, inpaint_estimate=estimate))
+                                     seed=seed, preview_every=0, inpaint_estimate=estimate, **options))
     return result.array.astype(np.float32), time.perf_counter() - started, common.ran(result)
 
 
@@ -100,7 +100,8 @@ def table(report: dict) -> str:
                  f"{bh['seam']:.2f} | {bh['psnr']:.1f} | {bh['ssim']:.3f} | | |")
     for row in report["rows"]:
         lines.append(
-            f"| {row['model']} | {row['fill']} | {'given' if row['anatomy'] else 'none'} | "
+            f"| {row['model']} | {row['fill']}{' + fine detail' if row.get('fine_detail') else ''} | "
+            f"{'given' if row['anatomy'] else row.get('anatomy_used', 'none')} | "
             f"{_f(row['level'], 3)} (worst {_f(row['worst_level'], 3)}) | {row['texture']:.2f} "
             f"({row['texture_range'][0]:.2f}-{row['texture_range'][1]:.2f}) | {row['seam']:.2f} | "
             f"{row['psnr']:.1f} ({bh['psnr']:.1f}) | {row['ssim']:.3f} | {row['seconds']:.1f} | "
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--estimates", nargs="+", default=["auto"], choices=("auto", "sample", "mean"),
                         help="fills to run (auto: the default, as a user gets it)")
     parser.add_argument("--precision", default="auto", help="auto: as a user gets it (time targets)")
+    parser.add_argument("--fine-detail", default=None, choices=("sample", "all", "none"),
+                        help="which fills take the scan's fine detail (default: the engine's)")
+    parser.add_argument("--anatomy", nargs="+", default=["none", "given"], choices=("none", "given"),
+                        help="fills without a label map, with the template's 1 mm tissue labels, or both")
     args = common.parse(parser, SMOKE, argv)
     image, labels = scan_1mm()
     truth, brain = image.array.astype(np.float32), labels.array > 0
@@ -133,10 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     picture = []
     for model in models:
         for estimate in args.estimates:
-            for anatomy in (False, True):
+            for anatomy in [a == "given" for a in args.anatomy]:
                 cases = []
                 for k, ball in enumerate(balls):
-                    fill, seconds, ran = run_fill(model, image, ball, labels if anatomy else None, estimate, seed=k)
+                    extra = {"fine_detail": args.fine_detail} if args.fine_detail else {}
+                    fill, seconds, ran = run_fill(model, image, ball, labels if anatomy else None, estimate, seed=k, **extra)
                     case = judge(fill, truth, ball, brain, spacing)
                     case.update(seconds=round(seconds, 2), ran=ran, biharmonic_psnr=classical[k]["psnr"])
                     case["met"] = met(case, model.card.name, classical[k]["psnr"], anatomy)
@@ -147,9 +153,11 @@ def main(argv: list[str] | None = None) -> None:
                 row = {key: float(np.mean([c[key] for c in cases])) for key in FIGURES + ("seconds",)}
                 row.update(model=model.card.name, version=model.card.version, anatomy=anatomy, regions=len(cases),
                            fill=cases[0]["ran"].get("inpaint_estimate", estimate), asked=estimate,
+                           fine_detail=any(c["ran"].get("fine_detail") for c in cases),
                            worst_level=max((c["level"] for c in cases), key=abs),
                            texture_range=[min(c["texture"] for c in cases), max(c["texture"] for c in cases)],
-                           met=sum(c["met"] for c in cases), cases=cases)
+                           met=sum(c["met"] for c in cases), cases=cases,
+                           anatomy_used=cases[0]["ran"].get("anatomy", "none"))
                 report["rows"].append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "cases"}), flush=True)
     z = int(np.argwhere(balls[0])[:, 0].mean())
