@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{default.small_region_mm:g} mm thick")
     parser.add_argument("--fine-detail", choices=("sample", "all", "none"), default=default.fine_detail,
                         help="on a scan finer than the model's grid, which fills take the scan's own fine detail (a "
-                        "texture with the grain of the scan around the region): sample (default), all, or none")
+                        "texture with the grain of the scan around the region): all (default), sample, or none")
     parser.add_argument("--continue-anatomy", action=argparse.BooleanOptionalAction, default=default.continue_anatomy,
                         help="without --labels: the tissue around the region (by intensity) continued into it guides "
                         "the fill (default); --no-continue-anatomy: the fill is unguided")

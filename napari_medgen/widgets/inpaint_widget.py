@@ -33,10 +33,11 @@ from .session import ModelSession
 
 # The fill choice, explained where it is chosen (issue 33).
 FILL_TOOLTIP = (
-    "sample: one draw from the model, with the scan's own fine detail added where the scan is finer than the "
-    "model: looks like the scan (texture, grain), for inserting or removing a structure; differs from run to run.\n"
+    "sample: one draw from the model: a texture of its own, for inserting or removing a structure; differs from "
+    "run to run.\n"
     "mean: the average of several draws, blended with the surrounding tissue at the border: the closest to the "
-    "hidden truth on average, and smooth, for repairs.\n"
+    "hidden truth on average, smooth at the model's 2 mm, for repairs.\n"
+    "Either way, on a scan finer than the model the scan's own fine detail (its grain around the region) is added.\n"
     "auto: the card's choice by the region's thickness (see the README's inpainting table)."
 )
 LARGE_REGION_SHARE = 0.25  # of the anatomy (the anatomy layer's labels, else the scan's foreground)
