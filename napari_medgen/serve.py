@@ -91,8 +91,11 @@ def request_argv(command: str, args: dict[str, Any]) -> list[str]:
         ):
             argv += [f"--{name}", *(str(v) for v in value)]  # several files (fractions) or numbers (size, spacing)
             continue
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise UsageError(f"argument {key!r} must be a string, a number, a list of file names or numbers, or (attribute) an "
+        if isinstance(value, bool):  # an on/off option (inpaint's continue_anatomy): --name / --no-name
+            argv.append(f"--{name}" if value else f"--no-{name}")
+            continue
+        if not isinstance(value, (str, int, float)):
+            raise UsageError(f"argument {key!r} must be a string, a number, true or false, a list of file names or numbers, or (attribute) an "
                              f"object of numbers, not {json.dumps(value)[:60]}")
         argv.append(f"--{name}={value}")
     return [*argv, "--progress", "jsonl"]

@@ -166,7 +166,7 @@ def test_bad_messages_give_error_events_and_the_worker_goes_on(files, tmp_path):
         {"id": "u", "command": "segment", "args": {}},
         {"command": "generate", "args": _generate_args(files, tmp_path / "x.nii.gz")},  # no id
         {"id": "f", "command": "generate", "args": _generate_args(files, tmp_path / "f.nii.gz"), "labels": "x"},
-        {"id": "t", "command": "generate", "args": _generate_args(files, tmp_path / "t.nii.gz", steps=[1])},
+        {"id": "t", "command": "generate", "args": _generate_args(files, tmp_path / "t.nii.gz", steps={"n": 1})},
         {"id": "a", "command": "generate", "args": {"labelz": "x", "out": str(tmp_path / "a.nii.gz")}},
         {"id": "p", "command": "generate", "args": _generate_args(files, tmp_path / "p.nii.gz", progress="bar")},
         {"id": "m", "command": "generate", "args": _generate_args(files, tmp_path / "m.nii.gz", labels=str(tmp_path / "no.nii.gz"))},
@@ -226,7 +226,11 @@ def test_request_arguments_become_the_command_line():
     argv = request_argv("generate", {"labels": "l.nii.gz", "fractions": ["f1.nii.gz", "f2.nii.gz", "f3.nii.gz"], "out": "o.nii.gz"})
     args = build_parser("generate", exit_on_error=False).parse_args(argv)
     assert [p.name for p in args.fractions] == ["f1.nii.gz", "f2.nii.gz", "f3.nii.gz"] and args.out.name == "o.nii.gz"
-    for bad in ({"steps": True}, {"steps": {"n": 1}}, {"progress": "bar"}, {"help": 1}, {"fractions": ["a", 2]},
+    # An on/off option takes true or false (inpaint's continue_anatomy: --no-continue-anatomy)
+    argv = request_argv("inpaint", {"image": "i.nii.gz", "region": "r.nii.gz", "out": "o.nii.gz", "continue_anatomy": False})
+    assert "--no-continue-anatomy" in argv
+    assert build_parser("inpaint", exit_on_error=False).parse_args(argv).continue_anatomy is False
+    for bad in ({"steps": {"n": 1}}, {"progress": "bar"}, {"help": 1}, {"fractions": ["a", 2]},
                 {"fractions": []}, {"fractions": ["--seed=1"]}):
         with pytest.raises(UsageError):
             request_argv("generate", bad)
