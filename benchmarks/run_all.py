@@ -73,6 +73,8 @@ BENCHMARKS = [
     "last_call",
     "partial_volume",
     "precision",
+    "tri_planar",
+    "inpaint_1mm",
 ]
 # The full tier's runs of a script where its defaults alone do not make every figure the docs show: one list of
 # arguments per run ("{cases}": a folder of synthetic cases that both segmenter runs share, made once).

@@ -36,9 +36,12 @@ TEXTURE = ("spread_CSF", "spread_GM", "spread_WM", "gradient_gm_wm_boundary", "g
            "inside_in_plane_GM", "inside_in_plane_WM", "inside_through_plane_GM", "inside_through_plane_WM")
 
 
-def ways(model) -> list[str]:
-    """The planes a model can sample: axial always; tri where its network was trained on the three planes."""
-    return ["axial", "tri"] if len(model.card.conditioning.orientations) == 3 else ["axial"]
+def ways(model, average_last: list[int]) -> list[tuple[str, int | None]]:
+    """(planes, planes_average_last) a model can sample: axial always; tri where its network was trained on the three
+    planes, once per number of last calls averaged over the planes."""
+    if len(model.card.conditioning.orientations) < 3:
+        return [("axial", None)]
+    return [("axial", None)] + [("tri", last) for last in average_last]
 
 
 def met(row: dict, kind: str) -> bool:
@@ -48,9 +51,12 @@ def met(row: dict, kind: str) -> bool:
     return bool(per_axis and texture and row["histogram_w1"] <= w1 and row.get("background_not_exact", 0.0) == 0.0)
 
 
-def measure(model, label_map, planes: str, steps: int | None, real: dict, background, spacing) -> tuple[dict, np.ndarray]:
+def measure(model, label_map, planes: str, steps: int | None, real: dict, background, spacing,
+            average_last: int | None = None) -> tuple[dict, np.ndarray]:
     started = time.perf_counter()
     options = {"planes": planes, "seed": 0, "preview_every": 0}
+    if average_last is not None:
+        options["planes_average_last"] = average_last
     if steps:
         options["steps"] = steps
     (result,) = common.drive(generate(model, label_map, **options))
@@ -75,7 +81,8 @@ def table(report: dict) -> str:
     ]
     for row in report["rows"]:
         lines.append(
-            f"| {row['model']} {row['version']}, {row['planes']} | {row['map']} | "
+            f"| {row['model']} {row['version']}, {row['planes']}"
+            + (f" (last {row['average_last']} averaged)" if row.get("average_last") else "") + f" | {row['map']} | "
             + " / ".join(_f(row[f"energy_ratio_{a}"]) for a in AXIS_NAMES) + " | "
             + " / ".join(_f(row[f"slice_difference_{a}"]) for a in AXIS_NAMES) + " | "
             + f"{_f(row['spread_CSF'])} / {_f(row['spread_GM'])} / {_f(row['spread_WM'])} | "
@@ -97,7 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=[common.DEMO], help="model names or folders")
     parser.add_argument("--warps", type=int, default=2, help="warped maps (seeds 1..N)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: each card's)")
-    parser.add_argument("--precision", default="fp32", help="as the quality figures are measured (auto: the CPU's)")
+    parser.add_argument("--precision", default="auto", help="auto (as a user gets it: bf16 on a CPU that runs it natively)")
+    parser.add_argument("--average-last", nargs="+", type=int, default=[0],
+                        help="tri-planar: numbers of last network calls averaged over the three planes to measure")
+    parser.add_argument("--maps", nargs="+", default=None, help="only these maps (names as in the table)")
     args = common.parse(parser, SMOKE, argv)
     t1, labels = common.sample_brain()
     spacing = t1.spacing[::-1]
@@ -113,15 +123,17 @@ def main(argv: list[str] | None = None) -> None:
     for model in models:
         norm = model.card.normalization
         background = float(norm.background) if norm.background_label is not None else None
-        for planes in ways(model):
+        for planes, last in ways(model, args.average_last):
             for name, label_map in maps.items():
-                row, image = measure(model, label_map, planes, args.steps, real, background, spacing)
-                row.update(model=model.card.name, version=model.card.version, planes=planes, map=name,
+                if args.maps and name not in args.maps:
+                    continue
+                row, image = measure(model, label_map, planes, args.steps, real, background, spacing, last)
+                row.update(model=model.card.name, version=model.card.version, planes=planes, map=name, average_last=last,
                            met=met(row, "warped" if name.startswith("warped") else "sample"))
                 report["rows"].append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "ran"}), flush=True)
                 if name == "sample map":
-                    pictures.append((f"{model.card.version}, {planes}", image))
+                    pictures.append((f"{model.card.version}, {planes}" + (f", last {last} averaged" if last else ""), image))
     pictures.append(("real T1", t1.array))
     planes_picture(pictures, common.result_path("tri_planar_planes.png"))
     report["machine"] = common.machine()
