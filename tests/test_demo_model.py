@@ -44,15 +44,19 @@ def test_demo_model_is_the_default_and_ships_with_the_package():
 
 
 def test_demo_model_runs_at_its_measured_defaults():
-    """A run that asks for nothing gets the card's measured sampler, steps, guidance and slice-noise correlation
-    (benchmarks/realism.py chose them), and the card says why."""
+    """A run that asks for nothing gets the card's measured sampler, steps, guidance and planes (tri-planar: each voxel
+    its own noise; benchmarks/tri_planar.py chose them), and the card says why; asked for axial slices, the
+    slice-noise correlation of card 2.2.0 comes back."""
     card = find_model(None).card
     options = resolve_options(None, {}, card)
-    assert (options.sampler, options.steps, options.guidance, options.slice_noise_correlation) == ("dpm++2m", 20, 1.0, 0.7)
+    assert (options.sampler, options.steps, options.guidance, options.planes) == ("dpm++2m", 20, 1.0, "tri")
+    assert options.slice_noise_correlation == 0.0 and options.slice_noise_correlation_by_label is None
+    assert card.conditioning.orientations == ["axial", "coronal", "sagittal"]
+    assert "DPM-Solver++ 2M" in card.sampling.reason and "tri-planar" in card.sampling.reason
+    axial = resolve_options(None, {"planes": "axial"}, card)
     # Grey matter's texture changes more from slice to slice than white matter's (card 2.2.0).
     grey, white = (card.label_schema.index_of(name) for name in ("grey matter", "white matter"))
-    assert options.slice_noise_correlation_by_label == {grey: 0.5, white: 0.9}
-    assert "DPM-Solver++ 2M" in card.sampling.reason
+    assert axial.slice_noise_correlation == 0.7 and axial.slice_noise_correlation_by_label == {grey: 0.5, white: 0.9}
 
 
 def test_demo_model_follows_painted_tissue(painted_slice):
