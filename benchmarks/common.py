@@ -382,6 +382,16 @@ def update_doc(block: str, text: str) -> bool:
     return True
 
 
+def publish(name: str, report: dict[str, Any], block: str, text: str) -> None:
+    """A benchmark's ending: its results file (with the machine it ran on), its table printed, and the table put into
+    the page that holds `block` (official results only; see `update_doc`)."""
+    report["machine"] = machine()
+    write_result(name, report)
+    print(text)
+    if official_results():
+        update_doc(block, text)
+
+
 def result_path(name: str) -> Path:
     """A file in the results folder (made when missing)."""
     folder = results_dir()

@@ -136,12 +136,8 @@ def main(argv: list[str] | None = None) -> None:
                     pictures.append((f"{model.card.version}, {planes}" + (f", last {last} averaged" if last else ""), image))
     pictures.append(("real T1", t1.array))
     planes_picture(pictures, common.result_path("tri_planar_planes.png"))
-    report["machine"] = common.machine()
-    common.write_result("tri_planar", report)
-    text = table(report)
-    print(text)
-    if common.official_results():
-        common.update_doc("tri-planar-table", text)
+    report["machine"] = common.machine()  # the table's line names it
+    common.publish("tri_planar", report, "tri-planar-table", table(report))
 
 
 if __name__ == "__main__":
