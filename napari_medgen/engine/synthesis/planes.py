@@ -16,6 +16,8 @@ clean estimate is the known image (which is what the final image keeps there any
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -98,7 +100,7 @@ class TriPlanarDenoiser:
         positions: dict[str, np.ndarray],
         guidance: float,
         guidance_rescale: float,
-        batch_size,
+        batch_size: Callable[[int, int], int],
         average_from: int | None = None,
         first_call: int = 0,
     ) -> None:
