@@ -83,13 +83,16 @@ def _same(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
-def test_resumed_run_is_the_same_run(flat_dataset, tmp_path):
+@pytest.mark.parametrize("planes", [False, True], ids=["axial", "three planes"])
+def test_resumed_run_is_the_same_run(flat_dataset, tmp_path, planes):
     """Stopped after 2 of 4 steps and resumed, a run ends with the weights, EMA, optimiser moments and
-    step counts, learning-rate schedule, random generators and losses of the run made in one go."""
+    step counts, learning-rate schedule, random generators and losses of the run made in one go (also for a
+    network trained on three planes, whose batches carry each slice's plane)."""
     pairs = find_training_pairs(flat_dataset)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    drive(train(tiny_card(), pairs, straight, _config(4)))
-    run = train(tiny_card(), pairs, resumed, _config(4))
+    card = tiny_card(orientations=planes)
+    drive(train(card, pairs, straight, _config(4)))
+    run = train(card, pairs, resumed, _config(4))
     next(run), next(run)
     run.close()  # stopped (as by cancelling) just after the checkpoint of step 2
     tensors, state = _checkpoint(resumed)
@@ -98,7 +101,7 @@ def test_resumed_run_is_the_same_run(flat_dataset, tmp_path):
     assert steps and all(float(v) == 2 for v in steps)
     assert not (resumed / "model.json").exists()
 
-    _, events = drive(train(tiny_card(), pairs, resumed, _config(4), resume=True))
+    _, events = drive(train(card, pairs, resumed, _config(4), resume=True))
     assert [e.step for e in events] == [3, 4]
     (straight_tensors, straight_state), (resumed_tensors, resumed_state) = _checkpoint(straight), _checkpoint(resumed)
     assert {k.split(".")[0] for k in straight_tensors} == {"network", "ema", "optimizer", "rng"}
@@ -108,6 +111,7 @@ def test_resumed_run_is_the_same_run(flat_dataset, tmp_path):
     for key in ("step", "losses", "optimizer", "lr_schedule", "rng"):
         assert resumed_state[key] == straight_state[key], key
     assert _same(load_file(straight / "weights.safetensors"), load_file(resumed / "weights.safetensors"))
+    assert ("network.class_embedding.weight" in load_file(straight / "weights.safetensors")) == planes
 
 
 def test_resume_with_more_steps_follows_the_longer_schedule(flat_dataset, tmp_path):
