@@ -228,12 +228,14 @@ def guidance_table(model, t1: Volume, labels: Volume, steps: int, block: slice, 
     settings += [{"guidance": 1.0, "slice_noise_correlation": c} for c in (0.0, 0.5, 0.7, 0.85)]  # one for every tissue
     for setting in settings:
         options = {key: value for key, value in setting.items() if key != "steps"}
+        if "slice_noise_correlation" in setting:  # a correlation is for slice-by-slice sampling (tri-planar refuses it)
+            options["planes"] = "axial"
         run_steps = setting.get("steps", steps)
         image, seconds, ran = generated(model, labels, run_steps, 0, (block.start, block.stop), **options)
         row = relative(figures(image, labels.array[block], spacing, background), real)
         dice = tissue_dice(kmeans_tissues(image, brain), labels.array[block])
         row.update(guidance=ran["guidance"], guidance_rescale=setting.get("guidance_rescale", 0.0), sampler=ran["sampler"],
-                   steps=ran["steps"], network_calls=ran["network_calls"],
+                   steps=ran["steps"], network_calls=ran["network_calls"], planes=ran.get("planes", "axial"),
                    slice_noise_correlation=None if ran.get("slice_noise_correlation_by_label") else ran["slice_noise_correlation"],
                    mean_dice=round(float(np.mean(list(dice.values()))), 3), seconds=round(seconds, 1))
         rows.append(row)
@@ -247,7 +249,8 @@ def defaults_words(model, ran: dict) -> str:
     correlation = ran["slice_noise_correlation"]
     by_label = ran.get("slice_noise_correlation_by_label") or {}
     per_tissue = ", ".join(f"{model.card.label_schema.name_of(int(k)) or k} {v:g}" for k, v in by_label.items())
-    return (f"{ran['sampler']} {ran['steps']} steps, guidance {ran['guidance']:g}, slice-noise correlation {correlation:g}"
+    return (f"{ran['sampler']} {ran['steps']} steps, {ran.get('planes', 'axial')} planes, guidance {ran['guidance']:g}, "
+            f"slice-noise correlation {correlation:g}"
             + (f" ({per_tissue})" if per_tissue else ""))
 
 
@@ -284,12 +287,12 @@ def table(report: dict) -> str:
         lines.append(f"| {name.replace('_', ' ')}'s own anatomy (unseen brain; k-means Dice {row['mean_dice']:.3f}) | "
                      f"{_cells(row)} | {100 * row.get('background_not_exact', 0.0):.1f} % | |")
     lines.append("")
-    lines.append(f"| sampler, steps | guidance (rescale) | slice-noise correlation | mean Dice | {REALISM_HEAD} | s |")
+    lines.append(f"| sampler, steps, planes | guidance (rescale) | slice-noise correlation | mean Dice | {REALISM_HEAD} | s |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in report["guidance_table"]:
         correlation = row.get("slice_noise_correlation")
         lines.append(
-            f"| {row['sampler']}, {row['steps']} | {row['guidance']:g}"
+            f"| {row['sampler']}, {row['steps']}, {row.get('planes', 'axial')} | {row['guidance']:g}"
             + (f" ({row['guidance_rescale']:g})" if row["guidance_rescale"] else "")
             + f" | {'card' if correlation is None else f'{correlation:g}'} | {row['mean_dice']:.3f} | {_cells(row)} | "
             f"{row['seconds']:.0f} |"
