@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TaskNotSupportedError
-from ..intensity import harmonised_map, intensity_map_for, tissue_classes_by_intensity
+from ..intensity import intensity_map_for
 from ..model.card import ModelCard
 from ..model.loading import LoadedModel, load_model
 from ..orientation import to_canonical
@@ -30,7 +30,7 @@ from .inputs import check_fractions, check_label_map, inpaint_inputs
 from .model_grid import as_2d, as_3d, axial_slab, inpaint_crop, problem_on_model_grid, slice_positions
 from .options import ProgressEvent, SamplingOptions, resolve_options
 from .own_grid import generation_grid
-from .continued_anatomy import continued_tissues
+from .continued_anatomy import harmonised_guide
 from .planes import settle_planes, tri_planar_positions
 from .run import run_task
 from .tasks import GenerateTask, InpaintTask
@@ -112,20 +112,7 @@ def inpaint(
     planes, why = settle_planes(card, options.planes, to_canonical(as_3d(image)))
     crop = inpaint_crop(card, image, region, label_map, options.context_mm, all_axes=planes == "tri")
     intensity = intensity_map_for(card.normalization, np.asarray(image.array, dtype=np.float32))
-    # Another scanner's contrast: the tissue medians of the known voxels -> the levels the network learned; the
-    # tissues from the label map, else from the known voxels' intensities.
-    crop_array, known_voxels = np.asarray(crop.image.array, np.float32), crop.region.array == 0
-    tissues = crop.labels.array if crop.labels is not None else tissue_classes_by_intensity(
-        crop_array, known_voxels, card.normalization)
-    intensity = harmonised_map(card.normalization, intensity, crop_array, tissues, known_voxels)
-    anatomy = "given" if crop.labels is not None else "none"
-    if crop.labels is None and tissues is not None and card.takes_label_map and options.continue_anatomy:
-        # No anatomy given: the tissue around the region, continued into it, guides the fill
-        continued = continued_tissues(tissues, ~known_voxels, tuple(crop.image.spacing[::-1]))
-        background = card.normalization.background_label
-        continued = np.where(continued < 0, 0 if background is None else background, continued)
-        crop.labels = crop.image.with_array(continued.astype(np.uint16), metadata={"label_map": True})
-        anatomy = "continued"
+    intensity, anatomy = harmonised_guide(card, intensity, crop, options.continue_anatomy)
     if planes == "tri":
         planes, why = settle_planes(card, planes, crop.image)
     problem = problem_on_model_grid(card, crop.image, crop.labels, crop.image, crop.region, intensity,
@@ -135,8 +122,7 @@ def inpaint(
         problem.slice_offset = crop.box[0].start
     _set_planes(card, problem, planes, why, crop.image, tuple(b.start for b in crop.box), crop.canonical_image.shape)
     options = _estimate_options(card, _with_planes(options, planes), crop.region, problem.by_repaint)
-    task = InpaintTask.on_crop(card, problem, image, region, crop, inputs, options)
-    task.anatomy = anatomy
+    task = InpaintTask.on_crop(card, problem, image, region, crop, inputs, options, anatomy)
     return run_task(loaded, task, options)
 
 

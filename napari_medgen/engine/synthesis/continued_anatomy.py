@@ -11,8 +11,36 @@ if nothing were wrong. It is a guess, said so in the provenance; give a label ma
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy import ndimage
+
+from ..intensity import IntensityMap, harmonised_map, tissue_classes_by_intensity
+
+if TYPE_CHECKING:
+    from ..model.card import ModelCard
+    from .model_grid import InpaintCrop
+
+
+def harmonised_guide(card: ModelCard, intensity: IntensityMap, crop: InpaintCrop, continue_anatomy: bool
+                     ) -> tuple[IntensityMap, str]:
+    """An inpainting's intensity map harmonised to the levels the network learned per tissue (another scanner's
+    contrast: the known voxels' tissue medians; the tissues from the label map, else from the known voxels'
+    intensities), and what guides the fill: "given", "continued" (no label map: `crop.labels` is set to the tissue
+    around the region continued into it) or "none"."""
+    image, known = np.asarray(crop.image.array, np.float32), crop.region.array == 0
+    tissues = crop.labels.array if crop.labels is not None else tissue_classes_by_intensity(image, known, card.normalization)
+    intensity = harmonised_map(card.normalization, intensity, image, tissues, known)
+    if crop.labels is not None:
+        return intensity, "given"
+    if tissues is None or not card.takes_label_map or not continue_anatomy:
+        return intensity, "none"
+    continued = continued_tissues(tissues, ~known, tuple(crop.image.spacing[::-1]))
+    background = card.normalization.background_label
+    continued = np.where(continued < 0, 0 if background is None else background, continued)
+    crop.labels = crop.image.with_array(continued.astype(np.uint16), metadata={"label_map": True})
+    return intensity, "continued"
 
 
 def continued_tissues(classes: np.ndarray, region: np.ndarray, spacing_zyx: tuple[float, ...]) -> np.ndarray:

@@ -91,7 +91,7 @@ class InpaintTask(SynthesisTask):
     @classmethod
     def on_crop(
         cls, card: ModelCard, problem: ModelGridProblem, image: Volume, region: Volume, crop: InpaintCrop,
-        inputs: dict[str, str], options: SamplingOptions,
+        inputs: dict[str, str], options: SamplingOptions, anatomy: str = "none",
     ) -> InpaintTask:
         """The task of inpainting `region` of `image` through `crop`, with the estimate `options.inpaint_estimate`
         already settled."""
@@ -110,6 +110,7 @@ class InpaintTask(SynthesisTask):
             background=outside_anatomy(card, crop.image, crop.labels),
             detail_spacing_zyx=tuple(problem.grid.spacing[::-1]) if options.fine_detail_for(options.inpaint_estimate) else None,
             seed=options.seed,
+            anatomy=anatomy,
         )
 
     def output_from_crop(self, on_crop: Volume, variant: int = 0) -> Volume:
