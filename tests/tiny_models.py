@@ -22,8 +22,10 @@ def tiny_card(
     tasks: tuple[str, ...] = ("generate", "inpaint"),
     spacing_mm: float = 4.0,
     orientations: bool = False,
+    background_label: int | None = None,
 ) -> ModelCard:
-    """`orientations`: one network for axial, coronal and sagittal slices (the plane as its class embedding)."""
+    """`orientations`: one network for axial, coronal and sagittal slices (the plane as its class embedding).
+    `background_label`: generated images are exactly the background there (a skull-stripped brain's card)."""
     n_labels = TISSUE_SCHEMA.max_index + 1
     in_channels = 1 + (n_labels if label_map == "channels" else 0) + (2 if known_image else 0) + (8 if slice_position and spatial_dims == 2 else 0)
     kwargs = {
@@ -50,7 +52,8 @@ def tiny_card(
             "spatial_dims": spatial_dims,
             "tile_size": [16] * spatial_dims,
             "spacing_mm": [spacing_mm] * spatial_dims,
-            "normalization": {"kind": "mri_percentile", "output_min": 0, "output_max": 1000},
+            "normalization": {"kind": "mri_percentile", "output_min": 0, "output_max": 1000,
+                              **({"background_label": background_label} if background_label is not None else {})},
             "label_schema": {"classes": TISSUE_SCHEMA.to_json()},
             "conditioning": {
                 "label_map": label_map,

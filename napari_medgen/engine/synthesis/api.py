@@ -9,7 +9,8 @@ The work happens on the model grid (`model_grid`): the input in canonical orient
 the model's spacing (in-plane only for 2-D models, which go slice by slice along the axial axis with
 the slice position as a condition), padded to what the UNet's down-sampling needs. Results are
 resampled back onto the input's exact grid. Inpainting works only on a box around the region (plus a
-context margin) and copies every voxel outside the region from the input unchanged.
+context margin) and copies every voxel outside the region from the input unchanged; generation, for a card
+that names its background label, only on a box around the anatomy (the rest of the output is the background).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from ..model.loading import LoadedModel, load_model
 from ..orientation import to_canonical
 from ..volume import Volume
 from .inputs import check_fractions, check_label_map, inpaint_inputs
-from .model_grid import as_2d, as_3d, axial_slab, inpaint_crop, problem_on_model_grid, slice_positions
+from .model_grid import (
+    anatomy_box, as_2d, as_3d, axial_slab, crop, inpaint_crop, problem_on_model_grid, slice_positions,
+)
 from .options import ProgressEvent, SamplingOptions, resolve_options
 from .own_grid import generation_grid
 from .continued_anatomy import harmonised_guide
@@ -68,22 +71,30 @@ def generate(
     if tissue_fractions is not None:
         check_fractions(card, tissue_fractions, label_map)
     whole = to_canonical(as_3d(label_map))
-    canonical, offset = axial_slab(whole, slice_range)
+    slab, offset = axial_slab(whole, slice_range)
+    planes, why = settle_planes(card, options.planes, slab)
+    # the network runs only on the anatomy and a margin of background around it
+    box = anatomy_box(card, whole, (offset, offset + slab.shape[0]), all_axes=planes == "tri")
+    canonical = slab if box is None else crop(slab, box)
+    starts = (offset, 0, 0) if box is None else (offset + box[0].start, box[1].start, box[2].start)
     fractions = None
     if tissue_fractions is not None:
         fractions = [axial_slab(to_canonical(as_3d(f)), slice_range)[0] for f in tissue_fractions]
-    planes, why = settle_planes(card, options.planes, canonical)
+        fractions = fractions if box is None else [crop(f, box) for f in fractions]
+    if planes == "tri":
+        planes, why = settle_planes(card, planes, canonical)
     problem = problem_on_model_grid(card, canonical, labels=canonical, known=None, region=None, intensity=None,
                                     fractions=fractions, isotropic=planes == "tri")
     if card.spatial_dims == 2:
-        problem.positions = slice_positions(canonical.shape[0], offset, whole.shape[0])
-    problem.slice_offset = offset
-    _set_planes(card, problem, planes, why, canonical, (offset, 0, 0), whole.shape)
+        problem.positions = slice_positions(canonical.shape[0], starts[0], whole.shape[0])
+    problem.slice_offset = starts[0]
+    _set_planes(card, problem, planes, why, canonical, starts, whole.shape)
     options = _with_planes(options, planes)
     inputs = {"label_map": label_map.content_hash()}
     if tissue_fractions is not None:
         inputs.update({f"tissue_fractions_{k}": f.content_hash() for k, f in enumerate(tissue_fractions, start=1)})
-    task = GenerateTask.for_label_map(card, problem, canonical, label_map, inputs, whole_volume=slice_range is None)
+    task = GenerateTask.for_label_map(card, problem, canonical, label_map, inputs, whole_volume=slice_range is None,
+                                      slab=slab, box=box)
     return run_task(loaded, task, options)
 
 

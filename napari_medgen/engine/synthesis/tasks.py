@@ -42,26 +42,40 @@ class GenerateTask(SynthesisTask):
     # (label, intensity): where the label map says `label`, the output is exactly `intensity` (the card's
     # background), not the network's near-background values that show as a grey box around the anatomy.
     background: tuple[int, float] | None = None
+    # The canonical label map (or slab of it) the output covers, and the anatomy's box in it that the network
+    # ran on (`model_grid.anatomy_box`; None: all of it): outside the box the output is the background.
+    slab: Volume | None = None
+    box: tuple[slice, ...] | None = None
 
     @classmethod
     def for_label_map(
         cls, card: ModelCard, problem: ModelGridProblem, input_crop: Volume, label_map: Volume, inputs: dict[str, str],
-        whole_volume: bool,
+        whole_volume: bool, slab: Volume | None = None, box: tuple[slice, ...] | None = None,
     ) -> GenerateTask:
-        """The task of generating for `label_map` through `input_crop` (its canonical form, or a slab of it), with
-        the card's background value set exactly where the label map has the card's background label."""
+        """The task of generating for `label_map` through `input_crop` (its canonical form, a slab of it, or the
+        box of `slab` around its anatomy), with the card's background value set exactly where the label map has
+        the card's background label."""
         norm = card.normalization
         background = None if norm.background_label is None else (norm.background_label, float(norm.background))
         return cls(name="generate", problem=problem, input_crop=input_crop, inputs_sha256=inputs, label_map=label_map,
-                   whole_volume=whole_volume, background=background)
+                   whole_volume=whole_volume, background=background, slab=slab, box=box)
 
     def output_from_crop(self, on_crop: Volume, variant: int = 0) -> Volume:
+        labels = self.input_crop
+        if self.box is not None and self.slab is not None and self.background is not None:
+            whole = np.full(self.slab.shape, np.float32(self.background[1]), np.float32)
+            whole[self.box] = on_crop.array
+            on_crop, labels = self.slab.with_array(whole, metadata={}), self.slab
         if self.background is not None:
             label, value = self.background
-            on_crop = on_crop.with_array(np.where(self.input_crop.array == label, np.float32(value), on_crop.array))
+            on_crop = on_crop.with_array(np.where(labels.array == label, np.float32(value), on_crop.array))
         if self.whole_volume:
             return back_to_source(on_crop, self.label_map)
         return on_crop if self.label_map.ndim == 3 else as_2d(on_crop)
+
+    def provenance_extra(self) -> dict:
+        # canonical (z, y, x) [start, stop) of the label map (or slab) that the network ran on; beyond: background
+        return {} if self.box is None else {"anatomy_box": [[b.start, b.stop] for b in self.box]}
 
 
 @dataclass
