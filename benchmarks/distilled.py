@@ -50,8 +50,10 @@ TARGET_VOLUME_S, TARGET_SLICE_S, TARGET_DICE_GAP = 30.0, 0.3, 0.02
 
 def _models(args) -> tuple[LoadedModel, LoadedModel]:
     if not args.smoke:
-        # fp32, as the documented figures were measured (benchmarks/precision.py measures what bf16 changes)
-        return load_model(args.teacher, device="cpu", precision="fp32"), load_model(args.student, device="cpu", precision="fp32")
+        # at the precision a user gets (auto: bf16 on a CPU that runs it natively; benchmarks/precision.py measures
+        # what bf16 changes); the rows record what ran
+        return (load_model(args.teacher, device="cpu", precision=args.precision),
+                load_model(args.student, device="cpu", precision=args.precision))
     from napari_medgen.engine.model.card import SamplingDefaults, save_card
 
     teacher = load_model(common.random_weights_folder(common.tiny_demo_card()), device="cpu", precision="fp32")
@@ -262,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levers", action=__import__("argparse").BooleanOptionalAction, default=True,
                         help="measure the per-call speed levers")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="auto", help="auto (as a user gets it), fp32 or bf16")
     parser.add_argument("--result-name", default="distilled",
                         help="name of the results (benchmarks/results/NAME.json and its pictures); another student measured "
                              "beside the shipped one takes another name, and only the default updates docs/models.md")
