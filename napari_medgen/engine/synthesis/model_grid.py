@@ -136,8 +136,10 @@ def slice_positions(count: int, offset: int, total: int) -> np.ndarray:
     return (np.arange(count) + offset) / max(total - 1, 1)
 
 
-def region_box(region: Volume, context_mm: float, card: ModelCard, all_axes: bool = False) -> tuple[slice, ...]:
-    """The region's bounding box, widened by `context_mm` and to at least one training tile of the model.
+def region_box(
+    region: Volume, context_mm: float, card: ModelCard, all_axes: bool = False, tile_fraction: float = 1.0
+) -> tuple[slice, ...]:
+    """The region's bounding box, widened by `context_mm` and to at least `tile_fraction` of a training tile.
 
     In-plane only for 2-D models, unless `all_axes` (tri-planar sampling cuts every axis into slices). The tile floor matters: a network with group normalisation and
     attention judges a crop by its statistics, and one much smaller than the crops it was trained on
@@ -149,7 +151,7 @@ def region_box(region: Volume, context_mm: float, card: ModelCard, all_axes: boo
     spacing = np.asarray(region.spacing[::-1], dtype=float)  # array order (z, y, x)
     margin = np.ceil(context_mm / spacing).astype(int)
     tile_mm = np.asarray(card.tile_size[::-1], float) * np.asarray(card.spacing_mm[::-1], float)
-    tile_vox = np.ceil(tile_mm / spacing[-len(tile_mm):]).astype(int)
+    tile_vox = np.ceil(tile_fraction * tile_mm / spacing[-len(tile_mm):]).astype(int)
     floor = np.zeros(3, int)
     floor[-len(tile_vox):] = tile_vox
     if card.spatial_dims == 2 and all_axes:  # a coronal or sagittal slice's height is along z
@@ -171,6 +173,10 @@ def region_box(region: Volume, context_mm: float, card: ModelCard, all_axes: boo
 # the card's background whatever the network says, so the rest of the grid is work for nothing (the sample brain's
 # box is 0.6 of its volume); within it the network sees the brain's edge with the context it was trained with.
 ANATOMY_CONTEXT_MM = 12.0
+# The box is at least this share of a training tile: the demo models learned on whole slices and on crops down to
+# a third of one (brain-t1-demo-fast, the sample brain: a whole-tile floor kept every in-plane voxel, 13.5 s; half
+# a tile cut them to 0.75, 10.3 s, with the realism figures within 0.06 of each other).
+ANATOMY_TILE_FRACTION = 0.5
 
 
 def anatomy_box(
@@ -186,7 +192,8 @@ def anatomy_box(
     anatomy = np.asarray(whole.array) != background
     if not anatomy.any():
         return None
-    box = list(region_box(whole.with_array(anatomy.astype(np.uint8), metadata={}), context_mm, card, all_axes))
+    box = list(region_box(whole.with_array(anatomy.astype(np.uint8), metadata={}), context_mm, card, all_axes,
+                          tile_fraction=ANATOMY_TILE_FRACTION))
     start, stop = max(box[0].start, slab[0]), min(box[0].stop, slab[1])
     # slices of the slab beyond the anatomy's box are all background; a slab with no anatomy keeps its slices
     box[0] = slice(start - slab[0], stop - slab[0]) if start < stop else slice(0, slab[1] - slab[0])
