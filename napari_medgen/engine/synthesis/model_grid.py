@@ -192,8 +192,13 @@ def anatomy_box(
     anatomy = np.asarray(whole.array) != background
     if not anatomy.any():
         return None
-    box = list(region_box(whole.with_array(anatomy.astype(np.uint8), metadata={}), context_mm, card, all_axes,
+    box = list(region_box(whole.with_array(anatomy.astype(np.uint8), metadata={}), 0.0, card, all_axes,
                           tile_fraction=ANATOMY_TILE_FRACTION))
+    # the margin clipped at the volume's edge (not shifted inwards as an inpainting's tile is: more background
+    # on the far side is work for nothing); slice by slice, none across the slices
+    margin = np.ceil(context_mm / np.asarray(whole.spacing[::-1], float)).astype(int)
+    for axis in range(3) if all_axes else (1, 2):
+        box[axis] = slice(max(box[axis].start - int(margin[axis]), 0), min(box[axis].stop + int(margin[axis]), whole.shape[axis]))
     start, stop = max(box[0].start, slab[0]), min(box[0].stop, slab[1])
     # slices of the slab beyond the anatomy's box are all background; a slab with no anatomy keeps its slices
     box[0] = slice(start - slab[0], stop - slab[0]) if start < stop else slice(0, slab[1] - slab[0])

@@ -11,7 +11,9 @@ slices has (TPDM alternates two perpendicular networks the same way; here one ne
 The samplers are untouched: to them this is a denoiser like any other (`Denoiser`), of a (Z, 1, Y, X) batch.
 A call costs one pass of the network over the volume's voxels whatever the plane, as slice-wise sampling does.
 Inpainting: slices of a plane that hold no region voxel are not run; their prediction is the one whose
-clean estimate is the known image (which is what the final image keeps there anyway).
+clean estimate is the known image (which is what the final image keeps there anyway). Generation: slices that
+hold none of the anatomy (only the card's background label, or the UNet's padding) are not run either; their
+clean estimate is the background (-1), which is what the final image is there.
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ class TriPlanarDenoiser:
         batch_size: Callable[[int, int], int],
         average_from: int | None = None,
         first_call: int = 0,
+        unpadded: tuple[int, ...] | None = None,
+        anatomy: np.ndarray | None = None,
     ) -> None:
         self.loaded, self.card = loaded, loaded.card
         self.labels, self.fractions, self.known, self.region = labels, fractions, known, region
@@ -115,6 +119,10 @@ class TriPlanarDenoiser:
         self.average_from = average_from  # from this call on: every plane, their estimates averaged
         self._batches: dict[str, list[tuple[slice, Denoiser]]] = {}
         self._known_t = None if known is None else torch.from_numpy(known).to(loaded.device)
+        # (z, y, x) of the volume before the UNet's padding: a plane's slices within the padding are not run
+        self.unpadded = unpadded
+        # generation: the voxels that are not the card's background label; a plane's slices without one are not run
+        self.anatomy = anatomy
 
     def plane_at(self, call: int) -> str:
         return PLANE_CYCLE[call % len(PLANE_CYCLE)]
@@ -131,10 +139,10 @@ class TriPlanarDenoiser:
     def _plane_call(self, plane: str, x_t: torch.Tensor, t: int) -> torch.Tensor:
         axis = PLANE_AXES[plane]
         volume = x_t[:, 0]
-        if self._known_t is not None:  # where no slice is run: the output whose clean estimate is the known image
-            out = self.schedule.output_for(self._known_t.to(volume.dtype), volume, t)
-        else:
-            out = torch.empty_like(volume)
+        # where no slice is run: the output whose clean estimate is the known image, or the background (-1) of the
+        # padding
+        clean = self._known_t.to(volume.dtype) if self._known_t is not None else torch.full_like(volume, -1.0)
+        out = self.schedule.output_for(clean, volume, t)
         across, out_across = volume.movedim(axis, 0), out.movedim(axis, 0)  # views: slices of the plane first
         for cut, denoise in self._plane_batches(plane):
             out_across[cut] = denoise(across[cut][:, None], t)[:, 0].to(out.dtype)
@@ -148,9 +156,10 @@ class TriPlanarDenoiser:
     def _build(self, plane: str):
         axis = PLANE_AXES[plane]
         count = self._shape()[axis]
-        run = range(count)
-        if self.region is not None:  # only slices that hold some of the region
-            holds = np.moveaxis(self.region, axis, 0).reshape(count, -1).any(axis=1)
+        run = range(count if self.unpadded is None else self.unpadded[axis])  # the padding's slices are background
+        needed = self.region if self.region is not None else self.anatomy
+        if needed is not None:  # only slices that hold some of the region (inpainting) or of the anatomy
+            holds = np.moveaxis(needed, axis, 0).reshape(count, -1).any(axis=1)
             run = [k for k in run if holds[k]]
         height, width = [s for a, s in enumerate(self._shape()) if a != axis]
         batch = max(1, int(self.batch_size(height, width)))

@@ -300,6 +300,14 @@ def _average_from(loaded: LoadedModel, problem: ModelGridProblem, options: Sampl
     return max(0, _calls_per_unit(options, NoiseSchedule(loaded.card.scheduler), problem) - last)
 
 
+def _anatomy(loaded: LoadedModel, problem: ModelGridProblem) -> np.ndarray | None:
+    """A generation's voxels that are not the card's background label (None: no such label, or inpainting)."""
+    background = loaded.card.normalization.background_label
+    if problem.region is not None or problem.labels is None or background is None:
+        return None
+    return problem.labels != background
+
+
 def _prepare_tri_planar(
     loaded: LoadedModel, problem: ModelGridProblem, options: SamplingOptions, keys: list[int], draw: int = 0
 ):
@@ -313,6 +321,8 @@ def _prepare_tri_planar(
         batch_size=lambda height, width: options.batch_size or auto_slice_batch(loaded, height, width),
         average_from=_average_from(loaded, problem, options),
         first_call=draw,
+        unpadded=problem.unpadded_shape,
+        anatomy=_anatomy(loaded, problem),
     )
     noise = _SliceNoise(keys, options.seed, 0.0)
 
