@@ -150,6 +150,7 @@ def speed_levers(student: LoadedModel, labels, repeats: int) -> dict:
     """Seconds per network call of the student's network (the teacher's architecture) under each lever."""
     from napari_medgen.engine.diffusion.denoiser import prepare_for_inference
 
+    student = load_model(student.folder, device="cpu", precision="fp32")  # the fp32 rows (the run's may be bf16)
     prepare_for_inference(student)
     divisor = student.card.downsampling_factor
     height, width = (int(np.ceil(s / divisor) * divisor) for s in labels.shape[1:])
@@ -161,19 +162,19 @@ def speed_levers(student: LoadedModel, labels, repeats: int) -> dict:
         row: dict[str, Any] = {}
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            row[f"fp32_threads_{threads}_s"] = round(_call_time(student.networks["network"], stack, repeats), 4)
+            row[f"fp32_threads_{threads}_s"] = round(_call_time(common.plain_network(student.networks["network"], student.card), stack, repeats), 4)
         torch.set_num_threads(threads_before)
         try:
             bf16 = load_model(student.folder, device="cpu", precision="bf16")
             prepare_for_inference(bf16)
-            row["bf16_s"] = round(_call_time(bf16.networks["network"], stack.to(torch.bfloat16), repeats), 4)
+            row["bf16_s"] = round(_call_time(common.plain_network(bf16.networks["network"], bf16.card), stack.to(torch.bfloat16), repeats), 4)
         except Exception as error:  # noqa: BLE001 (the lever's figure is "not available" and why)
             row["bf16_s"] = f"not available: {type(error).__name__}: {str(error)[:120]}"
         out[f"batch_{batch}"] = row
     out["cpu_bf16_instructions"] = _cpu_has_bf16()
     try:
         started = time.perf_counter()
-        compiled = torch.compile(student.networks["network"])
+        compiled = torch.compile(common.plain_network(student.networks["network"], student.card))
         stack = torch.randn(1, channels, height, width).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             compiled(stack, torch.full((1,), 500, dtype=torch.long))

@@ -88,7 +88,7 @@ def per_call(folder_or_name: str, compile_too: bool) -> dict:
     for name in ("fp32", "bf16"):
         model = load_model(folder_or_name, device="cpu", precision=name)
         prepare_for_inference(model)
-        network = model.networks["network"]
+        network = common.plain_network(model.networks["network"], model.card)
         channels = next(m.in_channels for m in network.modules() if isinstance(m, torch.nn.Conv2d))
         x = torch.randn(8, channels, 96, 112, dtype=model.dtype).to(memory_format=torch.channels_last)
         t = torch.full((8,), 500, dtype=torch.long)

@@ -69,7 +69,8 @@ def reference_network(model) -> torch.nn.Module:
     spec = model.card.network
     network = getattr(nets, spec.class_name)(**spec.kwargs)
     network.load_state_dict({k: v.contiguous() for k, v in model.networks["network"].state_dict().items()})
-    return network.eval().requires_grad_(False)
+    # a network trained on three planes takes the plane as its class label: axial slices here, as `generate` runs them
+    return common.plain_network(network.eval().requires_grad_(False), model.card)
 
 
 def monai_scheduler(card, clip: bool = True):
