@@ -178,3 +178,20 @@ def test_the_last_calls_can_average_the_three_planes(planar):
     # calls 1 and 2: axial, coronal; call 3 (the last): axial, coronal and sagittal, averaged
     assert ran == [order.index(p) for p in ("axial", "coronal", "axial", "coronal", "sagittal")]
     assert out.metadata["provenance"]["planes_average_last"] == 1
+
+
+def test_a_three_plane_network_called_without_a_plane_runs_axial(planar):
+    """Code that drives the engine's denoiser itself (a notebook, a benchmark) and names no plane gets the axial
+    code, the plane slice-wise sampling runs, rather than an error from the network."""
+    from napari_medgen.engine.diffusion.denoiser import Denoiser
+
+    codes = []
+    network = planar.networks["network"]
+    hook = network.register_forward_pre_hook(
+        lambda module, args, kwargs: codes.extend(kwargs["class_labels"].tolist()), with_kwargs=True)
+    channels = planar.card.input_channels - 1
+    try:
+        Denoiser(planar, torch.zeros(2, channels, 16, 16))(torch.zeros(2, 1, 16, 16), 10)
+    finally:
+        hook.remove()
+    assert codes == [planar.card.conditioning.orientations.index("axial")] * 2

@@ -151,6 +151,8 @@ class Denoiser:
         self.guidance_rescale = float(guidance_rescale)
         self.label_channels = self.card.num_label_channels if self.card.conditioning.label_map != "none" else 0
         self.class_labels = None
+        if class_index is None and self.card.conditioning.orientations:  # a three-plane network: axial unless told
+            class_index = self.card.conditioning.orientations.index("axial")
         if class_index is not None:
             self.class_labels = torch.full((conditioning.shape[0],), int(class_index), device=model.device, dtype=torch.long)
         if self.guided and self.class_labels is not None:

@@ -280,7 +280,8 @@ def _prepare_unit(
 
     x_t = noise.draw((1,) + tuple(stack.shape[2:])).to(device)
     # A network trained on several planes is told that these slices are axial.
-    class_index = card.conditioning.orientations.index("axial") if card.conditioning.orientations else options.class_index
+    # a three-plane network runs axial here (the Denoiser's default for it); the class asked for otherwise
+    class_index = None if card.conditioning.orientations else options.class_index
     denoise = Denoiser(loaded, conditioning, options.guidance, class_index, guidance_rescale=options.guidance_rescale)
     return (denoise, x_t, noise_like) + _repaint_tensors(problem, known, region, device)
 
