@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -123,6 +124,12 @@ class Pair:
 
         from napari_medgen.engine.intensity import intensity_map_for
 
+        # Equal work: where the card names a background label, `generate` runs the network only on the anatomy's box
+        # (the rest is the background); MONAI's loop has nothing like it and runs the whole frame. Here both run the
+        # whole frame: the model with a copy of its card that names no background label (and neither side sets one).
+        card = model.card.model_copy(deep=True)
+        card.normalization.background_label = None
+        model = dataclasses.replace(model, card=card)
         self.model = model
         self.card = model.card
         self.label_map = common.brain_label_slices(slices, size)
