@@ -123,26 +123,6 @@ def randomize_zero_layers(module: torch.nn.Module) -> None:
             layer.reset_parameters()
 
 
-class AxialPlane(torch.nn.Module):
-    """A network trained on three planes (its card's `conditioning.orientations`, the plane as MONAI's class
-    embedding) called as a plain one, every call an axial slice: for code that calls a network itself (MONAI's
-    inferer, per-call timings), which passes no class labels."""
-
-    def __init__(self, network: torch.nn.Module, plane_index: int) -> None:
-        super().__init__()
-        self.network, self.plane_index = network, plane_index
-
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        planes = torch.full((x.shape[0],), self.plane_index, dtype=torch.long, device=x.device)
-        return self.network(x, timesteps, context=context, class_labels=planes)
-
-
-def plain_network(network: torch.nn.Module, card) -> torch.nn.Module:
-    """`network` as a caller that gives no class labels can call it (`AxialPlane` where the card has planes)."""
-    orientations = card.conditioning.orientations
-    return AxialPlane(network, orientations.index("axial")) if orientations else network
-
-
 def trained_demo_available() -> bool:
     from napari_medgen.engine.errors import MedgenError
     from napari_medgen.engine.model.registry import find_model

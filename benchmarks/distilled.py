@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from plain_network import plain_network  # noqa: E402
 import quality  # noqa: E402
 import realism  # noqa: E402
 
@@ -162,19 +163,19 @@ def speed_levers(student: LoadedModel, labels, repeats: int) -> dict:
         row: dict[str, Any] = {}
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            row[f"fp32_threads_{threads}_s"] = round(_call_time(common.plain_network(student.networks["network"], student.card), stack, repeats), 4)
+            row[f"fp32_threads_{threads}_s"] = round(_call_time(plain_network(student.networks["network"], student.card), stack, repeats), 4)
         torch.set_num_threads(threads_before)
         try:
             bf16 = load_model(student.folder, device="cpu", precision="bf16")
             prepare_for_inference(bf16)
-            row["bf16_s"] = round(_call_time(common.plain_network(bf16.networks["network"], bf16.card), stack.to(torch.bfloat16), repeats), 4)
+            row["bf16_s"] = round(_call_time(plain_network(bf16.networks["network"], bf16.card), stack.to(torch.bfloat16), repeats), 4)
         except Exception as error:  # noqa: BLE001 (the lever's figure is "not available" and why)
             row["bf16_s"] = f"not available: {type(error).__name__}: {str(error)[:120]}"
         out[f"batch_{batch}"] = row
     out["cpu_bf16_instructions"] = _cpu_has_bf16()
     try:
         started = time.perf_counter()
-        compiled = torch.compile(common.plain_network(student.networks["network"], student.card))
+        compiled = torch.compile(plain_network(student.networks["network"], student.card))
         stack = torch.randn(1, channels, height, width).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             compiled(stack, torch.full((1,), 500, dtype=torch.long))

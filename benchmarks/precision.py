@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+from plain_network import plain_network  # noqa: E402
 from quality import kmeans_tissues, tissue_dice  # noqa: E402
 
 SMOKE = {"inpaint_cases": 1, "slices": 2, "steps": 2}
@@ -88,7 +89,7 @@ def per_call(folder_or_name: str, compile_too: bool) -> dict:
     for name in ("fp32", "bf16"):
         model = load_model(folder_or_name, device="cpu", precision=name)
         prepare_for_inference(model)
-        network = common.plain_network(model.networks["network"], model.card)
+        network = plain_network(model.networks["network"], model.card)
         channels = next(m.in_channels for m in network.modules() if isinstance(m, torch.nn.Conv2d))
         x = torch.randn(8, channels, 96, 112, dtype=model.dtype).to(memory_format=torch.channels_last)
         t = torch.full((8,), 500, dtype=torch.long)

@@ -56,6 +56,7 @@ from napari_medgen.engine.diffusion.schedule import NoiseSchedule
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+from plain_network import plain_network  # noqa: E402
 
 # Equal output: max |ours - MONAI| over max(|MONAI|, 1), in the network's units; float32 rounding
 # through `steps` network calls and 1/sqrt(alpha_bar) amplification at the noisiest step stays far below.
@@ -71,7 +72,7 @@ def reference_network(model) -> torch.nn.Module:
     network = getattr(nets, spec.class_name)(**spec.kwargs)
     network.load_state_dict({k: v.contiguous() for k, v in model.networks["network"].state_dict().items()})
     # a network trained on three planes takes the plane as its class label: axial slices here, as `generate` runs them
-    return common.plain_network(network.eval().requires_grad_(False), model.card)
+    return plain_network(network.eval().requires_grad_(False), model.card)
 
 
 def monai_scheduler(card, clip: bool = True):
