@@ -110,3 +110,13 @@ def test_a_card_without_a_background_label_runs_the_whole_grid(tmp_path):
         sizes.remove()
     assert sum(n for n, _, _ in sizes.shapes) == SHAPE[0]
     assert max(h * w for _, h, w in sizes.shapes) == 32 * 32
+
+
+def test_a_3d_model_gets_the_margin_across_slices_too(tmp_path):
+    model = load_model(make_tiny_model(tmp_path / "m3", name="tiny-stripped-3d", spatial_dims=3, spacing_mm=2.0,
+                                       background_label=0), device="cpu")
+    labels = _label_map()
+    (result,), _ = drive(generate(model, labels, steps=1, seed=1, preview_every=0))
+    (z_start, z_stop), _, _ = result.metadata["provenance"]["anatomy_box"]
+    assert z_start < ANATOMY[0].start and z_stop > ANATOMY[0].stop  # 12 mm of context along z as well
+    assert np.all(result.array[labels.array == 0] == 0.0)

@@ -192,6 +192,7 @@ def anatomy_box(
     anatomy = np.asarray(whole.array) != background
     if not anatomy.any():
         return None
+    all_axes = all_axes or card.spatial_dims == 3  # a 3-D network needs the context across slices too
     box = list(region_box(whole.with_array(anatomy.astype(np.uint8), metadata={}), 0.0, card, all_axes,
                           tile_fraction=ANATOMY_TILE_FRACTION))
     # the margin clipped at the volume's edge (not shifted inwards as an inpainting's tile is: more background
