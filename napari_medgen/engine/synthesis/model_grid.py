@@ -183,9 +183,10 @@ def anatomy_box(
     card: ModelCard, whole: Volume, slab: tuple[int, int], all_axes: bool, context_mm: float = ANATOMY_CONTEXT_MM
 ) -> tuple[slice, ...] | None:
     """The box of the canonical label map `whole`'s axial slices `slab` (start, stop) that a generation runs the
-    network on: its anatomy (voxels not the card's background label) widened by `context_mm` (`region_box`).
-    In-plane it is the whole volume's box, so a slice range is cut as the whole volume is and its slices come
-    out the same. None where there is nothing to leave out: no background label, no anatomy, or the whole slab."""
+    network on: its anatomy (voxels not the card's background label), grown to at least `ANATOMY_TILE_FRACTION` of
+    a training tile (`region_box`) and widened by `context_mm` within the volume (across slices only where the
+    network sees across them: tri-planar or 3-D). In-plane it is the whole volume's box, so a slice range is cut
+    as the whole volume is and its slices come out the same. None where there is nothing to leave out: no background label, no anatomy, or the whole slab."""
     background = card.normalization.background_label
     if background is None or card.conditioning.label_map == "none":
         return None

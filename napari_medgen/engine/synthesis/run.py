@@ -279,8 +279,7 @@ def _prepare_unit(
         return noise.draw(tuple(x.shape[1:])).to(device)
 
     x_t = noise.draw((1,) + tuple(stack.shape[2:])).to(device)
-    # A network trained on several planes is told that these slices are axial.
-    # a three-plane network runs axial here (the Denoiser's default for it); the class asked for otherwise
+    # A network trained on several planes is told that these slices are axial (the Denoiser's default for it).
     class_index = None if card.conditioning.orientations else options.class_index
     denoise = Denoiser(loaded, conditioning, options.guidance, class_index, guidance_rescale=options.guidance_rescale)
     return (denoise, x_t, noise_like) + _repaint_tensors(problem, known, region, device)
