@@ -227,7 +227,7 @@ def brain_label_slices(count: int, size: int = 128, first: int | None = None):
 # -- what ran --------------------------------------------------------------------------------------
 RAN_KEYS = ("sampler", "steps", "network_calls", "guidance", "inpaint_estimate", "slice_noise_correlation",
             "slice_noise_correlation_by_label", "device", "precision", "planes", "planes_average_last", "fine_detail",
-            "anatomy")
+            "anatomy", "anatomy_at_scan_resolution")
 
 
 def ran(volume) -> dict[str, Any]:

@@ -36,8 +36,11 @@ FILL_TOOLTIP = (
     "sample: one draw from the model: a texture of its own, for inserting or removing a structure; differs from "
     "run to run.\n"
     "mean: the average of several draws, blended with the surrounding tissue at the border: the closest to the "
-    "hidden truth on average, smooth at the model's 2 mm, for repairs.\n"
-    "Either way, on a scan finer than the model the scan's own fine detail (its grain around the region) is added.\n"
+    "hidden truth on average, for repairs; at the model's 2 mm alone it is smooth.\n"
+    "Either way, on a scan finer than the model the fill is brought to the scan's resolution: with an anatomy "
+    "layer its tissue edges where the anatomy puts them and each tissue at the scan's level nearby, and the "
+    "scan's own grain (learnt around the region) added. On a 1 mm T1 that made the mean as textured as the scan "
+    "and closer to it than a draw.\n"
     "auto: the card's choice by the region's thickness (see the README's inpainting table)."
 )
 LARGE_REGION_SHARE = 0.25  # of the anatomy (the anatomy layer's labels, else the scan's foreground)

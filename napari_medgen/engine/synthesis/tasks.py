@@ -10,6 +10,7 @@ import numpy as np
 
 from ..model.card import ModelCard
 from ..volume import Volume
+from .anatomy_edges import AnatomyOnScanGrid, anatomy_on_scan_grid
 from .fine_detail import fine_detail
 from .model_grid import InpaintCrop, ModelGridProblem, as_2d, back_to_source, feather_weights
 from .options import SamplingOptions
@@ -98,6 +99,10 @@ class InpaintTask(SynthesisTask):
     detail_spacing_zyx: tuple[float, ...] | None = None
     seed: int = 0
     detail_added: bool = False
+    # The label map's tissues at the scan's resolution (`anatomy_edges`): the network's fill takes their edges and
+    # local levels; None: the scan is no finer than the model grid, no label map guides the fill, or the fill takes
+    # no detail.
+    anatomy_on_scan: AnatomyOnScanGrid | None = None
     # What guided the fill: "given" (a label map), "continued" (the tissue around the region continued into it,
     # `continued_anatomy`), or "none".
     anatomy: str = "none"
@@ -109,6 +114,18 @@ class InpaintTask(SynthesisTask):
     ) -> InpaintTask:
         """The task of inpainting `region` of `image` through `crop`, with the estimate `options.inpaint_estimate`
         already settled."""
+        detail = options.fine_detail_for(options.inpaint_estimate)
+        on_scan = None
+        if crop.labels is not None and detail:
+            on_scan = anatomy_on_scan_grid(crop.labels, np.asarray(crop.image.array, np.float32),
+                                           crop.region.array > 0, problem, card.normalization.background_label)
+        reach = options.border_interpolation_mm if options.inpaint_estimate == "mean" else 0.0
+        if on_scan is not None:
+            # The interpolation helps where the network's coarse voxels straddle the border; a fill brought to the
+            # scan's grid with its anatomy needs it only as far in scan voxels as it was in model voxels (1 mm
+            # template, 20 mm balls, anatomy given: 2 mm -> 1 mm took a fill over a ventricle from level +0.031 and
+            # texture 0.69x to +0.024 and 0.80x, PSNR 23.3 -> 24.3 dB).
+            reach *= min(1.0, float(crop.image.spacing[0]) / float(problem.grid.spacing[0]))
         return cls(
             name="inpaint",
             problem=problem,
@@ -119,24 +136,29 @@ class InpaintTask(SynthesisTask):
             canonical_image=crop.canonical_image.with_array(np.asarray(crop.canonical_image.array, np.float32), metadata={}),
             box=crop.box,
             seam_weight=feather_weights(crop.region.array > 0, crop.image.spacing, options.feather_mm),
-            border_interpolation_mm=options.border_interpolation_mm if options.inpaint_estimate == "mean" else 0.0,
+            border_interpolation_mm=reach,
             spacing_yx=(float(crop.image.spacing[1]), float(crop.image.spacing[0])),
             background=outside_anatomy(card, crop.image, crop.labels),
-            detail_spacing_zyx=tuple(problem.grid.spacing[::-1]) if options.fine_detail_for(options.inpaint_estimate) else None,
+            detail_spacing_zyx=tuple(problem.grid.spacing[::-1]) if detail else None,
             seed=options.seed,
             anatomy=anatomy,
+            anatomy_on_scan=on_scan,
         )
 
     def output_from_crop(self, on_crop: Volume, variant: int = 0) -> Volume:
         blended = self.canonical_image.array.copy()
-        filled = matched_to_border(on_crop.array, blended[self.box], self.seam_weight > 0)
+        fill = on_crop.array
+        if self.anatomy_on_scan is not None:
+            fill = self.anatomy_on_scan.applied(fill, self.seam_weight > 0)
+        filled = matched_to_border(fill, blended[self.box], self.seam_weight > 0)
         if self.border_interpolation_mm > 0:
             filled = interpolated_near_border(filled, blended[self.box], self.seam_weight > 0, self.spacing_yx,
                                               self.border_interpolation_mm, self.background)
         if self.detail_spacing_zyx is not None:
             region = self.seam_weight > 0
             detail = fine_detail(blended[self.box], region, filled, tuple(self.input_crop.spacing[::-1]),
-                                 self.detail_spacing_zyx, self.seed + variant, self.background)
+                                 self.detail_spacing_zyx, self.seed + variant, self.background,
+                                 None if self.anatomy_on_scan is None else self.anatomy_on_scan.labels)
             if detail is not None:
                 filled = filled + detail
                 self.detail_added = True
@@ -149,7 +171,7 @@ class InpaintTask(SynthesisTask):
         return self.image.with_array(kept, metadata={})
 
     def provenance_extra(self) -> dict:
-        return {"fine_detail": self.detail_added, "anatomy": self.anatomy}
+        return {"fine_detail": self.detail_added, "anatomy": self.anatomy, "anatomy_at_scan_resolution": self.anatomy_on_scan is not None}
 
 
 def outside_anatomy(card: ModelCard, image_crop: Volume, labels_crop: Volume | None) -> np.ndarray | None:
