@@ -11,7 +11,9 @@ Tissue labels of the unseen brains: 3-class k-means inside the brain, as benchma
 For every brain and every region diameter, `--regions-per-size` balls (discs on the 2-D slice) are
 placed at random inside the eroded brain, voided and inpainted with the tissue labels as guide: PSNR and
 SSIM inside the region against the truth, beside slice-wise `inpaint_biharmonic` on the same region;
-seam: gradient magnitude on the region's border over the mean inside the brain (the real image: about 1).
+and each fill judged as `fill_judge.judge` judges it (issue 33): its level against the scan's (a share of the
+brain's intensity range), its texture inside (gradient energy of the region eroded by 3 voxels, over the scan's)
+and its seam (gradient energy on the border ring, over the scan's).
 Each region is filled twice: with the posterior mean (`inpaint_estimate="mean"`, the faithful fill a
 repair asks for, blended with the interpolation of the known tissue near the border: the headline
 figures) and with the default `"auto"` (the mean up to `small_region_mm` thick, a textured sample beyond).
@@ -32,13 +34,17 @@ from napari_medgen.engine.volume import Volume
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import drive  # noqa: E402
+from fill_judge import judge  # noqa: E402
 from quality import kmeans_tissues, load_for_benchmark, panel  # noqa: E402
 
 SMOKE = {"regions_per_size": 1, "sizes": [10], "steps": 2, "brains": ["icbm152"]}
 NEEDS_TRAINED_MODEL = True
 BRAINS = ("icbm152", "nibabel_anatomical", "dipy_t1_coronal")
-FIGURES = ("psnr", "ssim", "biharmonic_psnr", "biharmonic_ssim", "seam_ratio", "auto_psnr", "auto_ssim", "sample_psnr",
-           "sample_ssim", "texture", "sample_texture", "auto_texture", "biharmonic_texture")
+JUDGED = ("level", "texture", "seam")
+FILLS = ("mean", "auto", "sample", "biharmonic")
+FIGURES = ("psnr", "ssim", "biharmonic_psnr", "biharmonic_ssim", "auto_psnr", "auto_ssim", "sample_psnr", "sample_ssim",
+           *(f"{fill}_{figure}" for fill in FILLS for figure in JUDGED),
+           *(f"{fill}_abs_level" for fill in FILLS))
 
 
 def load_brain(name: str) -> tuple[Volume, Volume, np.ndarray]:
@@ -84,7 +90,7 @@ def in_plane(operation, mask: np.ndarray, **kwargs) -> np.ndarray:
 
 def evaluate_brain(model, name: str, sizes: list[float], per_size: int, steps: int, seed: int, average: int = 1,
                    **options) -> dict:
-    from scipy.ndimage import binary_erosion, sobel
+    from scipy.ndimage import binary_erosion
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
     from skimage.restoration import inpaint_biharmonic
 
@@ -96,7 +102,6 @@ def evaluate_brain(model, name: str, sizes: list[float], per_size: int, steps: i
     data_range = float(np.percentile(array[brain], 99.5))
     rng = np.random.default_rng(seed + 1000)  # other regions than quality.py's
     rows, panels = [], []
-    grad_all = np.sqrt(sum(sobel(array, axis=a) ** 2 for a in (1, 2)))
     for diameter_mm in sizes:
         margin = [max(1, int(np.ceil(diameter_mm / 2 / s))) if s < 1e8 else 0 for s in spacing_zyx]
         inner = np.zeros_like(brain)
@@ -136,27 +141,20 @@ def evaluate_brain(model, name: str, sizes: list[float], per_size: int, steps: i
                                                            win_size=window)[1] for z in range(truth.shape[0])])
                 return float(psnr), float(ssim_map[mask].mean())
 
-            grad = np.sqrt(sum(sobel(ours, axis=a) ** 2 for a in (1, 2)))
-            border = region & ~in_plane(binary_erosion, region)
-            seam = float(grad[border].mean() / grad_all[brain].mean())
-            # Texture: in-plane gradient inside the region (off its border) over the truth's there; a smooth fill
-            # (interpolation, a posterior mean) has less than the scan, a sample about as much.
-            interior = in_plane(binary_erosion, region) if in_plane(binary_erosion, region).any() else region
-            truth_texture = float(grad_all[interior].mean())
-
-            def texture(estimate: np.ndarray) -> float:
-                return float(np.sqrt(sum(sobel(estimate, axis=a) ** 2 for a in (1, 2)))[interior].mean() / truth_texture)
-
+            judged = {fill: judge(estimate, array, region, brain, tuple(image.spacing[::-1])) for fill, estimate in
+                      (("mean", ours), ("auto", fills["auto"][0]), ("sample", fills["sample"][0]),
+                       ("biharmonic", classical))}
             psnr, ssim = scores(ours)
             auto_psnr, auto_ssim = scores(fills["auto"][0])
             sample_psnr, sample_ssim = scores(fills["sample"][0])
             bh_psnr, bh_ssim = scores(classical)
             rows.append({"diameter_mm": diameter_mm, "psnr": psnr, "ssim": ssim, "biharmonic_psnr": bh_psnr,
-                         "biharmonic_ssim": bh_ssim, "seam_ratio": seam, "seconds": round(seconds, 2),
+                         "biharmonic_ssim": bh_ssim, "seconds": round(seconds, 2),
                          "auto_psnr": auto_psnr, "auto_ssim": auto_ssim, "auto_estimate": fills["auto"][1],
                          "auto_seconds": round(fills["auto"][2], 2), "sample_psnr": sample_psnr,
-                         "sample_ssim": sample_ssim, "texture": texture(ours), "sample_texture": texture(fills["sample"][0]),
-                         "auto_texture": texture(fills["auto"][0]), "biharmonic_texture": texture(classical),
+                         "sample_ssim": sample_ssim,
+                         **{f"{fill}_{figure}": judged[fill][figure] for fill in FILLS for figure in JUDGED},
+                         **{f"{fill}_abs_level": abs(judged[fill]["level"]) for fill in FILLS},
                          "ran": {estimate: fill[3] for estimate, fill in fills.items()}})
             if k == 0:
                 z = int(centre[0])
@@ -168,7 +166,9 @@ def evaluate_brain(model, name: str, sizes: list[float], per_size: int, steps: i
                                      for key in FIGURES}
         by_size[str(diameter_mm)]["auto_estimates"] = sorted({r["auto_estimate"] for r in chosen})
     mean = {key: float(np.mean([r[key] for r in rows])) for key in FIGURES}
-    return {"cases": rows, "by_size": by_size, "mean": mean, "panels": panels, "ran": ran_summary(rows)}
+    worst = {fill: max((r[f"{fill}_level"] for r in rows), key=abs) for fill in FILLS}
+    return {"cases": rows, "by_size": by_size, "mean": mean, "worst_level": worst, "panels": panels,
+            "ran": ran_summary(rows)}
 
 
 def ran_summary(rows: list[dict]) -> dict[str, str]:
@@ -187,23 +187,29 @@ def ran_summary(rows: list[dict]) -> dict[str, str]:
 def summary_table(report: dict) -> str:
     sizes = report["sizes"]
     head = ("| brain | ours, mean fill (all sizes) | biharmonic | " + " | ".join(f"{s:g} mm: ours / biharmonic" for s in sizes)
-            + " | seam | default fill (auto), all sizes | a draw (sample), all sizes | texture: mean / draw / biharmonic |")
-    rows = [head, "|" + "---|" * (7 + len(sizes))]
+            + " | default fill (auto), all sizes | a draw (sample), all sizes | level, mean of its size (worst): mean / draw / "
+            "biharmonic | texture inside: mean / draw / biharmonic | seam: mean / draw / biharmonic |")
+    rows = [head, "|" + "---|" * (8 + len(sizes))]
     for name, result in report["brains"].items():
         m = result["mean"]
         cells = [f"{name}", f"**{m['psnr']:.1f} dB / {m['ssim']:.2f}**", f"{m['biharmonic_psnr']:.1f} dB / {m['biharmonic_ssim']:.2f}"]
         for s in sizes:
             b = result["by_size"][str(s)]
             cells.append(f"{b['psnr']:.1f} / {b['biharmonic_psnr']:.1f} dB, {b['ssim']:.2f} / {b['biharmonic_ssim']:.2f}")
-        cells.append(f"{m['seam_ratio']:.2f}")
         cells.append(f"{m['auto_psnr']:.1f} dB / {m['auto_ssim']:.2f}")
         cells.append(f"{m['sample_psnr']:.1f} dB / {m['sample_ssim']:.2f}")
-        cells.append(f"{m['texture']:.2f} / {m['sample_texture']:.2f} / {m['biharmonic_texture']:.2f}")
+        worst = result.get("worst_level", {})
+        cells.append(" / ".join(f"{m[f'{fill}_abs_level']:.3f} ({worst.get(fill, float('nan')):+.3f})"
+                                for fill in ("mean", "sample", "biharmonic")))
+        for figure in ("texture", "seam"):
+            cells.append(" / ".join(f"{m[f'{fill}_{figure}']:.2f}" for fill in ("mean", "sample", "biharmonic")))
         rows.append("| " + " | ".join(cells) + " |")
     rows += ["", "Ours: the posterior mean (`--inpaint-estimate mean`), blended with the interpolation of the known tissue "
              "within about 2 mm of the border (`--border-interpolation-mm`). The default fill (auto) is the mean up to "
-             f"{SamplingOptions().small_region_mm:g} mm thick and a textured sample beyond. Texture: the mean in-plane "
-             "gradient inside the region over the real scan's (1 = as the scan; a smooth fill has less).",
+             f"{SamplingOptions().small_region_mm:g} mm thick and a textured sample beyond. Level, texture and seam as "
+             "`benchmarks/fill_judge.py` judges a fill (issue 33): the fill's mean minus the scan's as a share of the "
+             "brain's 1-99 % range; gradient energy inside the region eroded by 3 voxels, and on its border ring, "
+             "over the scan's (1 = as the scan; a smooth fill has less inside).",
              "", f"PSNR / SSIM inside the region, {report['regions_per_size']} regions per size and brain; {ran_words(report)}; "
              f"measured by `python benchmarks/unseen_inpainting.py` on {common.machine_line(report['machine'])} "
              f"in {report['seconds']:.0f} s."]
@@ -238,13 +244,13 @@ def main(argv: list[str] | None = None) -> dict:
         report["brains"][name] = result
         m = result["mean"]
         print(f"{name:20s} ours {m['psnr']:.2f} dB / {m['ssim']:.3f}  biharmonic {m['biharmonic_psnr']:.2f} / "
-              f"{m['biharmonic_ssim']:.3f}  seam {m['seam_ratio']:.2f}  default fill {m['auto_psnr']:.2f} / "
+              f"{m['biharmonic_ssim']:.3f}  seam {m['mean_seam']:.2f}  default fill {m['auto_psnr']:.2f} / "
               f"{m['auto_ssim']:.3f}", flush=True)
         for size, b in result["by_size"].items():
             print(f"    {float(size):4.0f} mm  ours {b['psnr']:.2f} / {b['ssim']:.3f}   biharmonic {b['biharmonic_psnr']:.2f} / "
                   f"{b['biharmonic_ssim']:.3f}   default fill ({', '.join(b['auto_estimates'])}) {b['auto_psnr']:.2f} / "
                   f"{b['auto_ssim']:.3f}   sample {b['sample_psnr']:.2f} / {b['sample_ssim']:.3f}   texture mean / sample / "
-                  f"biharmonic {b['texture']:.2f} / {b['sample_texture']:.2f} / {b['biharmonic_texture']:.2f}", flush=True)
+                  f"biharmonic {b['mean_texture']:.2f} / {b['sample_texture']:.2f} / {b['biharmonic_texture']:.2f}", flush=True)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["machine"] = common.machine()
     common.write_result("unseen_inpainting", report)

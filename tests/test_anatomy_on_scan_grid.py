@@ -118,3 +118,25 @@ def test_a_fill_with_a_label_map_keeps_every_voxel_outside_and_says_how_it_was_m
         assert record["anatomy_at_scan_resolution"] == finer
     (plain,), _ = drive(inpaint(tiny, image, region, label_map, inpaint_estimate="mean", fine_detail="none", seed=1))
     assert plain.metadata["provenance"]["anatomy_at_scan_resolution"] is False
+
+
+def test_a_fill_more_blotchy_than_the_scan_is_calmed_only_where_the_labels_are_anatomy():
+    from scipy import ndimage
+
+    image, labels_array = _scan()
+    labels = image.with_array(labels_array, metadata={"label_map": True})
+    region = np.zeros(image.shape, bool)
+    region[4:12, 8:40, 6:36] = True
+    problem = _problem(labels)
+    # A network whose tissues vary far more than the scan's (smooth blotches, the demo model's CSF at 1.3x).
+    blotches = ndimage.gaussian_filter(np.random.default_rng(0).normal(0, 1, image.shape), 2.0)
+    fill = _coarse_fill(image, labels, problem, {CSF: 300.0, GM: 650.0, WM: 850.0})
+    fill = fill + (60.0 / blotches.std()) * blotches
+    given = anatomy_on_scan_grid(labels, image.array, region, problem, background_label=0)
+    deep = region & (labels_array == WM)
+    deep[:, :, 16:34] = False  # white matter away from the grey-matter slab
+    spread = lambda array: float(np.std(array[deep] - image.array[deep]))  # noqa: E731
+    assert spread(given.applied(fill, region)) < 0.3 * spread(fill)
+    continued = anatomy_on_scan_grid(labels, image.array, region, problem, background_label=0, anatomy="continued")
+    assert continued.spread == {}
+    assert spread(continued.applied(fill, region)) > 0.8 * spread(fill)

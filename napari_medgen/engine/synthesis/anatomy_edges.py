@@ -43,25 +43,42 @@ class AnatomyOnScanGrid:
     labels: np.ndarray  # the crop's label map
     painted: np.ndarray  # each tissue's local level, blurred as the scan's edges are; NaN: a tissue with no known level
     edges: np.ndarray  # painted minus the same painting on the model grid's labels brought back; 0 outside the region
+    # Per tissue, the spread of the scan around its painted level near the region, at the model grid's scale; empty
+    # where the labels are classes of the scan's own intensities (their spread is cut by the classes' bounds).
+    spread: dict[int, float]
 
     def applied(self, fill: np.ndarray, region: np.ndarray) -> np.ndarray:
-        """`fill` (the network's, on the crop) with its edges moved to the label map's and each tissue's mean
-        inside `region` set to the scan's local level there: the harmonisation's levels are the whole crop's, and
-        a ventricle's CSF is darker than a sulcus's (on the 1 mm template a fill over a ventricle came out
-        0.05 of the brain's range too bright)."""
+        """`fill` (the network's, on the crop) with its edges moved to the label map's, each tissue's mean inside
+        `region` set to the scan's local level there, and each tissue's spread around it no wider than the scan's.
+
+        Levels: the harmonisation's are the whole crop's, and a ventricle's CSF is darker than a sulcus's (on the
+        1 mm template a fill over a ventricle came out 0.05 of the brain's range too bright). Spread: the demo
+        model's tissues vary more than a real T1's (its CSF 1.3x), which showed as bright blotches inside a filled
+        ventricle and twice the scan's gradient energy in a fill of white matter."""
         out = fill.astype(np.float32) + self.edges
+        interiors = tissue_interiors(self.labels)
         for tissue in np.unique(self.labels[region]):
             here = region & (self.labels == tissue) & np.isfinite(self.painted)
-            if here.any():
-                out[here] += np.float32(np.mean(self.painted[here]) - np.mean(out[here]))
+            if not here.any():
+                continue
+            out[here] += np.float32(np.mean(self.painted[here]) - np.mean(out[here]))
+            deep = here & interiors
+            scan_spread = self.spread.get(int(tissue))
+            if scan_spread is None or deep.sum() < MIN_KNOWN:
+                continue
+            fill_spread = float(np.std(out[deep] - self.painted[deep]))
+            if fill_spread > scan_spread:
+                deviation = out[here] - self.painted[here]
+                out[here] = self.painted[here] + deviation * np.float32(scan_spread / fill_spread)
         return out
 
 
 def anatomy_on_scan_grid(labels: Volume, image: np.ndarray, region: np.ndarray, problem: ModelGridProblem,
-                         background_label: int | None = None) -> AnatomyOnScanGrid | None:
+                         background_label: int | None = None, anatomy: str = "given") -> AnatomyOnScanGrid | None:
     """The tissues of `labels` (the crop's label map) painted at the scan's resolution, to bring a fill made on the
     model grid to it (`AnatomyOnScanGrid.applied`). None where the scan is no finer than the model grid, no labels
-    reached the model grid, or fewer than two tissues are known around the region."""
+    reached the model grid, or fewer than two tissues are known around the region. `anatomy`: "given" (a label
+    map) or "continued" (classes of the scan's intensities, whose spread is not matched)."""
     if problem.labels is None or not region.any():
         return None
     factor = np.asarray(problem.grid.spacing[::-1], float) / np.asarray(labels.spacing[::-1], float)
@@ -87,7 +104,32 @@ def anatomy_on_scan_grid(labels: Volume, image: np.ndarray, region: np.ndarray, 
                        Grid.of(labels), "linear").array > 0
     keep = region & np.isfinite(fine) & ~unknown
     edges = np.where(keep, np.nan_to_num(fine) - coarse, 0.0).astype(np.float32)
-    return AnatomyOnScanGrid(fine_labels, fine, edges)
+    spread = _spread(image, fine, fine_labels, region, spacing, factor) if anatomy == "given" else {}
+    return AnatomyOnScanGrid(fine_labels, fine, edges, spread)
+
+
+def tissue_interiors(labels: np.ndarray) -> np.ndarray:
+    """Voxels two or more voxels from any other label (in-plane for a single slice)."""
+    structure = ndimage.generate_binary_structure(3, 1)
+    if labels.shape[0] == 1:
+        structure[0] = structure[2] = False
+    interiors = np.zeros(labels.shape, bool)
+    for tissue in np.unique(labels):
+        interiors |= ndimage.binary_erosion(labels == tissue, structure, iterations=2, border_value=1)
+    return interiors
+
+
+def _spread(image: np.ndarray, painted: np.ndarray, labels: np.ndarray, region: np.ndarray, spacing_zyx: np.ndarray,
+            factor: np.ndarray) -> dict[int, float]:
+    """Per tissue, the spread of the known voxels deep in it within twice `FIT_BAND_MM` of the region around its
+    painted level, low-passed to the model grid's scale (a fill made there holds nothing finer; the scan's finer
+    grain is `fine_detail`'s)."""
+    residual = np.where(np.isfinite(painted), image - np.nan_to_num(painted), 0.0)
+    near = ~region & (ndimage.distance_transform_edt(~region, sampling=spacing_zyx) <= 2 * FIT_BAND_MM)
+    near &= tissue_interiors(labels) & np.isfinite(painted)
+    smooth = ndimage.gaussian_filter(residual, 0.5 * factor * (factor > 1))
+    return {int(t): float(np.std(smooth[near & (labels == t)])) for t in np.unique(labels[near])
+            if (near & (labels == t)).sum() >= MIN_KNOWN}
 
 
 def local_levels(labels: np.ndarray, image: np.ndarray, known: np.ndarray, spacing_zyx: np.ndarray,

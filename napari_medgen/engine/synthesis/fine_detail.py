@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .anatomy_edges import tissue_interiors
+
 # Finer than the model's grid by less than this along every axis: nothing worth adding.
 MIN_FACTOR = 1.25
 # Intensity bins (quantiles of the known tissue) over which the detail's strength is measured.
@@ -50,7 +52,7 @@ def fine_detail(
     # The source: known tissue not next to the region or the anatomy's edge (whose step is not texture).
     source = ndimage.binary_erosion(tissue, iterations=2, border_value=1)  # the crop's edge is no boundary
     if labels is not None:
-        source &= _tissue_interiors(labels)
+        source &= tissue_interiors(labels)
     if source.sum() < MIN_VOXELS:
         return None
     high = _high_pass(known.astype(np.float64), tissue, np.maximum(factor, 1.0))
@@ -70,14 +72,6 @@ def fine_detail(
     noise = _random_phase(np.where(source, high, 0.0), source, seed)
     sigma = np.interp(fill, centres[keep], strength[keep])
     return np.where(region, noise * sigma, 0.0).astype(np.float32)
-
-
-def _tissue_interiors(labels: np.ndarray) -> np.ndarray:
-    """Voxels two or more voxels from any other label."""
-    interiors = np.zeros(labels.shape, bool)
-    for tissue in np.unique(labels):
-        interiors |= ndimage.binary_erosion(labels == tissue, iterations=2, border_value=1)
-    return interiors
 
 
 def _by_tissue(high: np.ndarray, source: np.ndarray, region: np.ndarray, labels: np.ndarray, seed: int

@@ -118,7 +118,8 @@ class InpaintTask(SynthesisTask):
         on_scan = None
         if crop.labels is not None and detail:
             on_scan = anatomy_on_scan_grid(crop.labels, np.asarray(crop.image.array, np.float32),
-                                           crop.region.array > 0, problem, card.normalization.background_label)
+                                           crop.region.array > 0, problem, card.normalization.background_label,
+                                           anatomy)
         reach = options.border_interpolation_mm if options.inpaint_estimate == "mean" else 0.0
         if on_scan is not None:
             # The interpolation helps where the network's coarse voxels straddle the border; a fill brought to the
