@@ -24,11 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "surrounding voxels is blended in (its weight falls as exp(-depth/this)); 0: the mean alone")
     parser.add_argument("--inpaint-estimate", choices=("auto", "sample", "mean"), default=default.inpaint_estimate,
                         help="what fills the region: a draw from the model (sample: a scan's texture), the posterior mean "
-                        "(mean: the most faithful fill, smooth), or auto: the mean where the region is at most "
+                        "(mean: the most faithful fill; smooth at the model's grid, with the scan's detail on a finer scan), or auto: the mean where the region is at most "
                         f"{default.small_region_mm:g} mm thick")
     parser.add_argument("--fine-detail", choices=("sample", "all", "none"), default=default.fine_detail,
-                        help="on a scan finer than the model's grid, which fills take the scan's own fine detail (a "
-                        "texture with the grain of the scan around the region): all (default), sample, or none")
+                        help="on a scan finer than the model's grid, which fills take the scan's own fine detail (the "
+                        "label map's tissue edges and local levels at the scan's resolution, and a texture with the "
+                        "grain of the scan around the region): all (default), sample, or none")
     parser.add_argument("--continue-anatomy", action=argparse.BooleanOptionalAction, default=default.continue_anatomy,
                         help="without --labels: the tissue around the region (by intensity) continued into it guides "
                         "the fill (default); --no-continue-anatomy: the fill is unguided")

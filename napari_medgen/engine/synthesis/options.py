@@ -89,11 +89,13 @@ class SamplingOptions:
     # of them, the network's anatomy wins deeper in); the two are blended with the interpolation's weight
     # falling as exp(-depth / border_interpolation_mm) from the outermost region voxels. 0: the mean alone.
     border_interpolation_mm: float = 2.0
-    # Inpainting a scan finer than the model's grid: which fills get the scan's own fine detail (`fine_detail`: a
+    # Inpainting a scan finer than the model's grid: which fills get the scan's own fine detail: the label map's
+    # tissue edges and local levels at the scan's resolution (`anatomy_edges`) and the scan's grain (`fine_detail`: a
     # random-phase texture with the spectrum and strength of what the model's grid cannot hold): "all", "sample"
-    # (draws only: the mean stays smooth), or "none". "all": on the 1 mm template with the anatomy given, the mean's
-    # texture inside went from 0.61x the scan's gradient energy to 0.76x for 0.5 dB of PSNR (27.6 dB, biharmonic 24.0),
-    # where a sample with the detail reached 1.01x at 25.0 dB (benchmarks/inpaint_1mm.py).
+    # (draws only: the mean stays as the model grid made it), or "none". "all": on the 1 mm template, four 20 mm balls
+    # with the tissue labels given, the teacher's mean went from 26.9 dB, texture 0.89x (0.38-1.81) and 0 of 4 regions
+    # meeting issue 33's targets to 29.5 dB, 1.12x (0.81-1.86) and 3 of 4 (biharmonic 24.0 dB; a draw 29.4 dB, 3 of 4),
+    # benchmarks/inpaint_1mm.py.
     fine_detail: str = "all"
     # Inpainting without a label map, with a model that takes one: the tissue around the region (classes of the known
     # voxels' intensities) continued into it guides the fill (`continued_anatomy`); False: the fill is unguided.
