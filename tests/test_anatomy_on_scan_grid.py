@@ -118,9 +118,12 @@ def test_a_fill_with_a_label_map_keeps_every_voxel_outside_and_says_how_it_was_m
         assert record["anatomy_at_scan_resolution"] == finer
     (plain,), _ = drive(inpaint(tiny, image, region, label_map, inpaint_estimate="mean", fine_detail="none", seed=1))
     assert plain.metadata["provenance"]["anatomy_at_scan_resolution"] is False
+    # Without a label map the tissue continued into the region is a guess: it guides the fill, never sharpened.
+    (guessed,), _ = drive(inpaint(tiny, image, region, inpaint_estimate="mean", seed=1))
+    assert guessed.metadata["provenance"]["anatomy_at_scan_resolution"] is False
 
 
-def test_a_fill_more_blotchy_than_the_scan_is_calmed_only_where_the_labels_are_anatomy():
+def test_a_fill_more_blotchy_than_the_scan_is_calmed_to_the_scans_spread():
     from scipy import ndimage
 
     image, labels_array = _scan()
@@ -137,6 +140,3 @@ def test_a_fill_more_blotchy_than_the_scan_is_calmed_only_where_the_labels_are_a
     deep[:, :, 16:34] = False  # white matter away from the grey-matter slab
     spread = lambda array: float(np.std(array[deep] - image.array[deep]))  # noqa: E731
     assert spread(given.applied(fill, region)) < 0.3 * spread(fill)
-    continued = anatomy_on_scan_grid(labels, image.array, region, problem, background_label=0, anatomy="continued")
-    assert continued.spread == {}
-    assert spread(continued.applied(fill, region)) > 0.8 * spread(fill)

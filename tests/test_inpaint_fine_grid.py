@@ -125,6 +125,20 @@ def test_without_anatomy_the_surrounding_tissue_is_continued_into_the_region():
     assert np.all(continued[5:15, 12:28, 4:6] == 1) and np.all(continued[5:15, 12:28, 20:30] == 3)
 
 
+def test_a_strip_of_tissue_crossing_the_region_runs_on_through_it():
+    from napari_medgen.engine.synthesis.continued_anatomy import continued_tissues
+
+    classes = np.full((6, 40, 40), 3, np.int64)  # white matter ...
+    classes[:, 18:22, :] = 2  # ... crossed by a 4 mm strip of grey matter
+    region = np.zeros(classes.shape, bool)
+    region[1:5, 8:32, 15:25] = True  # taller than wide: the strip's known ends are nearer than the white matter
+    continued = continued_tissues(classes, region, (1.0, 1.0, 1.0))
+    strip = region.copy()
+    strip[:, :18] = strip[:, 22:] = False
+    assert (continued[strip] == 2).mean() > 0.9
+    assert (continued[region & ~strip] == 3).mean() > 0.9
+
+
 def test_the_provenance_says_what_guided_the_fill(tiny):
     import dataclasses
 

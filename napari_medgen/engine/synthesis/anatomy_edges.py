@@ -43,8 +43,7 @@ class AnatomyOnScanGrid:
     labels: np.ndarray  # the crop's label map
     painted: np.ndarray  # each tissue's local level, blurred as the scan's edges are; NaN: a tissue with no known level
     edges: np.ndarray  # painted minus the same painting on the model grid's labels brought back; 0 outside the region
-    # Per tissue, the spread of the scan around its painted level near the region, at the model grid's scale; empty
-    # where the labels are classes of the scan's own intensities (their spread is cut by the classes' bounds).
+    # Per tissue, the spread of the scan around its painted level near the region, at the model grid's scale.
     spread: dict[int, float]
 
     def applied(self, fill: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -74,11 +73,14 @@ class AnatomyOnScanGrid:
 
 
 def anatomy_on_scan_grid(labels: Volume, image: np.ndarray, region: np.ndarray, problem: ModelGridProblem,
-                         background_label: int | None = None, anatomy: str = "given") -> AnatomyOnScanGrid | None:
+                         background_label: int | None = None) -> AnatomyOnScanGrid | None:
     """The tissues of `labels` (the crop's label map) painted at the scan's resolution, to bring a fill made on the
     model grid to it (`AnatomyOnScanGrid.applied`). None where the scan is no finer than the model grid, no labels
-    reached the model grid, or fewer than two tissues are known around the region. `anatomy`: "given" (a label
-    map) or "continued" (classes of the scan's intensities, whose spread is not matched)."""
+    reached the model grid, or fewer than two tissues are known around the region.
+
+    For a label map the user gives: the tissue around a region continued into it (`continued_anatomy`) is a guess,
+    and its edges made sharp at the scan's resolution were a sharp guess (on the 1 mm template without a label map,
+    a fill of white matter got 2-5x the scan's gradient energy and lost 1-2 dB)."""
     if problem.labels is None or not region.any():
         return None
     factor = np.asarray(problem.grid.spacing[::-1], float) / np.asarray(labels.spacing[::-1], float)
@@ -104,8 +106,7 @@ def anatomy_on_scan_grid(labels: Volume, image: np.ndarray, region: np.ndarray, 
                        Grid.of(labels), "linear").array > 0
     keep = region & np.isfinite(fine) & ~unknown
     edges = np.where(keep, np.nan_to_num(fine) - coarse, 0.0).astype(np.float32)
-    spread = _spread(image, fine, fine_labels, region, spacing, factor) if anatomy == "given" else {}
-    return AnatomyOnScanGrid(fine_labels, fine, edges, spread)
+    return AnatomyOnScanGrid(fine_labels, fine, edges, _spread(image, fine, fine_labels, region, spacing, factor))
 
 
 def tissue_interiors(labels: np.ndarray) -> np.ndarray:

@@ -100,8 +100,8 @@ class InpaintTask(SynthesisTask):
     seed: int = 0
     detail_added: bool = False
     # The label map's tissues at the scan's resolution (`anatomy_edges`): the network's fill takes their edges and
-    # local levels; None: the scan is no finer than the model grid, no label map guides the fill, or the fill takes
-    # no detail.
+    # local levels; None: the scan is no finer than the model grid, no label map was given, or the fill takes no
+    # detail.
     anatomy_on_scan: AnatomyOnScanGrid | None = None
     # What guided the fill: "given" (a label map), "continued" (the tissue around the region continued into it,
     # `continued_anatomy`), or "none".
@@ -116,10 +116,9 @@ class InpaintTask(SynthesisTask):
         already settled."""
         detail = options.fine_detail_for(options.inpaint_estimate)
         on_scan = None
-        if crop.labels is not None and detail:
+        if anatomy == "given" and detail:  # a continued anatomy is a guess: not sharpened (`anatomy_edges`)
             on_scan = anatomy_on_scan_grid(crop.labels, np.asarray(crop.image.array, np.float32),
-                                           crop.region.array > 0, problem, card.normalization.background_label,
-                                           anatomy)
+                                           crop.region.array > 0, problem, card.normalization.background_label)
         reach = options.border_interpolation_mm if options.inpaint_estimate == "mean" else 0.0
         if on_scan is not None:
             # The interpolation helps where the network's coarse voxels straddle the border; a fill brought to the
