@@ -110,7 +110,8 @@ def table(report: dict) -> str:
                  f"{bh['seam']:.2f} | {bh['psnr']:.1f} | {bh['ssim']:.3f} | | |")
     for row in report["rows"]:
         lines.append(
-            f"| {row['model']} | {row['fill']}{' + anatomy at 1 mm' if row.get('anatomy_at_scan') else ''}"
+            f"| {row['model']} | {row['fill']}{' (the default)' if row.get('asked') == 'auto' else ''}"
+            f"{' + anatomy at 1 mm' if row.get('anatomy_at_scan') else ''}"
             f"{' + grain' if row.get('fine_detail') else ''} | "
             f"{'given' if row['anatomy'] else row.get('anatomy_used', 'none')} | "
             f"{_f(row['level'], 3)} (worst {_f(row['worst_level'], 3)}) | {row['texture']:.2f} "
