@@ -164,12 +164,18 @@ def test_inpaint_new_layer_and_in_place_keep_outside_voxels(scan, tiny_model, qt
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Inpaint")
     widget.image.value, widget.region.value, widget.anatomy.value = image_layer, region_layer, labels_layer
     widget.sampling.steps.value = 3
+    # The fill choice explains itself where it is made.
+    assert all(word in widget.estimate.tooltip for word in ("sample:", "mean:", "auto:", "scan's resolution"))
     original = np.array(image_layer.data, copy=True)
+    low, high = float(original.min()), float(original.max())
+    window = [low + 0.1 * (high - low), low + 0.8 * (high - low)]  # the user's own window on the scan
+    image_layer.contrast_limits = window
     widget.start()
     wait_for_run(qtbot, widget)
     result = viewer.layers[-1]
     assert result.name.startswith("scan inpainted")
     _same_placement(result, image_layer)
+    np.testing.assert_allclose(result.contrast_limits, window, rtol=1e-6)  # shown as the scan is
     outside = region == 0
     np.testing.assert_array_equal(result.data[outside], original[outside])
     assert not np.array_equal(result.data[~outside], original[~outside])
