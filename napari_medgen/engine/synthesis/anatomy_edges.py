@@ -90,7 +90,7 @@ def anatomy_on_scan_grid(labels: Volume, image: np.ndarray, region: np.ndarray, 
         return None
     fine_labels = np.asarray(labels.array).astype(np.int64)
     spacing = np.asarray(labels.spacing[::-1], float)
-    fields = local_levels(fine_labels, image.astype(np.float64), ~region, spacing, region)
+    fields = local_levels(fine_labels, image.astype(np.float32), ~region, spacing, region)
     if len(fields) < 2:
         return None
     fine = _blurred_as_scan(_painted(fine_labels, fields), image, region, spacing, fine_labels, background_label)
@@ -125,7 +125,7 @@ def _spread(image: np.ndarray, painted: np.ndarray, labels: np.ndarray, region: 
     """Per tissue, the spread of the known voxels deep in it within twice `FIT_BAND_MM` of the region around its
     painted level, low-passed to the model grid's scale (a fill made there holds nothing finer; the scan's finer
     grain is `fine_detail`'s)."""
-    residual = np.where(np.isfinite(painted), image - np.nan_to_num(painted), 0.0)
+    residual = np.where(np.isfinite(painted), image - np.nan_to_num(painted), np.float32(0.0))
     near = ~region & (ndimage.distance_transform_edt(~region, sampling=spacing_zyx) <= 2 * FIT_BAND_MM)
     near &= tissue_interiors(labels) & np.isfinite(painted)
     smooth = ndimage.gaussian_filter(residual, 0.5 * factor * (factor > 1))
@@ -147,17 +147,18 @@ def local_levels(labels: np.ndarray, image: np.ndarray, known: np.ndarray, spaci
         inside = known & (labels == tissue)
         if inside.sum() < MIN_KNOWN:
             continue
-        weight = ndimage.gaussian_filter(inside.astype(np.float64), sigma)
-        total = ndimage.gaussian_filter(np.where(inside, image, 0.0), sigma)
+        # float32 throughout: a large region in a fine scan makes crops of tens of millions of voxels
+        weight = ndimage.gaussian_filter(inside.astype(np.float32), sigma)
+        total = ndimage.gaussian_filter(np.where(inside, image, np.float32(0.0)), sigma)
         overall = float(image[inside].mean())
         near = weight > 1e-3
-        fields[int(tissue)] = np.where(near, total / np.maximum(weight, 1e-12), overall)
+        fields[int(tissue)] = np.where(near, total / np.maximum(weight, 1e-12), np.float32(overall))
     return fields
 
 
 def _painted(labels: np.ndarray, fields: dict[int, np.ndarray]) -> np.ndarray:
     """Each voxel given its tissue's level there (NaN: a tissue with no known level)."""
-    out = np.full(labels.shape, np.nan)
+    out = np.full(labels.shape, np.nan, np.float32)
     for tissue, field in fields.items():
         here = labels == tissue
         out[here] = field[here]
