@@ -26,7 +26,7 @@ from ..volume import Volume
 if TYPE_CHECKING:
     from .model_grid import ModelGridProblem
 
-# Finer than the model grid by less than this along every axis: no edge worth moving.
+# Finer than the model grid by less than this along every axis: no edge worth moving, no grain worth adding.
 MIN_FACTOR = 1.25
 # The reach (mm, a Gaussian's sigma) over which a tissue's level is averaged around each point, at least.
 LEVEL_REACH_MM = 5.0

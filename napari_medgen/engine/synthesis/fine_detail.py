@@ -17,10 +17,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .anatomy_edges import tissue_interiors
+from .anatomy_edges import MIN_FACTOR, tissue_interiors
 
-# Finer than the model's grid by less than this along every axis: nothing worth adding.
-MIN_FACTOR = 1.25
 # Intensity bins (quantiles of the known tissue) over which the detail's strength is measured.
 BINS = 8
 MIN_VOXELS = 200
