@@ -140,3 +140,16 @@ def test_a_fill_more_blotchy_than_the_scan_is_calmed_to_the_scans_spread():
     deep[:, :, 16:34] = False  # white matter away from the grey-matter slab
     spread = lambda array: float(np.std(array[deep] - image.array[deep]))  # noqa: E731
     assert spread(given.applied(fill, region)) < 0.3 * spread(fill)
+
+
+def test_a_label_map_a_model_does_not_take_moves_no_edge(tmp_path):
+    label_free = load_model(str(make_tiny_model(tmp_path / "free", label_map="none")), device="cpu", precision="fp32")
+    image, labels_array = _scan(shape=(12, 40, 40))
+    label_map = image.with_array(np.minimum(labels_array, 3), metadata={"label_map": True})
+    region_array = np.zeros(image.shape, np.uint8)
+    region_array[4:8, 12:30, 12:30] = 1
+    (out,), _ = drive(inpaint(label_free, image, image.with_array(region_array, metadata={}), label_map,
+                              inpaint_estimate="mean", steps=2, seed=1))
+    # The network never saw the labels, so its fill's edges are not where they put them: nothing is moved.
+    assert out.metadata["provenance"]["anatomy_at_scan_resolution"] is False
+    np.testing.assert_array_equal(out.array[region_array == 0], image.array[region_array == 0])

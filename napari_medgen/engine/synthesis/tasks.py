@@ -116,7 +116,9 @@ class InpaintTask(SynthesisTask):
         already settled."""
         detail = options.fine_detail_for(options.inpaint_estimate)
         on_scan = None
-        if anatomy == "given" and detail:  # a continued anatomy is a guess: not sharpened (`anatomy_edges`)
+        # Only labels the network was conditioned on say where its fill's edges are; a continued anatomy is a guess
+        # and is not sharpened (`anatomy_edges`).
+        if anatomy == "given" and card.takes_label_map and detail:
             on_scan = anatomy_on_scan_grid(crop.labels, np.asarray(crop.image.array, np.float32),
                                            crop.region.array > 0, problem, card.normalization.background_label)
         reach = options.border_interpolation_mm if options.inpaint_estimate == "mean" else 0.0
