@@ -45,6 +45,7 @@ class AnatomyOnScanGrid:
     edges: np.ndarray  # painted minus the same painting on the model grid's labels brought back; 0 outside the region
     # Per tissue, the spread of the scan around its painted level near the region, at the model grid's scale.
     spread: dict[int, float]
+    interiors: np.ndarray  # voxels two or more from another label (`tissue_interiors`)
 
     def applied(self, fill: np.ndarray, region: np.ndarray) -> np.ndarray:
         """`fill` (the network's, on the crop) with its edges moved to the label map's, each tissue's mean inside
@@ -55,13 +56,12 @@ class AnatomyOnScanGrid:
         model's tissues vary more than a real T1's (its CSF 1.3x), which showed as bright blotches inside a filled
         ventricle and twice the scan's gradient energy in a fill of white matter."""
         out = fill.astype(np.float32) + self.edges
-        interiors = tissue_interiors(self.labels)
         for tissue in np.unique(self.labels[region]):
             here = region & (self.labels == tissue) & np.isfinite(self.painted)
             if not here.any():
                 continue
             out[here] += np.float32(np.mean(self.painted[here]) - np.mean(out[here]))
-            deep = here & interiors
+            deep = here & self.interiors
             scan_spread = self.spread.get(int(tissue))
             if scan_spread is None or deep.sum() < MIN_KNOWN:
                 continue
@@ -78,9 +78,9 @@ def anatomy_on_scan_grid(labels: Volume, image: np.ndarray, region: np.ndarray, 
     model grid to it (`AnatomyOnScanGrid.applied`). None where the scan is no finer than the model grid, no labels
     reached the model grid, or fewer than two tissues are known around the region.
 
-    For a label map the user gives: the tissue around a region continued into it (`continued_anatomy`) is a guess,
-    and its edges made sharp at the scan's resolution were a sharp guess (on the 1 mm template without a label map,
-    a fill of white matter got 2-5x the scan's gradient energy and lost 1-2 dB)."""
+    Meant for a label map the user gives (the inpainting task calls it only then): the tissue continued into a
+    region without one (`continued_anatomy`) is a guess, and made sharp it was a sharp guess (on the 1 mm template a
+    fill of white matter got 2-5x the scan's gradient energy and lost 1-2 dB)."""
     if problem.labels is None or not region.any():
         return None
     factor = np.asarray(problem.grid.spacing[::-1], float) / np.asarray(labels.spacing[::-1], float)
@@ -93,7 +93,10 @@ def anatomy_on_scan_grid(labels: Volume, image: np.ndarray, region: np.ndarray, 
     fields = local_levels(fine_labels, image.astype(np.float32), ~region, spacing, region)
     if len(fields) < 2:
         return None
-    fine = _blurred_as_scan(_painted(fine_labels, fields), image, region, spacing, fine_labels, background_label)
+    from_region_mm = ndimage.distance_transform_edt(~region, sampling=spacing)  # 0 inside it
+    interiors = tissue_interiors(fine_labels)
+    fine = _blurred_as_scan(_painted(fine_labels, fields), image, region, from_region_mm <= FIT_BAND_MM, fine_labels,
+                            background_label)
     coarse_labels = problem.labels[tuple(slice(0, s) for s in problem.unpadded_shape)].astype(np.int64)
     grid = Grid(tuple(coarse_labels.shape[::-1]), problem.grid.spacing, problem.grid.origin, problem.grid.direction)
     on_coarse = {t: resample(labels.with_array(f.astype(np.float32), metadata={}), grid, "linear").array
@@ -106,7 +109,8 @@ def anatomy_on_scan_grid(labels: Volume, image: np.ndarray, region: np.ndarray, 
                        Grid.of(labels), "linear").array > 0
     keep = region & np.isfinite(fine) & ~unknown
     edges = np.where(keep, np.nan_to_num(fine) - coarse, 0.0).astype(np.float32)
-    return AnatomyOnScanGrid(fine_labels, fine, edges, _spread(image, fine, fine_labels, region, spacing, factor))
+    near = ~region & (from_region_mm <= 2 * FIT_BAND_MM) & interiors
+    return AnatomyOnScanGrid(fine_labels, fine, edges, _spread(image, fine, fine_labels, near, factor), interiors)
 
 
 def tissue_interiors(labels: np.ndarray) -> np.ndarray:
@@ -120,14 +124,12 @@ def tissue_interiors(labels: np.ndarray) -> np.ndarray:
     return interiors
 
 
-def _spread(image: np.ndarray, painted: np.ndarray, labels: np.ndarray, region: np.ndarray, spacing_zyx: np.ndarray,
-            factor: np.ndarray) -> dict[int, float]:
-    """Per tissue, the spread of the known voxels deep in it within twice `FIT_BAND_MM` of the region around its
-    painted level, low-passed to the model grid's scale (a fill made there holds nothing finer; the scan's finer
-    grain is `fine_detail`'s)."""
+def _spread(image: np.ndarray, painted: np.ndarray, labels: np.ndarray, near: np.ndarray, factor: np.ndarray
+            ) -> dict[int, float]:
+    """Per tissue, the spread of the known voxels deep in it `near` the region around its painted level, low-passed
+    to the model grid's scale (a fill made there holds nothing finer; the scan's finer grain is `fine_detail`'s)."""
     residual = np.where(np.isfinite(painted), image - np.nan_to_num(painted), np.float32(0.0))
-    near = ~region & (ndimage.distance_transform_edt(~region, sampling=spacing_zyx) <= 2 * FIT_BAND_MM)
-    near &= tissue_interiors(labels) & np.isfinite(painted)
+    near = near & np.isfinite(painted)
     smooth = ndimage.gaussian_filter(residual, 0.5 * factor * (factor > 1))
     return {int(t): float(np.std(smooth[near & (labels == t)])) for t in np.unique(labels[near])
             if (near & (labels == t)).sum() >= MIN_KNOWN}
@@ -165,12 +167,11 @@ def _painted(labels: np.ndarray, fields: dict[int, np.ndarray]) -> np.ndarray:
     return out
 
 
-def _blurred_as_scan(painted: np.ndarray, image: np.ndarray, region: np.ndarray, spacing_zyx: np.ndarray,
+def _blurred_as_scan(painted: np.ndarray, image: np.ndarray, region: np.ndarray, within_band: np.ndarray,
                      labels: np.ndarray, background_label: int | None) -> np.ndarray:
     """`painted` blurred by the Gaussian (of `EDGE_BLURS`) that brings it closest to the scan on the known anatomy
-    within `FIT_BAND_MM` of the region: the scan's own edge sharpness (partial volume, its reconstruction)."""
-    band = ndimage.distance_transform_edt(~region, sampling=spacing_zyx) <= FIT_BAND_MM
-    band &= ~region & np.isfinite(painted)
+    `within_band` (`FIT_BAND_MM`) of the region: the scan's own edge sharpness (partial volume, reconstruction)."""
+    band = within_band & ~region & np.isfinite(painted)
     if background_label is not None:
         band &= labels != background_label
     if band.sum() < MIN_KNOWN:

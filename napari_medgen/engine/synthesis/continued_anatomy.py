@@ -60,23 +60,26 @@ def continued_tissues(classes: np.ndarray, region: np.ndarray, spacing_zyx: tupl
     known = ~region
     if not known.any() or not region.any():
         return classes
-    best = _most_present(classes, region, spacing_zyx)
     tissues = np.unique(classes[known])
     if len(tissues) < 2:
-        return best
+        return _most_present(classes, region, spacing_zyx)
+    out, unreached = classes.copy(), np.zeros(region.shape[0], bool)
     margin = [int(np.ceil(CONTINUATION_MARGIN_MM / s)) for s in spacing_zyx[1:]]
     for z in np.flatnonzero(region.reshape(region.shape[0], -1).any(1)):
         ys, xs = np.nonzero(region[z])
         window = (slice(max(0, ys.min() - margin[0]), ys.max() + 1 + margin[0]),
                   slice(max(0, xs.min() - margin[1]), xs.max() + 1 + margin[1]))
         inside, here = region[z][window], classes[z][window]
-        if inside.all():  # nothing known in this slice near the region: the tissue most present around it
+        if inside.all():  # nothing known in this slice near the region
+            unreached[z] = True
             continue
         scores = np.stack([inpaint_biharmonic(np.where(inside, 0.0, (here == t).astype(np.float64)), inside)
                            for t in tissues])
-        slab = best[z][window]
+        slab = out[z][window]
         slab[inside] = tissues[scores.argmax(0)][inside]
-    return best
+    if unreached.any():  # those slices: the tissue most present around them, across slices
+        out[unreached] = _most_present(classes, region, spacing_zyx)[unreached]
+    return out
 
 
 def _most_present(classes: np.ndarray, region: np.ndarray, spacing_zyx: tuple[float, ...]) -> np.ndarray:
